@@ -1,0 +1,74 @@
+#pragma once
+// The transformer's kernels. Each takes the execution-space instance it runs on first and
+// enqueues its work there without fencing: callers fence where they time or communicate.
+//
+// Notation (shapes in comments below):
+//   T  tokens in this call (rows), T = B * n with n = prompt (prefill) or 1 (decode)
+//   d  hidden, H query heads, Hkv kv heads, hd head_dim, f ffn_hidden, E experts, k top_k
+
+#include "moeproxy/core/config.hpp"
+#include "moeproxy/core/types.hpp"
+#include "moeproxy/core/weights.hpp"
+
+namespace moeproxy {
+
+// C = alpha * A * B + beta * C, or A * B^T with transpose_b. [m,k] x [k,n] -> [m,n].
+void gemm(const ExecSpace& space, const ConstMatrix& a, const ConstMatrix& b, const Matrix& c,
+          float alpha = 1.0f, float beta = 0.0f, bool transpose_b = false);
+
+// y = norm(x) * gain (+ bias): RMSNorm or LayerNorm over each row. [T,d] -> [T,d].
+void normalize(const ExecSpace& space, NormKind kind, double eps, const ConstMatrix& x,
+               const NormWeights& w, const Matrix& y);
+
+// Rotary embedding in place on rows of x viewed as [T, heads, hd]; the token of row
+// r = b * n + i sits at position pos0 + i. Pairs (p, p + hd/2), LLaMA's rotate-half form.
+void apply_rope(const ExecSpace& space, const Matrix& x, int heads, int head_dim, int n,
+                int pos0, double theta);
+
+// Writes k, v rows [B*n, Hkv*hd] into cache positions [pos0, pos0 + n) of each sequence.
+void store_kv(const ExecSpace& space, const ConstMatrix& k, const ConstMatrix& v,
+              const Cache& k_cache, const Cache& v_cache, int n, int pos0);
+
+// Causal attention of n queries per sequence at positions [pos0, pos0 + n) against cache
+// positions [0, pos0 + n). q, out: [B*n, H*hd]. Query head h reads kv head h / (H / Hkv_local)
+// of the cache, which holds this shard's kv heads only.
+void attention(const ExecSpace& space, const ConstMatrix& q, const Cache& k_cache,
+               const Cache& v_cache, const Matrix& out, int n, int pos0, float scale);
+
+// x = act(x) (GELU) or x = silu(x) * gate (SwiGLU), elementwise on [T, f].
+void activate(const ExecSpace& space, Activation act, const Matrix& x, const ConstMatrix& gate);
+
+// Router: probabilities = softmax(logits) over E, then the k largest (ties: lower expert
+// index), optionally renormalised to sum to one. logits [T,E] in, idx/weight [T,k] out.
+void route_top_k(const ExecSpace& space, const ConstMatrix& logits, int top_k, bool renormalize,
+                 const IndexMatrix& idx, const Matrix& weight);
+
+// Synthetic routing (workload.routing): expert choices drawn from the counter-based hash
+// per global token, uniform or Zipf(s), k distinct experts, weights 1/k.
+void route_synthetic(const ExecSpace& space, std::uint64_t seed, int layer, std::int64_t token0,
+                     int experts, double zipf_exponent, const IndexMatrix& idx,
+                     const Matrix& weight);
+
+// Deterministic permutation of the T*k (token, slot) pairs by expert: slot s = t*k + j goes
+// to position offsets[e] + (number of earlier slots with the same expert e), so the order
+// never depends on thread timing. Slots past `capacity` tokens of their expert are dropped
+// (position -1). counts[e] = kept tokens of expert e, offsets = exclusive scan of counts.
+// capacity < 0 = dropless. Returns the number of dropped slots.
+struct Permutation {
+  IndexVector position;  // [T*k]
+  IndexVector counts;    // [E]
+  IndexVector offsets;   // [E + 1]
+  IndexVector source;    // [kept] token row of each permuted row
+};
+std::int64_t permute(const ExecSpace& space, const IndexMatrix& idx, int experts, int capacity,
+                     Permutation& perm);
+
+// out[r] = x[source[r]] for the permuted rows. [kept, d].
+void gather_rows(const ExecSpace& space, const ConstMatrix& x, const IndexVector& source,
+                 const Matrix& out);
+
+// x[t] += sum_j weight[t,j] * y[position[t*k + j]] over kept slots, j ascending. [T,d].
+void combine(const ExecSpace& space, const ConstMatrix& y, const IndexVector& position,
+             const ConstMatrix& weight, const Matrix& x);
+
+}  // namespace moeproxy

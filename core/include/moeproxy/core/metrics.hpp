@@ -1,0 +1,95 @@
+#pragma once
+// What a run measures, as plain host data: core/ and parallel/ fill it, io/ writes it.
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace moeproxy {
+
+// Phases of one layer's forward. Communication phases stay zero where a layout has none.
+enum class Phase : int {
+  norm,
+  attn_qkv,
+  attn_core,
+  attn_out,
+  router,
+  permute,
+  expert,
+  combine,
+  ffn,  // dense MLP
+  allreduce,
+  dispatch,
+  send,
+  recv,
+  wait,
+  count
+};
+constexpr int phase_count = static_cast<int>(Phase::count);
+const char* phase_name(Phase p);
+
+enum class MemoryKind : int { weights, kv_cache, activations, workspace, comm_buffers, high_water, count };
+constexpr int memory_kind_count = static_cast<int>(MemoryKind::count);
+const char* memory_kind_name(MemoryKind k);
+
+// Seconds per [layer, phase] for one rank and one stage (prefill or decode, summed over steps).
+class PhaseTable {
+ public:
+  PhaseTable() = default;
+  explicit PhaseTable(int layers) : layers_(layers), seconds_(static_cast<std::size_t>(layers) * phase_count, 0.0) {}
+  void add(int layer, Phase p, double s) { seconds_[index(layer, p)] += s; }
+  double at(int layer, Phase p) const { return seconds_[index(layer, p)]; }
+  int layers() const { return layers_; }
+  const std::vector<double>& data() const { return seconds_; }
+  double total() const;
+
+ private:
+  std::size_t index(int layer, Phase p) const {
+    return static_cast<std::size_t>(layer) * phase_count + static_cast<std::size_t>(p);
+  }
+  int layers_ = 0;
+  std::vector<double> seconds_;
+};
+
+// One communication operation on one group, accumulated over the run.
+struct CommRecord {
+  std::string operation;  // "allreduce", "allgather", "alltoallv", ...
+  std::string group;      // "world", "dp", "tp", ...
+  int group_size = 1;
+  std::uint64_t calls = 0;
+  std::uint64_t bytes = 0;  // payload bytes leaving this rank, self-traffic excluded
+  double seconds = 0.0;
+};
+
+// Everything one rank measured.
+struct RankMetrics {
+  PhaseTable prefill;
+  PhaseTable decode;
+  std::array<std::uint64_t, memory_kind_count> memory{};
+  std::vector<CommRecord> comm;
+  double prefill_seconds = 0.0;  // wall time of the whole prefill on this rank
+  double decode_seconds = 0.0;
+  double prefill_flops = 0.0;    // model FLOPs this rank computed
+  double decode_flops = 0.0;
+};
+
+// Run-wide figures, identical on every rank after the reduction.
+struct RunSummary {
+  double prefill_tokens_per_s = 0.0;
+  double ttft_s = 0.0;
+  double tpot_s = 0.0;
+  double decode_tokens_per_s = 0.0;
+  double mfu = 0.0;
+  double peak_flops = 0.0;       // of all devices used, for the MFU
+  double comm_fraction = 0.0;
+  double comm_seconds_raw = 0.0;
+  double expert_imbalance = 0.0;  // (max - mean) / mean over experts, prefill, all layers
+  std::uint64_t dropped_tokens = 0;
+  std::string verification = "SKIPPED";  // "PASS" | "FAIL" | "SKIPPED"
+  double max_rel_error = 0.0;
+  double tolerance = 0.0;
+  std::string verification_note;
+};
+
+}  // namespace moeproxy

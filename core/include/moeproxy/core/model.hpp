@@ -1,0 +1,84 @@
+#pragma once
+// The single-rank forward pass: prefill over whole prompts, then decode steps with a KV
+// cache. Each phase is timed fence-to-fence into a PhaseTable (metrics.hpp).
+//
+// A Transformer runs `batch` sequences whose global indices start at `seq_begin`, so that a
+// data-parallel replica generates the same inputs (and synthetic routing draws) as the
+// matching rows of a single-rank run.
+
+#include <cstdint>
+#include <vector>
+
+#include "moeproxy/core/config.hpp"
+#include "moeproxy/core/kernels.hpp"
+#include "moeproxy/core/metrics.hpp"
+#include "moeproxy/core/types.hpp"
+#include "moeproxy/core/weights.hpp"
+
+namespace moeproxy {
+
+struct SequenceSlice {
+  int begin = 0;         // global index of the first sequence
+  int count = 1;         // sequences here
+  int global_batch = 1;  // sequences in the whole run
+};
+
+class Transformer {
+ public:
+  Transformer(const ExecSpace& space, const ModelConfig& model, const WorkloadConfig& workload,
+              const SequenceSlice& slice);
+
+  // Runs the prompts; returns the final-normed hidden states [count * prompt, hidden].
+  Matrix prefill(PhaseTable& timing);
+  // One decode step: x [count, hidden] are the previous step's outputs (the last prompt
+  // position's for step 0); returns this step's final-normed outputs [count, hidden].
+  Matrix decode_step(const ConstMatrix& x, int step, PhaseTable& timing);
+
+  // Kept tokens per [layer, expert] during prefill (empty for dense models).
+  const std::vector<std::uint64_t>& expert_tokens() const { return expert_tokens_; }
+  std::uint64_t dropped_slots() const { return dropped_; }
+  std::uint64_t weight_bytes() const { return weights_.bytes(); }
+  std::uint64_t kv_cache_bytes() const;
+  std::uint64_t activation_bytes() const;
+
+ private:
+  struct Workspace {
+    Matrix x, h, q, k, v, attn, ffn_a, ffn_b, logits, route_w, xp, yp, out;
+    IndexMatrix route_idx;
+  };
+  void layer(int l, const Matrix& x, int n, int pos0, std::int64_t token0, PhaseTable& timing,
+             bool count_experts);
+  void moe(int l, const Matrix& x, const Matrix& h, std::int64_t token0, PhaseTable& timing,
+           bool count_experts);
+  void dense_ffn(int l, const Matrix& x, const Matrix& h, PhaseTable& timing);
+  Workspace rows(int tokens) const;
+
+  ExecSpace space_;
+  ModelConfig cfg_;
+  WorkloadConfig workload_;
+  SequenceSlice slice_;
+  ModelWeights weights_;
+  std::vector<Cache> k_cache_, v_cache_;
+  Workspace ws_;
+  std::vector<std::uint64_t> expert_tokens_;
+  std::uint64_t dropped_ = 0;
+};
+
+// Model FLOPs of one forward over `tokens` new tokens per sequence of `batch` sequences
+// whose queries start at position `pos0` (multiply-add = 2 FLOPs; causal attention counts
+// only the scores it computes).
+double forward_flops(const ModelConfig& model, int batch, int tokens, int pos0);
+
+}  // namespace moeproxy
+
+namespace moeproxy {
+
+// Bytes a Transformer over `sequences` local sequences allocates, per memory kind, computed
+// from the shapes alone (for `moeproxy check` and the pre-flight before any allocation).
+struct MemoryEstimate {
+  std::uint64_t weights = 0, kv_cache = 0, activations = 0;
+  std::uint64_t total() const { return weights + kv_cache + activations; }
+};
+MemoryEstimate estimate_memory(const ModelConfig& model, const WorkloadConfig& workload, int sequences);
+
+}  // namespace moeproxy

@@ -1,0 +1,36 @@
+#pragma once
+// A deliberately plain forward pass: host loops in double precision, weights regenerated
+// element by element from the hash. It shares no kernel with the Kokkos path, so the two
+// agreeing is evidence that both compute docs/model.md.
+
+#include <vector>
+
+#include "moeproxy/core/config.hpp"
+
+namespace moeproxy {
+
+struct ReferenceOutput {
+  std::vector<double> prefill;  // [count * prompt, hidden]
+  std::vector<double> decode;   // [count * decode_steps, hidden], row = b * decode_steps + step
+};
+
+// Sequences [seq_begin, seq_begin + count) of a run of global_batch sequences, as one group
+// (capacity-factor drops depend on the group; dropless routing does not).
+ReferenceOutput reference_forward(const ModelConfig& model, const WorkloadConfig& workload,
+                                  int seq_begin, int count, int global_batch);
+
+// FLOPs the reference spends on `count` sequences, to decide whether it is affordable.
+double reference_flops(const ModelConfig& model, const WorkloadConfig& workload, int count);
+
+}  // namespace moeproxy
+
+namespace moeproxy {
+
+// max |got - expected| / max |expected| over all elements: one number per comparison,
+// insensitive to individual near-zero entries. Sizes must match.
+double max_relative_error(const std::vector<float>& got, const std::vector<double>& expected);
+
+// The verification tolerance for a precision.
+double verification_tolerance(Precision precision);
+
+}  // namespace moeproxy

@@ -1,0 +1,74 @@
+#pragma once
+// Kokkos types shared by the kernels. The execution space is chosen once, at compile time,
+// as Kokkos' default; every kernel still takes the instance it runs on as first argument.
+
+#include <Kokkos_Core.hpp>
+
+namespace moeproxy {
+
+using ExecSpace = Kokkos::DefaultExecutionSpace;
+using MemSpace = ExecSpace::memory_space;
+
+// Activations and weights: row-major [rows, cols], a token per row.
+using Matrix = Kokkos::View<float**, Kokkos::LayoutRight, MemSpace>;
+using ConstMatrix = Kokkos::View<const float**, Kokkos::LayoutRight, MemSpace>;
+using Vector = Kokkos::View<float*, MemSpace>;
+using ConstVector = Kokkos::View<const float*, MemSpace>;
+using IndexVector = Kokkos::View<int*, MemSpace>;
+using IndexMatrix = Kokkos::View<int**, Kokkos::LayoutRight, MemSpace>;
+// KV cache: [batch, kv_heads, positions, head_dim].
+using Cache = Kokkos::View<float****, Kokkos::LayoutRight, MemSpace>;
+
+using HostMatrix = Kokkos::View<float**, Kokkos::LayoutRight, Kokkos::HostSpace>;
+
+// A fence with a name where Kokkos supports one (named fences came after 3.4), so that
+// Kokkos Tools and Nsight attribute waits to the code that asked for them.
+inline void named_fence(const ExecSpace& space, const char* name) {
+#if KOKKOS_VERSION >= 30600
+  space.fence(name);
+#else
+  (void)name;
+  space.fence();
+#endif
+}
+
+// Device math that compiles under nvcc and g++ alike (Kokkos 3.4 and 4.x spell their math
+// functions differently, so we keep our own few).
+KOKKOS_INLINE_FUNCTION float exp_f(float x) {
+#ifdef __CUDA_ARCH__
+  return ::expf(x);
+#else
+  return std::exp(x);
+#endif
+}
+KOKKOS_INLINE_FUNCTION float tanh_f(float x) {
+#ifdef __CUDA_ARCH__
+  return ::tanhf(x);
+#else
+  return std::tanh(x);
+#endif
+}
+KOKKOS_INLINE_FUNCTION float sqrt_f(float x) {
+#ifdef __CUDA_ARCH__
+  return ::sqrtf(x);
+#else
+  return std::sqrt(x);
+#endif
+}
+KOKKOS_INLINE_FUNCTION double pow_d(double x, double y) {
+#ifdef __CUDA_ARCH__
+  return ::pow(x, y);
+#else
+  return std::pow(x, y);
+#endif
+}
+KOKKOS_INLINE_FUNCTION void sincos_d(double x, double* s, double* c) {
+#ifdef __CUDA_ARCH__
+  ::sincos(x, s, c);
+#else
+  *s = std::sin(x);
+  *c = std::cos(x);
+#endif
+}
+
+}  // namespace moeproxy

@@ -1,0 +1,302 @@
+#include "moeproxy/core/kernels.hpp"
+
+#include <KokkosBlas3_gemm.hpp>
+
+#include <vector>
+
+namespace moeproxy {
+
+namespace {
+using Team = Kokkos::TeamPolicy<ExecSpace>::member_type;
+using ScratchVector = Kokkos::View<float*, ExecSpace::scratch_memory_space, Kokkos::MemoryUnmanaged>;
+}  // namespace
+
+void gemm(const ExecSpace& space, const ConstMatrix& a, const ConstMatrix& b, const Matrix& c,
+          float alpha, float beta, bool transpose_b) {
+  if (c.extent(0) == 0 || c.extent(1) == 0) return;
+  // Kokkos Kernels 3.4's gemm has no execution-space argument and runs on the default
+  // instance; fence ours first so ordering holds when a caller uses another instance.
+  named_fence(space, "moeproxy::gemm::order");
+  KokkosBlas::gemm("N", transpose_b ? "T" : "N", alpha, a, b, beta, c);
+}
+
+void normalize(const ExecSpace& space, NormKind kind, double eps, const ConstMatrix& x,
+               const NormWeights& w, const Matrix& y) {
+  const int d = static_cast<int>(x.extent(1));
+  const float epsf = static_cast<float>(eps);
+  const bool layernorm = kind == NormKind::layernorm;
+  const ConstVector gain = w.gain;
+  const ConstVector bias = w.bias;
+  Kokkos::parallel_for(
+      "moeproxy::kernels::normalize",
+      Kokkos::TeamPolicy<ExecSpace>(space, static_cast<int>(x.extent(0)), Kokkos::AUTO),
+      KOKKOS_LAMBDA(const Team& team) {
+        const int r = team.league_rank();
+        float mean = 0.0f;
+        if (layernorm) {
+          Kokkos::parallel_reduce(
+              Kokkos::TeamThreadRange(team, d), [&](const int j, float& s) { s += x(r, j); }, mean);
+          mean /= d;
+        }
+        float sq = 0.0f;
+        Kokkos::parallel_reduce(
+            Kokkos::TeamThreadRange(team, d),
+            [&](const int j, float& s) {
+              const float c = x(r, j) - mean;
+              s += c * c;
+            },
+            sq);
+        const float inv = 1.0f / sqrt_f(sq / d + epsf);
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, d), [&](const int j) {
+          const float v = (x(r, j) - mean) * inv * gain(j);
+          y(r, j) = layernorm ? v + bias(j) : v;
+        });
+      });
+}
+
+void apply_rope(const ExecSpace& space, const Matrix& x, int heads, int head_dim, int n, int pos0,
+                double theta) {
+  const int half = head_dim / 2;
+  Kokkos::parallel_for(
+      "moeproxy::kernels::rope",
+      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<3>>(space, {0, 0, 0},
+                                                        {static_cast<int>(x.extent(0)), heads, half}),
+      KOKKOS_LAMBDA(const int r, const int h, const int p) {
+        const double pos = static_cast<double>(pos0 + r % n);
+        const double inv_freq = pow_d(theta, -2.0 * p / head_dim);
+        double s, c;
+        sincos_d(pos * inv_freq, &s, &c);
+        const int j = h * head_dim + p;
+        const float x1 = x(r, j);
+        const float x2 = x(r, j + half);
+        x(r, j) = static_cast<float>(x1 * c - x2 * s);
+        x(r, j + half) = static_cast<float>(x2 * c + x1 * s);
+      });
+}
+
+void store_kv(const ExecSpace& space, const ConstMatrix& k, const ConstMatrix& v,
+              const Cache& k_cache, const Cache& v_cache, int n, int pos0) {
+  const int hd = static_cast<int>(k_cache.extent(3));
+  Kokkos::parallel_for(
+      "moeproxy::kernels::store_kv",
+      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0},
+                                                        {static_cast<int>(k.extent(0)), static_cast<int>(k.extent(1))}),
+      KOKKOS_LAMBDA(const int r, const int j) {
+        const int b = r / n, pos = pos0 + r % n, h = j / hd, dd = j % hd;
+        k_cache(b, h, pos, dd) = k(r, j);
+        v_cache(b, h, pos, dd) = v(r, j);
+      });
+}
+
+void attention(const ExecSpace& space, const ConstMatrix& q, const Cache& k_cache,
+               const Cache& v_cache, const Matrix& out, int n, int pos0, float scale) {
+  const int batch = static_cast<int>(q.extent(0)) / n;
+  const int kv_heads = static_cast<int>(k_cache.extent(1));
+  const int hd = static_cast<int>(k_cache.extent(3));
+  const int heads = static_cast<int>(q.extent(1)) / hd;
+  const int group = heads / kv_heads;
+  const int ctx_max = pos0 + n;
+  Kokkos::TeamPolicy<ExecSpace> policy(space, batch * heads * n, Kokkos::AUTO);
+  policy.set_scratch_size(0, Kokkos::PerTeam(ScratchVector::shmem_size(ctx_max)));
+  Kokkos::parallel_for(
+      "moeproxy::kernels::attention", policy, KOKKOS_LAMBDA(const Team& team) {
+        const int t = team.league_rank();
+        const int i = t % n, h = (t / n) % heads, b = t / (n * heads);
+        const int row = b * n + i, kvh = h / group, ctx = pos0 + i + 1;
+        ScratchVector s(team.team_scratch(0), ctx_max);
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, ctx), [&](const int j) {
+          float acc = 0.0f;
+          for (int dd = 0; dd < hd; ++dd) acc += q(row, h * hd + dd) * k_cache(b, kvh, j, dd);
+          s(j) = acc * scale;
+        });
+        team.team_barrier();
+        float mx = 0.0f;
+        Kokkos::parallel_reduce(
+            Kokkos::TeamThreadRange(team, ctx), [&](const int j, float& m) { m = s(j) > m ? s(j) : m; },
+            Kokkos::Max<float>(mx));
+        float sum = 0.0f;
+        Kokkos::parallel_reduce(
+            Kokkos::TeamThreadRange(team, ctx),
+            [&](const int j, float& acc) {
+              const float e = exp_f(s(j) - mx);
+              s(j) = e;
+              acc += e;
+            },
+            sum);
+        team.team_barrier();
+        const float inv = 1.0f / sum;
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, hd), [&](const int dd) {
+          float acc = 0.0f;
+          for (int j = 0; j < ctx; ++j) acc += s(j) * v_cache(b, kvh, j, dd);
+          out(row, h * hd + dd) = acc * inv;
+        });
+      });
+}
+
+void activate(const ExecSpace& space, Activation act, const Matrix& x, const ConstMatrix& gate) {
+  const bool swiglu = act == Activation::swiglu;
+  Kokkos::parallel_for(
+      "moeproxy::kernels::activate",
+      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0},
+                                                        {static_cast<int>(x.extent(0)), static_cast<int>(x.extent(1))}),
+      KOKKOS_LAMBDA(const int r, const int j) {
+        const float v = x(r, j);
+        if (swiglu) {
+          x(r, j) = v / (1.0f + exp_f(-v)) * gate(r, j);
+        } else {
+          const float c = 0.7978845608028654f;  // sqrt(2 / pi)
+          x(r, j) = 0.5f * v * (1.0f + tanh_f(c * (v + 0.044715f * v * v * v)));
+        }
+      });
+}
+
+void route_top_k(const ExecSpace& space, const ConstMatrix& logits, int top_k, bool renormalize,
+                 const IndexMatrix& idx, const Matrix& weight) {
+  const int experts = static_cast<int>(logits.extent(1));
+  Kokkos::parallel_for(
+      "moeproxy::kernels::route_top_k",
+      Kokkos::RangePolicy<ExecSpace>(space, 0, static_cast<int>(logits.extent(0))),
+      KOKKOS_LAMBDA(const int t) {
+        float mx = logits(t, 0);
+        for (int e = 1; e < experts; ++e) mx = logits(t, e) > mx ? logits(t, e) : mx;
+        float sum = 0.0f;
+        for (int e = 0; e < experts; ++e) sum += exp_f(logits(t, e) - mx);
+        float picked = 0.0f;
+        for (int j = 0; j < top_k; ++j) {
+          int best = -1;
+          for (int e = 0; e < experts; ++e) {
+            bool taken = false;
+            for (int i = 0; i < j; ++i) taken = taken || idx(t, i) == e;
+            if (!taken && (best < 0 || logits(t, e) > logits(t, best))) best = e;
+          }
+          idx(t, j) = best;
+          weight(t, j) = exp_f(logits(t, best) - mx) / sum;
+          picked += weight(t, j);
+        }
+        if (renormalize)
+          for (int j = 0; j < top_k; ++j) weight(t, j) /= picked;
+      });
+}
+
+void route_synthetic(const ExecSpace& space, std::uint64_t seed, int layer, std::int64_t token0,
+                     int experts, double zipf_exponent, const IndexMatrix& idx,
+                     const Matrix& weight) {
+  // Cumulative distribution over experts: P(e) ~ (e + 1)^-s; s = 0 is uniform.
+  std::vector<double> cdf(experts);
+  double total = 0.0;
+  for (int e = 0; e < experts; ++e) total += std::pow(e + 1.0, -zipf_exponent);
+  double acc = 0.0;
+  for (int e = 0; e < experts; ++e) cdf[e] = (acc += std::pow(e + 1.0, -zipf_exponent) / total);
+  Kokkos::View<double*, MemSpace> d_cdf("moeproxy::kernels::routing_cdf", experts);
+  auto h_cdf = Kokkos::create_mirror_view(d_cdf);
+  for (int e = 0; e < experts; ++e) h_cdf(e) = cdf[e];
+  Kokkos::deep_copy(space, d_cdf, h_cdf);
+  const std::uint64_t stream = tensor_stream(seed, TensorKind::synthetic_routing, layer, 0);
+  const int top_k = static_cast<int>(idx.extent(1));
+  constexpr int max_draws = 64;
+  Kokkos::parallel_for(
+      "moeproxy::kernels::route_synthetic",
+      Kokkos::RangePolicy<ExecSpace>(space, 0, static_cast<int>(idx.extent(0))),
+      KOKKOS_LAMBDA(const int t) {
+        const std::uint64_t token = static_cast<std::uint64_t>(token0 + t);
+        for (int j = 0; j < top_k; ++j) {
+          int chosen = -1;
+          for (int a = 0; a < max_draws && chosen < 0; ++a) {
+            const double u = 0.5 * (uniform_at(stream, token, static_cast<std::uint64_t>(j * max_draws + a)) + 1.0);
+            int e = 0;
+            while (e < experts - 1 && d_cdf(e) <= u) ++e;
+            bool taken = false;
+            for (int i = 0; i < j; ++i) taken = taken || idx(t, i) == e;
+            if (!taken) chosen = e;
+          }
+          // Rare with k << E; keeps the result deterministic and the k experts distinct.
+          for (int e = 0; chosen < 0 && e < experts; ++e) {
+            bool taken = false;
+            for (int i = 0; i < j; ++i) taken = taken || idx(t, i) == e;
+            if (!taken) chosen = e;
+          }
+          idx(t, j) = chosen;
+          weight(t, j) = 1.0f / top_k;
+        }
+      });
+}
+
+std::int64_t permute(const ExecSpace& space, const IndexMatrix& idx, int experts, int capacity,
+                     Permutation& perm) {
+  const int top_k = static_cast<int>(idx.extent(1));
+  const int slots = static_cast<int>(idx.extent(0)) * top_k;
+  IndexVector rank("moeproxy::permute::rank", slots);
+  perm.position = IndexVector("moeproxy::permute::position", slots);
+  perm.counts = IndexVector("moeproxy::permute::counts", experts);
+  perm.offsets = IndexVector("moeproxy::permute::offsets", experts + 1);
+  const IndexVector counts = perm.counts;
+  auto h_counts = Kokkos::create_mirror_view(counts);
+  // One scan per expert gives each slot its rank among the slots of its expert, in slot
+  // order: deterministic, unlike atomics. The scan's total is the expert's token count.
+  for (int e = 0; e < experts; ++e) {
+    int total = 0;
+    Kokkos::parallel_scan(
+        "moeproxy::permute::rank", Kokkos::RangePolicy<ExecSpace>(space, 0, slots),
+        KOKKOS_LAMBDA(const int s, int& upd, const bool final) {
+          if (idx(s / top_k, s % top_k) != e) return;
+          if (final) rank(s) = upd;
+          upd += 1;
+        },
+        total);
+    h_counts(e) = total;
+  }
+  auto h_offsets = Kokkos::create_mirror_view(perm.offsets);
+  std::int64_t dropped = 0;
+  h_offsets(0) = 0;
+  for (int e = 0; e < experts; ++e) {
+    const int kept = capacity < 0 ? h_counts(e) : std::min(h_counts(e), capacity);
+    dropped += h_counts(e) - kept;
+    h_counts(e) = kept;
+    h_offsets(e + 1) = h_offsets(e) + kept;
+  }
+  Kokkos::deep_copy(space, counts, h_counts);
+  Kokkos::deep_copy(space, perm.offsets, h_offsets);
+  perm.source = IndexVector("moeproxy::permute::source", h_offsets(experts));
+  const IndexVector position = perm.position, source = perm.source, offsets = perm.offsets;
+  Kokkos::parallel_for(
+      "moeproxy::permute::scatter", Kokkos::RangePolicy<ExecSpace>(space, 0, slots),
+      KOKKOS_LAMBDA(const int s) {
+        const int e = idx(s / top_k, s % top_k);
+        const int r = rank(s);
+        if (r < counts(e)) {
+          position(s) = offsets(e) + r;
+          source(offsets(e) + r) = s / top_k;
+        } else {
+          position(s) = -1;
+        }
+      });
+  return dropped;
+}
+
+void gather_rows(const ExecSpace& space, const ConstMatrix& x, const IndexVector& source,
+                 const Matrix& out) {
+  Kokkos::parallel_for(
+      "moeproxy::kernels::gather_rows",
+      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0},
+                                                        {static_cast<int>(out.extent(0)), static_cast<int>(out.extent(1))}),
+      KOKKOS_LAMBDA(const int r, const int j) { out(r, j) = x(source(r), j); });
+}
+
+void combine(const ExecSpace& space, const ConstMatrix& y, const IndexVector& position,
+             const ConstMatrix& weight, const Matrix& x) {
+  const int top_k = static_cast<int>(weight.extent(1));
+  Kokkos::parallel_for(
+      "moeproxy::kernels::combine",
+      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0},
+                                                        {static_cast<int>(x.extent(0)), static_cast<int>(x.extent(1))}),
+      KOKKOS_LAMBDA(const int t, const int j) {
+        float acc = 0.0f;
+        for (int s = 0; s < top_k; ++s) {
+          const int p = position(t * top_k + s);
+          if (p >= 0) acc += weight(t, s) * y(p, j);
+        }
+        x(t, j) += acc;
+      });
+}
+
+}  // namespace moeproxy

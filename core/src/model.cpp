@@ -1,0 +1,262 @@
+#include "moeproxy/core/model.hpp"
+
+#include <cmath>
+#include <utility>
+
+namespace moeproxy {
+
+namespace {
+
+// Runs `work` and charges its time, fence to fence, to (layer, phase).
+template <class Work>
+void timed(const ExecSpace& space, PhaseTable& table, int layer, Phase phase, Work&& work) {
+  Kokkos::Timer timer;
+  work();
+  named_fence(space, "moeproxy::model::phase_end");
+  table.add(layer, phase, timer.seconds());
+}
+
+Matrix head_rows(const Matrix& m, int tokens) {
+  return Kokkos::subview(m, std::make_pair(0, tokens), Kokkos::ALL);
+}
+IndexMatrix head_rows(const IndexMatrix& m, int tokens) {
+  return Kokkos::subview(m, std::make_pair(0, tokens), Kokkos::ALL);
+}
+
+int capacity_for(const ModelConfig& cfg, int tokens) {
+  if (cfg.capacity_factor <= 0.0) return -1;
+  return static_cast<int>(std::ceil(cfg.capacity_factor * tokens * cfg.top_k / cfg.experts));
+}
+
+}  // namespace
+
+Transformer::Transformer(const ExecSpace& space, const ModelConfig& model,
+                         const WorkloadConfig& workload, const SequenceSlice& slice)
+    : space_(space), cfg_(model), workload_(workload), slice_(slice) {
+  weights_ = make_weights(space_, cfg_, ShardSpec{}, 0, cfg_.layers);
+  const int positions = workload_.prompt + workload_.decode_steps;
+  for (int l = 0; l < cfg_.layers; ++l) {
+    k_cache_.emplace_back("moeproxy::model::k_cache", slice_.count, cfg_.effective_kv_heads(), positions,
+                          cfg_.effective_head_dim());
+    v_cache_.emplace_back("moeproxy::model::v_cache", slice_.count, cfg_.effective_kv_heads(), positions,
+                          cfg_.effective_head_dim());
+  }
+  const int t = slice_.count * workload_.prompt;
+  const int routed = cfg_.is_moe() ? t * cfg_.top_k : t;
+  ws_.x = Matrix("moeproxy::model::x", t, cfg_.hidden);
+  ws_.h = Matrix("moeproxy::model::h", t, cfg_.hidden);
+  ws_.q = Matrix("moeproxy::model::q", t, cfg_.q_width());
+  ws_.k = Matrix("moeproxy::model::k", t, cfg_.kv_width());
+  ws_.v = Matrix("moeproxy::model::v", t, cfg_.kv_width());
+  ws_.attn = Matrix("moeproxy::model::attn", t, cfg_.q_width());
+  ws_.ffn_a = Matrix("moeproxy::model::ffn_a", routed, cfg_.ffn_hidden);
+  if (cfg_.activation == Activation::swiglu)
+    ws_.ffn_b = Matrix("moeproxy::model::ffn_b", routed, cfg_.ffn_hidden);
+  ws_.out = Matrix("moeproxy::model::out", t, cfg_.hidden);
+  if (cfg_.is_moe()) {
+    ws_.logits = Matrix("moeproxy::model::router_logits", t, cfg_.experts);
+    ws_.route_w = Matrix("moeproxy::model::route_weight", t, cfg_.top_k);
+    ws_.route_idx = IndexMatrix("moeproxy::model::route_index", t, cfg_.top_k);
+    ws_.xp = Matrix("moeproxy::model::permuted_in", routed, cfg_.hidden);
+    ws_.yp = Matrix("moeproxy::model::permuted_out", routed, cfg_.hidden);
+    expert_tokens_.assign(static_cast<std::size_t>(cfg_.layers) * cfg_.experts, 0);
+  }
+}
+
+std::uint64_t Transformer::kv_cache_bytes() const {
+  std::uint64_t total = 0;
+  for (std::size_t l = 0; l < k_cache_.size(); ++l)
+    total += (k_cache_[l].span() + v_cache_[l].span()) * sizeof(float);
+  return total;
+}
+
+std::uint64_t Transformer::activation_bytes() const {
+  const std::size_t floats = ws_.x.span() + ws_.h.span() + ws_.q.span() + ws_.k.span() +
+                             ws_.v.span() + ws_.attn.span() + ws_.ffn_a.span() + ws_.ffn_b.span() +
+                             ws_.logits.span() + ws_.route_w.span() + ws_.xp.span() +
+                             ws_.yp.span() + ws_.out.span();
+  return floats * sizeof(float) + ws_.route_idx.span() * sizeof(int);
+}
+
+Transformer::Workspace Transformer::rows(int tokens) const {
+  Workspace w;
+  const int routed = cfg_.is_moe() ? tokens * cfg_.top_k : tokens;
+  w.x = head_rows(ws_.x, tokens);
+  w.h = head_rows(ws_.h, tokens);
+  w.q = head_rows(ws_.q, tokens);
+  w.k = head_rows(ws_.k, tokens);
+  w.v = head_rows(ws_.v, tokens);
+  w.attn = head_rows(ws_.attn, tokens);
+  w.ffn_a = head_rows(ws_.ffn_a, routed);
+  if (ws_.ffn_b.extent(0) > 0) w.ffn_b = head_rows(ws_.ffn_b, routed);
+  w.out = head_rows(ws_.out, tokens);
+  if (cfg_.is_moe()) {
+    w.logits = head_rows(ws_.logits, tokens);
+    w.route_w = head_rows(ws_.route_w, tokens);
+    w.route_idx = head_rows(ws_.route_idx, tokens);
+    w.xp = ws_.xp;
+    w.yp = ws_.yp;
+  }
+  return w;
+}
+
+Matrix Transformer::prefill(PhaseTable& timing) {
+  const int n = workload_.prompt;
+  const int tokens = slice_.count * n;
+  Workspace w = rows(tokens);
+  const Matrix inputs = make_inputs(space_, cfg_, slice_.begin, slice_.count, n);
+  Kokkos::deep_copy(space_, w.x, inputs);
+  const std::int64_t token0 = static_cast<std::int64_t>(slice_.begin) * n;
+  for (int l = 0; l < cfg_.layers; ++l) layer(l, w.x, n, 0, token0, timing, true);
+  timed(space_, timing, cfg_.layers - 1, Phase::norm,
+        [&] { normalize(space_, cfg_.norm, cfg_.norm_eps, w.x, weights_.final_norm, w.out); });
+  return w.out;
+}
+
+Matrix Transformer::decode_step(const ConstMatrix& x, int step, PhaseTable& timing) {
+  Workspace w = rows(slice_.count);
+  Kokkos::deep_copy(space_, w.x, x);
+  const std::int64_t token0 = static_cast<std::int64_t>(slice_.global_batch) * workload_.prompt +
+                              static_cast<std::int64_t>(step) * slice_.global_batch + slice_.begin;
+  for (int l = 0; l < cfg_.layers; ++l) layer(l, w.x, 1, workload_.prompt + step, token0, timing, false);
+  timed(space_, timing, cfg_.layers - 1, Phase::norm,
+        [&] { normalize(space_, cfg_.norm, cfg_.norm_eps, w.x, weights_.final_norm, w.out); });
+  return w.out;
+}
+
+void Transformer::layer(int l, const Matrix& x, int n, int pos0, std::int64_t token0,
+                        PhaseTable& timing, bool count_experts) {
+  const LayerWeights& lw = weights_.layers[l];
+  const int tokens = static_cast<int>(x.extent(0));
+  const int hd = cfg_.effective_head_dim();
+  Workspace w = rows(tokens);
+
+  timed(space_, timing, l, Phase::norm,
+        [&] { normalize(space_, cfg_.norm, cfg_.norm_eps, x, lw.attn_norm, w.h); });
+  timed(space_, timing, l, Phase::attn_qkv, [&] {
+    gemm(space_, w.h, lw.wq, w.q);
+    gemm(space_, w.h, lw.wk, w.k);
+    gemm(space_, w.h, lw.wv, w.v);
+    if (cfg_.rope) {
+      apply_rope(space_, w.q, cfg_.heads, hd, n, pos0, cfg_.rope_theta);
+      apply_rope(space_, w.k, cfg_.effective_kv_heads(), hd, n, pos0, cfg_.rope_theta);
+    }
+    store_kv(space_, w.k, w.v, k_cache_[l], v_cache_[l], n, pos0);
+  });
+  timed(space_, timing, l, Phase::attn_core, [&] {
+    attention(space_, w.q, k_cache_[l], v_cache_[l], w.attn, n, pos0,
+              static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd))));
+  });
+  // Residual folded into the GEMM: x = x + attn * Wo.
+  timed(space_, timing, l, Phase::attn_out, [&] { gemm(space_, w.attn, lw.wo, x, 1.0f, 1.0f); });
+
+  timed(space_, timing, l, Phase::norm,
+        [&] { normalize(space_, cfg_.norm, cfg_.norm_eps, x, lw.ffn_norm, w.h); });
+  if (cfg_.is_moe())
+    moe(l, x, w.h, token0, timing, count_experts);
+  else
+    dense_ffn(l, x, w.h, timing);
+}
+
+void Transformer::dense_ffn(int l, const Matrix& x, const Matrix& h, PhaseTable& timing) {
+  const LayerWeights& lw = weights_.layers[l];
+  Workspace w = rows(static_cast<int>(x.extent(0)));
+  auto w1 = Kokkos::subview(lw.w1, 0, Kokkos::ALL, Kokkos::ALL);
+  auto w2 = Kokkos::subview(lw.w2, 0, Kokkos::ALL, Kokkos::ALL);
+  timed(space_, timing, l, Phase::ffn, [&] {
+    gemm(space_, h, w1, w.ffn_a);
+    if (cfg_.activation == Activation::swiglu)
+      gemm(space_, h, Kokkos::subview(lw.w3, 0, Kokkos::ALL, Kokkos::ALL), w.ffn_b);
+    activate(space_, cfg_.activation, w.ffn_a, w.ffn_b);
+    gemm(space_, w.ffn_a, w2, x, 1.0f, 1.0f);
+  });
+}
+
+// The MoE step as route -> permute -> experts -> combine.
+//   h [T, d] -> logits [T, E] -> (idx, weight) [T, k] -> permuted rows xp [T*k kept, d]
+//   -> per expert e: rows [off_e, off_e + n_e) of xp through W1_e, act, W2_e -> yp
+//   -> x[t] += sum_j weight[t, j] * yp[position(t, j)]
+void Transformer::moe(int l, const Matrix& x, const Matrix& h, std::int64_t token0,
+                      PhaseTable& timing, bool count_experts) {
+  const LayerWeights& lw = weights_.layers[l];
+  const int tokens = static_cast<int>(x.extent(0));
+  Workspace w = rows(tokens);
+  timed(space_, timing, l, Phase::router, [&] {
+    if (workload_.routing == RoutingMode::learned) {
+      gemm(space_, h, lw.router, w.logits);
+      route_top_k(space_, w.logits, cfg_.top_k, cfg_.renormalize, w.route_idx, w.route_w);
+    } else {
+      const double s = workload_.routing == RoutingMode::zipf ? workload_.zipf_exponent : 0.0;
+      route_synthetic(space_, cfg_.seed, l, token0, cfg_.experts, s, w.route_idx, w.route_w);
+    }
+  });
+  Permutation perm;
+  std::vector<int> offsets(cfg_.experts + 1);
+  timed(space_, timing, l, Phase::permute, [&] {
+    dropped_ += permute(space_, w.route_idx, cfg_.experts, capacity_for(cfg_, tokens), perm);
+    auto h_offsets = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), perm.offsets);
+    for (int e = 0; e <= cfg_.experts; ++e) offsets[e] = h_offsets(e);
+    gather_rows(space_, h, perm.source, head_rows(w.xp, offsets[cfg_.experts]));
+  });
+  if (count_experts)
+    for (int e = 0; e < cfg_.experts; ++e)
+      expert_tokens_[static_cast<std::size_t>(l) * cfg_.experts + e] += offsets[e + 1] - offsets[e];
+  timed(space_, timing, l, Phase::expert, [&] {
+    for (int e = 0; e < cfg_.experts; ++e) {
+      const auto r = std::make_pair(offsets[e], offsets[e + 1]);
+      if (r.first == r.second) continue;
+      const Matrix xe = Kokkos::subview(w.xp, r, Kokkos::ALL);
+      const Matrix ae = Kokkos::subview(w.ffn_a, r, Kokkos::ALL);
+      gemm(space_, xe, Kokkos::subview(lw.w1, e, Kokkos::ALL, Kokkos::ALL), ae);
+      Matrix be;
+      if (cfg_.activation == Activation::swiglu) {
+        be = Kokkos::subview(w.ffn_b, r, Kokkos::ALL);
+        gemm(space_, xe, Kokkos::subview(lw.w3, e, Kokkos::ALL, Kokkos::ALL), be);
+      }
+      activate(space_, cfg_.activation, ae, be);
+      gemm(space_, ae, Kokkos::subview(lw.w2, e, Kokkos::ALL, Kokkos::ALL),
+           Kokkos::subview(w.yp, r, Kokkos::ALL));
+    }
+  });
+  timed(space_, timing, l, Phase::combine,
+        [&] { combine(space_, w.yp, perm.position, w.route_w, x); });
+}
+
+double forward_flops(const ModelConfig& m, int batch, int tokens, int pos0) {
+  const double t = static_cast<double>(batch) * tokens;
+  const double d = m.hidden, hd = m.effective_head_dim();
+  const double proj = 2.0 * t * d * (2.0 * m.q_width() + 2.0 * m.kv_width());
+  // Query i attends to pos0 + i + 1 keys: QK^T and PV, 2 FLOPs per multiply-add each.
+  const double keys = tokens * (pos0 + 0.5 * (tokens + 1));
+  const double attn = 4.0 * batch * m.heads * hd * keys;
+  const double mats = m.activation == Activation::swiglu ? 3.0 : 2.0;
+  const double per_token_ffn = 2.0 * mats * d * m.ffn_hidden * (m.is_moe() ? m.top_k : 1);
+  const double router = m.is_moe() ? 2.0 * d * m.experts : 0.0;
+  return m.layers * (proj + attn + t * (per_token_ffn + router));
+}
+
+}  // namespace moeproxy
+
+namespace moeproxy {
+
+MemoryEstimate estimate_memory(const ModelConfig& m, const WorkloadConfig& w, int sequences) {
+  const std::uint64_t f = sizeof(float);
+  const std::uint64_t d = m.hidden, q = m.q_width(), kv = m.kv_width(), ff = m.ffn_hidden;
+  const std::uint64_t experts = m.is_moe() ? m.experts : 1;
+  const std::uint64_t mats = m.activation == Activation::swiglu ? 3 : 2;
+  const std::uint64_t norms = m.norm == NormKind::layernorm ? 2 : 1;
+  MemoryEstimate e;
+  const std::uint64_t per_layer = d * (q + 2 * kv) + q * d + 2 * norms * d +
+                                  (m.is_moe() ? d * m.experts : 0) + experts * mats * d * ff;
+  e.weights = f * (m.layers * per_layer + norms * d);
+  const std::uint64_t positions = static_cast<std::uint64_t>(w.prompt) + w.decode_steps;
+  e.kv_cache = f * m.layers * 2 * sequences * positions * kv;
+  const std::uint64_t t = static_cast<std::uint64_t>(sequences) * w.prompt;
+  const std::uint64_t routed = m.is_moe() ? t * m.top_k : t;
+  std::uint64_t floats = t * (3 * d + 2 * q + 2 * kv) + routed * ff * (mats - 1);
+  if (m.is_moe()) floats += t * (m.experts + m.top_k) + 2 * routed * d;
+  e.activations = f * floats + (m.is_moe() ? sizeof(int) * t * m.top_k : 0);
+  return e;
+}
+
+}  // namespace moeproxy

@@ -1,0 +1,294 @@
+#include "moeproxy/core/reference.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "moeproxy/core/hash.hpp"
+#include "moeproxy/core/model.hpp"
+
+namespace moeproxy {
+
+namespace {
+
+using Rows = std::vector<double>;  // row-major [rows, cols]
+
+double weight(const ModelConfig& c, TensorKind kind, int layer, int expert, std::int64_t row,
+              std::int64_t col, double scale, double offset = 0.0) {
+  return offset + scale * uniform_at(tensor_stream(c.seed, kind, layer, expert),
+                                     static_cast<std::uint64_t>(row), static_cast<std::uint64_t>(col));
+}
+
+// y[t, :] = x[t, :] * W where W(i, j) = weight(kind, layer, expert, i, j) * scale.
+Rows matmul(const ModelConfig& c, const Rows& x, int in, int out, TensorKind kind, int layer,
+            int expert, double scale) {
+  const std::size_t tokens = x.size() / in;
+  std::vector<double> w(static_cast<std::size_t>(in) * out);
+  for (int i = 0; i < in; ++i)
+    for (int j = 0; j < out; ++j) w[static_cast<std::size_t>(i) * out + j] = weight(c, kind, layer, expert, i, j, scale);
+  Rows y(tokens * out, 0.0);
+  for (std::size_t t = 0; t < tokens; ++t)
+    for (int i = 0; i < in; ++i) {
+      const double xi = x[t * in + i];
+      for (int j = 0; j < out; ++j) y[t * out + j] += xi * w[static_cast<std::size_t>(i) * out + j];
+    }
+  return y;
+}
+
+Rows norm(const ModelConfig& c, const Rows& x, TensorKind gain, TensorKind bias, int layer) {
+  const int d = c.hidden;
+  Rows y(x.size());
+  for (std::size_t t = 0; t < x.size() / d; ++t) {
+    const double* r = &x[t * d];
+    double mean = 0.0;
+    if (c.norm == NormKind::layernorm) {
+      for (int j = 0; j < d; ++j) mean += r[j];
+      mean /= d;
+    }
+    double sq = 0.0;
+    for (int j = 0; j < d; ++j) sq += (r[j] - mean) * (r[j] - mean);
+    const double inv = 1.0 / std::sqrt(sq / d + c.norm_eps);
+    for (int j = 0; j < d; ++j) {
+      double v = (r[j] - mean) * inv * weight(c, gain, layer, 0, 0, j, 0.1, 1.0);
+      if (c.norm == NormKind::layernorm) v += weight(c, bias, layer, 0, 0, j, 0.1);
+      y[t * d + j] = v;
+    }
+  }
+  return y;
+}
+
+void rope(const ModelConfig& c, Rows& x, int heads, int pos) {
+  const int hd = c.effective_head_dim(), half = hd / 2;
+  for (int h = 0; h < heads; ++h)
+    for (int p = 0; p < half; ++p) {
+      const double angle = pos * std::pow(c.rope_theta, -2.0 * p / hd);
+      double& a = x[h * hd + p];
+      double& b = x[h * hd + p + half];
+      const double x1 = a, x2 = b;
+      a = x1 * std::cos(angle) - x2 * std::sin(angle);
+      b = x2 * std::cos(angle) + x1 * std::sin(angle);
+    }
+}
+
+double act(Activation a, double v) {
+  if (a == Activation::swiglu) return v / (1.0 + std::exp(-v));
+  return 0.5 * v * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (v + 0.044715 * v * v * v)));
+}
+
+// FFN of one expert (or the dense MLP, expert 0) on rows h.
+Rows expert_ffn(const ModelConfig& c, const Rows& h, int layer, int expert) {
+  const double s_d = 1.0 / std::sqrt(static_cast<double>(c.hidden));
+  Rows a = matmul(c, h, c.hidden, c.ffn_hidden, TensorKind::w1, layer, expert, s_d);
+  if (c.activation == Activation::swiglu) {
+    const Rows g = matmul(c, h, c.hidden, c.ffn_hidden, TensorKind::w3, layer, expert, s_d);
+    for (std::size_t i = 0; i < a.size(); ++i) a[i] = act(c.activation, a[i]) * g[i];
+  } else {
+    for (double& v : a) v = act(c.activation, v);
+  }
+  return matmul(c, a, c.ffn_hidden, c.hidden, TensorKind::w2, layer, expert,
+                1.0 / std::sqrt(static_cast<double>(c.ffn_hidden)));
+}
+
+// Expert choices for one token: learned (softmax, top-k, renormalise) or synthetic.
+void choose(const ModelConfig& c, const WorkloadConfig& w, const double* logits, int layer,
+            std::int64_t token, std::vector<int>& idx, std::vector<double>& wt) {
+  const int E = c.experts, k = c.top_k;
+  idx.assign(k, -1);
+  wt.assign(k, 1.0 / k);
+  if (w.routing != RoutingMode::learned) {
+    const double s = w.routing == RoutingMode::zipf ? w.zipf_exponent : 0.0;
+    std::vector<double> cdf(E);
+    double total = 0.0, acc = 0.0;
+    for (int e = 0; e < E; ++e) total += std::pow(e + 1.0, -s);
+    for (int e = 0; e < E; ++e) cdf[e] = (acc += std::pow(e + 1.0, -s) / total);
+    const std::uint64_t stream = tensor_stream(c.seed, TensorKind::synthetic_routing, layer, 0);
+    for (int j = 0; j < k; ++j) {
+      for (int a = 0; a < 64 && idx[j] < 0; ++a) {
+        const double u = 0.5 * (uniform_at(stream, static_cast<std::uint64_t>(token), static_cast<std::uint64_t>(j * 64 + a)) + 1.0);
+        int e = 0;
+        while (e < E - 1 && cdf[e] <= u) ++e;
+        if (std::find(idx.begin(), idx.begin() + j, e) == idx.begin() + j) idx[j] = e;
+      }
+      for (int e = 0; idx[j] < 0 && e < E; ++e)
+        if (std::find(idx.begin(), idx.begin() + j, e) == idx.begin() + j) idx[j] = e;
+    }
+    return;
+  }
+  const double mx = *std::max_element(logits, logits + E);
+  double sum = 0.0;
+  for (int e = 0; e < E; ++e) sum += std::exp(logits[e] - mx);
+  double picked = 0.0;
+  for (int j = 0; j < k; ++j) {
+    int best = -1;
+    for (int e = 0; e < E; ++e)
+      if (std::find(idx.begin(), idx.begin() + j, e) == idx.begin() + j &&
+          (best < 0 || logits[e] > logits[best]))
+        best = e;
+    idx[j] = best;
+    wt[j] = std::exp(logits[best] - mx) / sum;
+    picked += wt[j];
+  }
+  if (c.renormalize)
+    for (double& v : wt) v /= picked;
+}
+
+struct State {
+  // Per layer: keys and values of every position so far, [seq][pos][kv_width].
+  std::vector<std::vector<Rows>> k, v;
+};
+
+// One layer over rows x (row r = sequence r / n, position pos0 + r % n), in place.
+void layer(const ModelConfig& c, const WorkloadConfig& w, int l, Rows& x, int n, int pos0,
+           const std::vector<std::int64_t>& token_ids, State& st) {
+  const int d = c.hidden, hd = c.effective_head_dim(), H = c.heads, Hkv = c.effective_kv_heads();
+  const int tokens = static_cast<int>(x.size() / d);
+  const double s_d = 1.0 / std::sqrt(static_cast<double>(d));
+  Rows h = norm(c, x, TensorKind::norm1_gain, TensorKind::norm1_bias, l);
+  Rows q = matmul(c, h, d, c.q_width(), TensorKind::wq, l, 0, s_d);
+  Rows k = matmul(c, h, d, c.kv_width(), TensorKind::wk, l, 0, s_d);
+  Rows v = matmul(c, h, d, c.kv_width(), TensorKind::wv, l, 0, s_d);
+  Rows attn(static_cast<std::size_t>(tokens) * c.q_width(), 0.0);
+  for (int r = 0; r < tokens; ++r) {
+    const int b = r / n, pos = pos0 + r % n;
+    Rows qr(q.begin() + static_cast<std::ptrdiff_t>(r) * c.q_width(), q.begin() + static_cast<std::ptrdiff_t>(r + 1) * c.q_width());
+    Rows kr(k.begin() + static_cast<std::ptrdiff_t>(r) * c.kv_width(), k.begin() + static_cast<std::ptrdiff_t>(r + 1) * c.kv_width());
+    if (c.rope) {
+      rope(c, qr, H, pos);
+      rope(c, kr, Hkv, pos);
+    }
+    std::copy(qr.begin(), qr.end(), q.begin() + static_cast<std::ptrdiff_t>(r) * c.q_width());
+    st.k[l][b].resize(static_cast<std::size_t>(pos + 1) * c.kv_width());
+    st.v[l][b].resize(static_cast<std::size_t>(pos + 1) * c.kv_width());
+    std::copy(kr.begin(), kr.end(), st.k[l][b].begin() + static_cast<std::ptrdiff_t>(pos) * c.kv_width());
+    std::copy(v.begin() + static_cast<std::ptrdiff_t>(r) * c.kv_width(), v.begin() + static_cast<std::ptrdiff_t>(r + 1) * c.kv_width(),
+              st.v[l][b].begin() + static_cast<std::ptrdiff_t>(pos) * c.kv_width());
+  }
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  for (int r = 0; r < tokens; ++r) {
+    const int b = r / n, pos = pos0 + r % n;
+    for (int hh = 0; hh < H; ++hh) {
+      const int kvh = hh / (H / Hkv);
+      std::vector<double> s(pos + 1);
+      for (int j = 0; j <= pos; ++j) {
+        double acc = 0.0;
+        for (int e = 0; e < hd; ++e)
+          acc += q[static_cast<std::size_t>(r) * c.q_width() + hh * hd + e] *
+                 st.k[l][b][static_cast<std::size_t>(j) * c.kv_width() + kvh * hd + e];
+        s[j] = acc * scale;
+      }
+      const double mx = *std::max_element(s.begin(), s.end());
+      double sum = 0.0;
+      for (double& e : s) sum += (e = std::exp(e - mx));
+      for (int e = 0; e < hd; ++e) {
+        double acc = 0.0;
+        for (int j = 0; j <= pos; ++j) acc += s[j] * st.v[l][b][static_cast<std::size_t>(j) * c.kv_width() + kvh * hd + e];
+        attn[static_cast<std::size_t>(r) * c.q_width() + hh * hd + e] = acc / sum;
+      }
+    }
+  }
+  const Rows o = matmul(c, attn, c.q_width(), d, TensorKind::wo, l, 0,
+                        1.0 / std::sqrt(static_cast<double>(c.q_width())));
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] += o[i];
+
+  h = norm(c, x, TensorKind::norm2_gain, TensorKind::norm2_bias, l);
+  if (!c.is_moe()) {
+    const Rows y = expert_ffn(c, h, l, 0);
+    for (std::size_t i = 0; i < x.size(); ++i) x[i] += y[i];
+    return;
+  }
+  const Rows logits = matmul(c, h, d, c.experts, TensorKind::router, l, 0, s_d);
+  const int capacity = c.capacity_factor > 0.0
+                           ? static_cast<int>(std::ceil(c.capacity_factor * tokens * c.top_k / c.experts))
+                           : -1;
+  std::vector<int> idx;
+  std::vector<double> wt;
+  std::vector<std::vector<int>> rows_of(c.experts);            // token rows per expert, slot order
+  std::vector<std::vector<double>> weight_of(c.experts);
+  for (int t = 0; t < tokens; ++t) {
+    choose(c, w, &logits[static_cast<std::size_t>(t) * c.experts], l, token_ids[t], idx, wt);
+    for (int j = 0; j < c.top_k; ++j) {
+      auto& rows = rows_of[idx[j]];
+      if (capacity >= 0 && static_cast<int>(rows.size()) >= capacity) continue;
+      rows.push_back(t);
+      weight_of[idx[j]].push_back(wt[j]);
+    }
+  }
+  Rows y(x.size(), 0.0);
+  for (int e = 0; e < c.experts; ++e) {
+    if (rows_of[e].empty()) continue;
+    Rows he;
+    for (int t : rows_of[e]) he.insert(he.end(), h.begin() + static_cast<std::ptrdiff_t>(t) * d, h.begin() + static_cast<std::ptrdiff_t>(t + 1) * d);
+    const Rows ye = expert_ffn(c, he, l, e);
+    for (std::size_t i = 0; i < rows_of[e].size(); ++i)
+      for (int j = 0; j < d; ++j)
+        y[static_cast<std::size_t>(rows_of[e][i]) * d + j] += weight_of[e][i] * ye[i * d + j];
+  }
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] += y[i];
+}
+
+}  // namespace
+
+ReferenceOutput reference_forward(const ModelConfig& c, const WorkloadConfig& w, int seq_begin,
+                                  int count, int global_batch) {
+  const int d = c.hidden, S = w.prompt, G = w.decode_steps;
+  State st;
+  st.k.assign(c.layers, std::vector<Rows>(count));
+  st.v.assign(c.layers, std::vector<Rows>(count));
+
+  Rows x(static_cast<std::size_t>(count) * S * d);
+  std::vector<std::int64_t> ids(static_cast<std::size_t>(count) * S);
+  for (int r = 0; r < count * S; ++r) {
+    ids[r] = static_cast<std::int64_t>(seq_begin) * S + r;
+    for (int j = 0; j < d; ++j)
+      x[static_cast<std::size_t>(r) * d + j] = weight(c, TensorKind::input, 0, 0, ids[r], j, 1.0);
+  }
+  for (int l = 0; l < c.layers; ++l) layer(c, w, l, x, S, 0, ids, st);
+  ReferenceOutput out;
+  out.prefill = norm(c, x, TensorKind::final_gain, TensorKind::final_bias, 0);
+
+  out.decode.resize(static_cast<std::size_t>(count) * G * d);
+  Rows step_in(static_cast<std::size_t>(count) * d);
+  for (int b = 0; b < count; ++b)
+    std::copy_n(out.prefill.begin() + (static_cast<std::ptrdiff_t>(b) * S + S - 1) * d, d, step_in.begin() + static_cast<std::ptrdiff_t>(b) * d);
+  for (int g = 0; g < G; ++g) {
+    std::vector<std::int64_t> step_ids(count);
+    for (int b = 0; b < count; ++b)
+      step_ids[b] = static_cast<std::int64_t>(global_batch) * S + static_cast<std::int64_t>(g) * global_batch + seq_begin + b;
+    for (int l = 0; l < c.layers; ++l) layer(c, w, l, step_in, 1, S + g, step_ids, st);
+    step_in = norm(c, step_in, TensorKind::final_gain, TensorKind::final_bias, 0);
+    for (int b = 0; b < count; ++b)
+      std::copy_n(step_in.begin() + static_cast<std::ptrdiff_t>(b) * d, d,
+                  out.decode.begin() + (static_cast<std::ptrdiff_t>(b) * G + g) * d);
+  }
+  return out;
+}
+
+double reference_flops(const ModelConfig& model, const WorkloadConfig& workload, int count) {
+  double total = forward_flops(model, count, workload.prompt, 0);
+  for (int g = 0; g < workload.decode_steps; ++g) total += forward_flops(model, count, 1, workload.prompt + g);
+  return total;
+}
+
+}  // namespace moeproxy
+
+namespace moeproxy {
+
+double max_relative_error(const std::vector<float>& got, const std::vector<double>& expected) {
+  if (got.size() != expected.size())
+    throw std::invalid_argument("max_relative_error: " + std::to_string(got.size()) + " values against " +
+                                std::to_string(expected.size()));
+  double diff = 0.0, scale = 0.0;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    diff = std::max(diff, std::abs(static_cast<double>(got[i]) - expected[i]));
+    scale = std::max(scale, std::abs(expected[i]));
+  }
+  return scale > 0.0 ? diff / scale : diff;
+}
+
+double verification_tolerance(Precision precision) {
+  return precision == Precision::fp32 ? 1e-4 : 2e-2;
+}
+
+}  // namespace moeproxy

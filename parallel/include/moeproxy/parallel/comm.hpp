@@ -1,0 +1,57 @@
+#pragma once
+// Communication with every call recorded: operation, group, bytes leaving this rank
+// (self-traffic excluded) and seconds. This is the MPI backend; data given to it lives on
+// the host (device buffers are staged by the caller after a named fence).
+
+#include <mpi.h>
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "moeproxy/core/metrics.hpp"
+
+namespace moeproxy::parallel {
+
+// Throws std::runtime_error naming the call, file and line when an MPI call fails.
+void check_mpi(int code, const char* call, const char* file, int line);
+#define MOEPROXY_MPI(call) ::moeproxy::parallel::check_mpi((call), #call, __FILE__, __LINE__)
+
+class Communicator {
+ public:
+  // Does not take ownership of comm; `name` labels the group in the records ("world", "dp").
+  Communicator(MPI_Comm comm, std::string name);
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  MPI_Comm handle() const { return comm_; }
+  const std::string& name() const { return name_; }
+
+  void barrier();
+  void allreduce_sum(double* data, int count);
+  void allreduce_sum(std::uint64_t* data, int count);
+  void allreduce_max(double* data, int count);
+  void allreduce_min(double* data, int count);
+  void broadcast(void* data, int bytes, int root);
+  void send(const float* data, int count, int dest, int tag);
+  void recv(float* data, int count, int source, int tag);
+  // Every rank contributes `local`; rank `root` receives all of them in rank order.
+  std::vector<double> gather(const std::vector<double>& local, int root);
+
+  // Accumulated records, one per operation on this group.
+  std::vector<CommRecord> records() const;
+
+ private:
+  template <class Call>
+  void timed(const char* op, std::uint64_t bytes, Call&& call);
+
+  MPI_Comm comm_;
+  std::string name_;
+  int rank_ = 0;
+  int size_ = 1;
+  std::map<std::string, CommRecord> records_;
+};
+
+}  // namespace moeproxy::parallel

@@ -1,0 +1,40 @@
+#pragma once
+// Runs the forward pass (prefill, then decode) under a rank layout and measures it.
+
+#include <cstdint>
+#include <ostream>
+#include <vector>
+
+#include "moeproxy/core/config.hpp"
+#include "moeproxy/core/metrics.hpp"
+#include "moeproxy/core/model.hpp"
+#include "moeproxy/parallel/comm.hpp"
+#include "moeproxy/parallel/layout.hpp"
+
+namespace moeproxy::parallel {
+
+struct RunOutput {
+  RankMetrics metrics;
+  RunSummary summary;                       // verification fields left for the caller
+  std::vector<std::uint64_t> expert_tokens;  // [layer, expert], summed over ranks
+  SequenceSlice slice;                      // this rank's sequences
+  std::vector<float> hidden_prefill;        // [slice.count, prompt, hidden] final-normed
+  std::vector<float> hidden_decode;         // [slice.count, decode_steps, hidden]
+};
+
+// Collective over `world`. Progress lines go to `progress` (pass nullptr on ranks other than 0).
+RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, Communicator& world,
+                      std::ostream* progress);
+
+// The outputs of global sequences [0, count) on rank 0, in the reference's row order
+// (prefill [count * prompt, hidden], decode [count * decode_steps, hidden]); empty elsewhere.
+struct SampleOutputs {
+  std::vector<float> prefill, decode;
+};
+SampleOutputs gather_sample(const RunConfig& cfg, const RankLayout& layout, const RunOutput& out,
+                            Communicator& world, int count);
+
+// Peak FLOP/s of the device this rank runs on for the run's precision; 0 when unknown.
+double device_peak_flops(Precision precision);
+
+}  // namespace moeproxy::parallel

@@ -1,0 +1,173 @@
+#include "moeproxy/parallel/engine.hpp"
+
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <numeric>
+#include <string>
+
+namespace moeproxy::parallel {
+
+namespace {
+
+void copy_rows_to_host(const Matrix& m, std::vector<float>& dst, std::size_t offset) {
+  auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), m);
+  std::copy(host.data(), host.data() + host.span(), dst.begin() + static_cast<std::ptrdiff_t>(offset));
+}
+
+std::uint64_t host_high_water_bytes() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<std::uint64_t>(usage.ru_maxrss) * 1024;  // Linux reports KiB
+}
+
+// Communication phases: their time is the part of the wall time spent communicating.
+double comm_seconds(const PhaseTable& t) {
+  double s = 0.0;
+  for (int l = 0; l < t.layers(); ++l)
+    for (Phase p : {Phase::allreduce, Phase::dispatch, Phase::send, Phase::recv, Phase::wait})
+      s += t.at(l, p);
+  return s;
+}
+
+}  // namespace
+
+RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, Communicator& world,
+                      std::ostream* progress) {
+  const ModelConfig& m = cfg.model;
+  const WorkloadConfig& w = cfg.workload;
+  ExecSpace space;
+  RunOutput out;
+  out.slice = layout.sequences_of(world.rank());
+  out.metrics.prefill = PhaseTable(m.layers);
+  out.metrics.decode = PhaseTable(m.layers);
+  const int d = m.hidden, n = out.slice.count;
+
+  Transformer model(space, m, w, out.slice);
+  named_fence(space, "moeproxy::engine::weights_ready");
+  out.hidden_prefill.resize(static_cast<std::size_t>(n) * w.prompt * d);
+  out.hidden_decode.resize(static_cast<std::size_t>(n) * w.decode_steps * d);
+
+  world.barrier();
+  Kokkos::Timer timer;
+  Kokkos::Profiling::pushRegion("moeproxy::prefill");
+  const Matrix prefill_out = model.prefill(out.metrics.prefill);
+  named_fence(space, "moeproxy::engine::prefill_end");
+  Kokkos::Profiling::popRegion();
+  out.metrics.prefill_seconds = timer.seconds();
+  copy_rows_to_host(prefill_out, out.hidden_prefill, 0);
+  if (progress)
+    *progress << "[moeproxy] prefill: " << w.prompt << " tokens x " << w.batch << " sequences in "
+              << out.metrics.prefill_seconds << " s (rank 0)\n" << std::flush;
+
+  // Step 0's input is each sequence's last prompt position, already final-normed.
+  Matrix step_in("moeproxy::engine::decode_input", n, d);
+  {
+    auto last = Kokkos::create_mirror_view(step_in);
+    for (int b = 0; b < n; ++b)
+      for (int j = 0; j < d; ++j)
+        last(b, j) = out.hidden_prefill[(static_cast<std::size_t>(b + 1) * w.prompt - 1) * d + j];
+    Kokkos::deep_copy(space, step_in, last);
+  }
+  std::vector<float> step_host(static_cast<std::size_t>(n) * d);
+  world.barrier();
+  timer.reset();
+  Kokkos::Profiling::pushRegion("moeproxy::decode");
+  const int report_every = std::max(1, w.decode_steps / 10);
+  for (int g = 0; g < w.decode_steps; ++g) {
+    const Matrix y = model.decode_step(step_in, g, out.metrics.decode);
+    Kokkos::deep_copy(space, step_in, y);
+    copy_rows_to_host(y, step_host, 0);
+    for (int b = 0; b < n; ++b)
+      std::copy_n(step_host.begin() + static_cast<std::ptrdiff_t>(b) * d, d,
+                  out.hidden_decode.begin() + (static_cast<std::ptrdiff_t>(b) * w.decode_steps + g) * d);
+    if (progress && ((g + 1) % report_every == 0 || g + 1 == w.decode_steps))
+      *progress << "[moeproxy] decode step " << g + 1 << "/" << w.decode_steps << "\n" << std::flush;
+  }
+  named_fence(space, "moeproxy::engine::decode_end");
+  Kokkos::Profiling::popRegion();
+  out.metrics.decode_seconds = timer.seconds();
+
+  out.metrics.prefill_flops = forward_flops(m, n, w.prompt, 0);
+  for (int g = 0; g < w.decode_steps; ++g) out.metrics.decode_flops += forward_flops(m, n, 1, w.prompt + g);
+  auto& mem = out.metrics.memory;
+  mem[static_cast<int>(MemoryKind::weights)] = model.weight_bytes();
+  mem[static_cast<int>(MemoryKind::kv_cache)] = model.kv_cache_bytes();
+  mem[static_cast<int>(MemoryKind::activations)] = model.activation_bytes();
+  mem[static_cast<int>(MemoryKind::high_water)] = host_high_water_bytes();
+
+  // Run-wide figures: walls are the slowest rank's; FLOPs and tokens add up.
+  double walls[2] = {out.metrics.prefill_seconds, out.metrics.decode_seconds};
+  world.allreduce_max(walls, 2);
+  double sums[4] = {out.metrics.prefill_flops + out.metrics.decode_flops, device_peak_flops(m.precision),
+                    comm_seconds(out.metrics.prefill) + comm_seconds(out.metrics.decode),
+                    static_cast<double>(model.dropped_slots())};
+  world.allreduce_sum(sums, 4);
+  RunSummary& s = out.summary;
+  s.prefill_tokens_per_s = static_cast<double>(w.batch) * w.prompt / walls[0];
+  s.ttft_s = walls[0];
+  s.tpot_s = w.decode_steps > 0 ? walls[1] / w.decode_steps : 0.0;
+  s.decode_tokens_per_s = w.decode_steps > 0 ? static_cast<double>(w.batch) * w.decode_steps / walls[1] : 0.0;
+  s.peak_flops = sums[1];
+  s.mfu = s.peak_flops > 0.0 ? sums[0] / (walls[0] + walls[1]) / s.peak_flops : 0.0;
+  s.comm_seconds_raw = sums[2];
+  s.comm_fraction = sums[2] / world.size() / (walls[0] + walls[1]);
+  s.dropped_tokens = static_cast<std::uint64_t>(sums[3]);
+
+  out.expert_tokens = model.expert_tokens();
+  if (!out.expert_tokens.empty()) {
+    world.allreduce_sum(out.expert_tokens.data(), static_cast<int>(out.expert_tokens.size()));
+    for (int l = 0; l < m.layers; ++l) {
+      const auto first = out.expert_tokens.begin() + static_cast<std::ptrdiff_t>(l) * m.experts;
+      const double mean = static_cast<double>(std::accumulate(first, first + m.experts, std::uint64_t{0})) / m.experts;
+      const double mx = static_cast<double>(*std::max_element(first, first + m.experts));
+      if (mean > 0.0) s.expert_imbalance = std::max(s.expert_imbalance, (mx - mean) / mean);
+    }
+  }
+  return out;
+}
+
+SampleOutputs gather_sample(const RunConfig& cfg, const RankLayout& layout, const RunOutput& out,
+                            Communicator& world, int count) {
+  const int S = cfg.workload.prompt, G = cfg.workload.decode_steps, d = cfg.model.hidden;
+  SampleOutputs sample;
+  if (world.rank() == 0) {
+    sample.prefill.resize(static_cast<std::size_t>(count) * S * d);
+    sample.decode.resize(static_cast<std::size_t>(count) * G * d);
+  }
+  for (int seq = 0; seq < count; ++seq) {
+    const int owner = layout.owner_of_sequence(seq);
+    const std::size_t pre = static_cast<std::size_t>(S) * d, dec = static_cast<std::size_t>(G) * d;
+    if (world.rank() == owner) {
+      const std::size_t local = static_cast<std::size_t>(seq - out.slice.begin);
+      const float* p = out.hidden_prefill.data() + local * pre;
+      const float* q = out.hidden_decode.data() + local * dec;
+      if (owner == 0) {
+        std::copy_n(p, pre, sample.prefill.begin() + static_cast<std::ptrdiff_t>(seq * pre));
+        std::copy_n(q, dec, sample.decode.begin() + static_cast<std::ptrdiff_t>(seq * dec));
+      } else {
+        world.send(p, static_cast<int>(pre), 0, 2 * seq);
+        world.send(q, static_cast<int>(dec), 0, 2 * seq + 1);
+      }
+    } else if (world.rank() == 0) {
+      world.recv(sample.prefill.data() + seq * pre, static_cast<int>(pre), owner, 2 * seq);
+      world.recv(sample.decode.data() + seq * dec, static_cast<int>(dec), owner, 2 * seq + 1);
+    }
+  }
+  return sample;
+}
+
+double device_peak_flops(Precision precision) {
+#if defined(KOKKOS_ENABLE_CUDA)
+  int device = 0;
+  cudaDeviceProp prop{};
+  if (cudaGetDevice(&device) == cudaSuccess && cudaGetDeviceProperties(&prop, device) == cudaSuccess &&
+      std::string(prop.name).find("H100") != std::string::npos)
+    return precision == Precision::fp16 ? 989.4e12 : 66.9e12;  // H100 SXM dense, datasheet
+#else
+  (void)precision;
+#endif
+  return 0.0;
+}
+
+}  // namespace moeproxy::parallel

@@ -1,0 +1,160 @@
+// The Kokkos forward against the double-precision host reference, and its invariants.
+#include <catch2/catch.hpp>
+
+#include "moeproxy/core/model.hpp"
+#include "moeproxy/core/reference.hpp"
+#include "test_helpers.hpp"
+
+using namespace moeproxy;
+using moeproxy::testing::flatten;
+
+namespace {
+
+struct Outputs {
+  std::vector<float> prefill, decode;  // decode rows b * steps + g, like the reference
+  std::vector<std::uint64_t> expert_tokens;
+};
+
+Outputs run(const ModelConfig& m, const WorkloadConfig& w, SequenceSlice slice) {
+  ExecSpace space;
+  Transformer model(space, m, w, slice);
+  PhaseTable pre(m.layers), dec(m.layers);
+  Outputs o;
+  const Matrix y = model.prefill(pre);
+  o.prefill = flatten(y);
+  const int d = m.hidden;
+  Matrix x("x", slice.count, d);
+  auto hx = Kokkos::create_mirror_view(x);
+  for (int b = 0; b < slice.count; ++b)
+    for (int j = 0; j < d; ++j) hx(b, j) = o.prefill[((b + 1) * w.prompt - 1) * d + j];
+  Kokkos::deep_copy(x, hx);
+  o.decode.resize(static_cast<std::size_t>(slice.count) * w.decode_steps * d);
+  for (int g = 0; g < w.decode_steps; ++g) {
+    const Matrix out = model.decode_step(x, g, dec);
+    Kokkos::deep_copy(x, out);
+    const std::vector<float> step = flatten(out);
+    for (int b = 0; b < slice.count; ++b)
+      std::copy_n(step.begin() + b * d, d, o.decode.begin() + (b * w.decode_steps + g) * d);
+  }
+  o.expert_tokens = model.expert_tokens();
+  CHECK(pre.total() > 0.0);
+  CHECK(dec.total() > 0.0);
+  return o;
+}
+
+ModelConfig tiny_moe() {
+  ModelConfig m;
+  m.layers = 2;
+  m.hidden = 48;
+  m.heads = 6;
+  m.head_dim = 12;
+  m.kv_heads = 2;
+  m.ffn_hidden = 40;
+  m.experts = 6;
+  m.top_k = 3;
+  return m;
+}
+
+WorkloadConfig small_workload() {
+  WorkloadConfig w;
+  w.batch = 3;
+  w.prompt = 7;
+  w.decode_steps = 3;
+  return w;
+}
+
+void check_against_reference(const ModelConfig& m, const WorkloadConfig& w) {
+  const Outputs got = run(m, w, SequenceSlice{0, w.batch, w.batch});
+  const ReferenceOutput ref = reference_forward(m, w, 0, w.batch, w.batch);
+  CHECK(max_relative_error(got.prefill, ref.prefill) < 1e-5);
+  CHECK(max_relative_error(got.decode, ref.decode) < 1e-5);
+}
+
+}  // namespace
+
+TEST_CASE("model: MoE (SwiGLU, RMSNorm, GQA, RoPE, top-3 of 6) matches the reference", "[model]") {
+  check_against_reference(tiny_moe(), small_workload());
+}
+
+TEST_CASE("model: dense (GELU, LayerNorm, no RoPE) matches the reference", "[model]") {
+  ModelConfig m = tiny_moe();
+  m.ffn = FfnKind::dense;
+  m.activation = Activation::gelu;
+  m.norm = NormKind::layernorm;
+  m.rope = false;
+  m.kv_heads = 0;
+  check_against_reference(m, small_workload());
+}
+
+TEST_CASE("model: synthetic Zipf routing and unnormalised weights match the reference", "[model]") {
+  ModelConfig m = tiny_moe();
+  m.renormalize = false;
+  WorkloadConfig w = small_workload();
+  w.routing = RoutingMode::zipf;
+  w.zipf_exponent = 1.5;
+  check_against_reference(m, w);
+  m.renormalize = true;
+  w.routing = RoutingMode::learned;
+  m.capacity_factor = 1.0;  // drops tokens: both implementations must drop the same ones
+  check_against_reference(m, w);
+}
+
+TEST_CASE("model: dropless expert token counts sum to tokens x top_k", "[model][moe]") {
+  const ModelConfig m = tiny_moe();
+  const WorkloadConfig w = small_workload();
+  const Outputs o = run(m, w, SequenceSlice{0, w.batch, w.batch});
+  REQUIRE(o.expert_tokens.size() == static_cast<std::size_t>(m.layers * m.experts));
+  for (int l = 0; l < m.layers; ++l) {
+    std::uint64_t sum = 0;
+    for (int e = 0; e < m.experts; ++e) sum += o.expert_tokens[l * m.experts + e];
+    CHECK(sum == static_cast<std::uint64_t>(w.batch * w.prompt * m.top_k));
+  }
+}
+
+TEST_CASE("model: runs are bitwise deterministic", "[model]") {
+  const Outputs a = run(tiny_moe(), small_workload(), SequenceSlice{0, 3, 3});
+  const Outputs b = run(tiny_moe(), small_workload(), SequenceSlice{0, 3, 3});
+  CHECK(a.prefill == b.prefill);
+  CHECK(a.decode == b.decode);
+}
+
+TEST_CASE("model: a slice of sequences reproduces those rows of the whole batch", "[model]") {
+  WorkloadConfig w = small_workload();
+  w.batch = 4;
+  w.routing = RoutingMode::uniform;
+  const Outputs all = run(tiny_moe(), w, SequenceSlice{0, 4, 4});
+  const Outputs part = run(tiny_moe(), w, SequenceSlice{2, 2, 4});
+  const int d = tiny_moe().hidden;
+  const std::size_t pre = static_cast<std::size_t>(w.prompt) * d, dec = static_cast<std::size_t>(w.decode_steps) * d;
+  for (std::size_t i = 0; i < 2 * pre; ++i) REQUIRE(part.prefill[i] == Approx(all.prefill[2 * pre + i]).margin(1e-6));
+  for (std::size_t i = 0; i < 2 * dec; ++i) REQUIRE(part.decode[i] == Approx(all.decode[2 * dec + i]).margin(1e-6));
+}
+
+TEST_CASE("model: the memory estimate equals what the Transformer allocates", "[model]") {
+  for (FfnKind ffn : {FfnKind::moe, FfnKind::dense}) {
+    ModelConfig m = tiny_moe();
+    m.ffn = ffn;
+    const WorkloadConfig w = small_workload();
+    ExecSpace space;
+    Transformer model(space, m, w, SequenceSlice{0, w.batch, w.batch});
+    const MemoryEstimate e = estimate_memory(m, w, w.batch);
+    CHECK(e.weights == model.weight_bytes());
+    CHECK(e.kv_cache == model.kv_cache_bytes());
+    CHECK(e.activations == model.activation_bytes());
+  }
+}
+
+TEST_CASE("model: forward_flops counts projections, causal attention and experts", "[model]") {
+  ModelConfig m;
+  m.layers = 1;
+  m.hidden = 8;
+  m.heads = 2;
+  m.ffn_hidden = 16;
+  m.experts = 4;
+  m.top_k = 2;
+  // One sequence of 3 tokens from position 0: keys per query 1 + 2 + 3 = 6.
+  const double proj = 2.0 * 3 * 8 * (2 * 8 + 2 * 8);
+  const double attn = 4.0 * 2 * 4 * 6;
+  const double ffn = 3 * (2.0 * 3 * 8 * 16 * 2) + 2.0 * 3 * 8 * 4;
+  CHECK(forward_flops(m, 1, 3, 0) == Approx(proj + attn + ffn));
+}

@@ -7,11 +7,13 @@
 #include <CLI/CLI.hpp>
 #include <Kokkos_Core.hpp>
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <iterator>
+#include <optional>
 #include <sstream>
 
 #include "moeproxy/core/reference.hpp"
@@ -20,6 +22,10 @@
 #include "moeproxy/io/results.hpp"
 #include "moeproxy/parallel/engine.hpp"
 #include "moeproxy_version.hpp"
+
+#ifdef KOKKOS_ENABLE_CUDA
+#include <cuda_runtime.h>
+#endif
 
 namespace {
 
@@ -34,6 +40,7 @@ struct Options {
   std::string deck;
   std::vector<std::string> sets;
   int ranks = 1;
+  bool preflight = true;
 };
 
 int world_rank() {
@@ -49,12 +56,25 @@ bool agree(bool ok_on_root) {
   return flag != 0;
 }
 
-std::string broadcast_string(std::string s) {
+std::string broadcast_string(std::string s, int root = 0) {
   int n = static_cast<int>(s.size());
-  MPI_Bcast(&n, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  MPI_Bcast(&n, 1, MPI_INT, root, MPI_COMM_WORLD);
   s.resize(n);
-  MPI_Bcast(s.data(), n, MPI_CHAR, 0, MPI_COMM_WORLD);
+  MPI_Bcast(s.data(), n, MPI_CHAR, root, MPI_COMM_WORLD);
   return s;
+}
+
+// For checks every rank makes on its own figures: the lowest rank with a problem explains it
+// on rank 0's stderr, and all ranks learn the outcome together.
+bool all_ranks_fine(const std::string& problem) {
+  int size = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  int first = problem.empty() ? size : world_rank();
+  MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  if (first == size) return true;
+  const std::string message = broadcast_string(problem, first);
+  if (world_rank() == 0) std::cerr << "moeproxy: input error: " << message << "\n";
+  return false;
 }
 
 // Rank 0 reads and validates the deck (one file read, whatever the job size); every rank
@@ -84,20 +104,250 @@ bool load_config(const Options& opt, RunConfig& cfg) {
   return true;
 }
 
-// The output file must be creatable before hours of compute are spent.
+// The output file must be creatable before hours of compute are spent, and the final rename
+// onto it must be possible: a directory in the way is only found out at the very end.
 std::string check_output_writable(const std::string& path) {
   namespace fs = std::filesystem;
+  const std::string key = "output.file = \"" + path + "\"";
+  if (path.empty() || path.back() == '/')
+    return key + ": expected a file name, e.g. output.file = \"results/run.h5\"";
   std::error_code ec;
+  if (fs::is_directory(path, ec))
+    return key + " is a directory; name a file inside it, e.g. " + (fs::path(path) / "run.h5").string();
   const fs::path parent = fs::path(path).parent_path();
   if (!parent.empty()) fs::create_directories(parent, ec);
-  if (ec) return "output.file=" + path + ": cannot create directory " + parent.string() + ": " + ec.message();
+  if (ec) return key + ": cannot create directory " + parent.string() + ": " + ec.message();
   const std::string probe = path + ".partial";
   std::ofstream f(probe);
-  if (!f) return "output.file=" + path + ": cannot write in " + (parent.empty() ? std::string(".") : parent.string());
+  if (!f) return key + ": cannot write in " + (parent.empty() ? std::string(".") : parent.string());
   f.close();
   fs::remove(probe, ec);
   return "";
 }
+
+// Keys the deck accepts for features this version does not have yet: running something else
+// under their name would produce results that look valid and are not.
+std::string check_implemented(const RunConfig& cfg) {
+  if (!cfg.model.checkpoint.empty()) {
+    std::error_code ec;
+    const std::string missing =
+        std::filesystem::exists(cfg.model.checkpoint, ec) ? "" : " (and no such file exists)";
+    return "model.checkpoint = \"" + cfg.model.checkpoint + "\"" + missing +
+           ": loading weights from a checkpoint is not implemented yet; remove model.checkpoint "
+           "(or set it to \"\") to run with generated weights";
+  }
+  if (cfg.model.precision == Precision::fp16)
+    return "model.precision = \"fp16\": fp16 kernels are not implemented yet; set model.precision = \"fp32\"";
+  if (cfg.verify.mode == VerifyMode::file)
+    return "verify.mode = \"file\": comparing with an earlier run's results file is not implemented yet; "
+           "use verify.mode = \"reference\" or \"auto\"";
+  if (cfg.parallel.comm == CommBackend::nccl)
+    return "parallel.comm = \"nccl\": the NCCL backend is not implemented yet; use \"auto\" or \"mpi\"";
+  return "";
+}
+
+// ---- Memory pre-flight: refuse a run that cannot fit before anything big is allocated.
+
+std::string format_bytes(double bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  int u = 0;
+  while (bytes >= 1024.0 && u < 6) {
+    bytes /= 1024.0;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f %s", bytes, units[u]);
+  return buf;
+}
+
+// Allocations the estimate cannot see: the Kokkos, OpenMP and HDF5 runtimes, the report and
+// the results writer. Measured high-water marks of tiny runs exceed the estimate by less.
+constexpr std::uint64_t runtime_allowance = 64ull << 20;
+
+std::optional<std::uint64_t> read_bytes_file(const std::string& path) {
+  std::ifstream in(path);
+  std::uint64_t v = 0;
+  if (!(in >> v)) return std::nullopt;  // also "max": no limit
+  return v;
+}
+
+// What a batch system's memory cgroup (Slurm, containers) still grants this process; the
+// kernel's MemAvailable does not know about it, and exceeding it means an OOM kill.
+std::optional<std::uint64_t> cgroup_headroom() {
+  std::ifstream in("/proc/self/cgroup");
+  std::optional<std::uint64_t> best;
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto c1 = line.find(':'), c2 = line.find(':', c1 + 1);
+    if (c1 == std::string::npos || c2 == std::string::npos) continue;
+    const std::string controllers = line.substr(c1 + 1, c2 - c1 - 1), path = line.substr(c2 + 1);
+    std::string root, limit_file, usage_file;
+    if (controllers.empty()) {
+      root = "/sys/fs/cgroup", limit_file = "memory.max", usage_file = "memory.current";
+    } else if (("," + controllers + ",").find(",memory,") != std::string::npos) {
+      root = "/sys/fs/cgroup/memory", limit_file = "memory.limit_in_bytes", usage_file = "memory.usage_in_bytes";
+    } else {
+      continue;
+    }
+    // Inside a container the cgroup path names the host's hierarchy, and the mount point
+    // itself is this process's group.
+    for (const std::string& dir : {root + path, root}) {
+      const auto limit = read_bytes_file(dir + "/" + limit_file), usage = read_bytes_file(dir + "/" + usage_file);
+      if (!usage) continue;
+      // cgroup v1 spells "no limit" as a page-rounded INT64_MAX.
+      if (limit && *limit < (1ull << 62)) {
+        const std::uint64_t room = *limit > *usage ? *limit - *usage : 0;
+        best = best ? std::min(*best, room) : room;
+      }
+      break;
+    }
+  }
+  return best;
+}
+
+struct HostMemory {
+  std::uint64_t bytes = 0;  // for the whole node
+  std::string source;
+};
+
+std::optional<HostMemory> host_available() {
+  std::ifstream in("/proc/meminfo");
+  std::string line;
+  std::optional<HostMemory> avail;
+  while (std::getline(in, line)) {
+    std::uint64_t kib = 0;
+    if (line.rfind("MemAvailable:", 0) == 0 && std::istringstream(line.substr(13)) >> kib)
+      avail = HostMemory{kib * 1024, "MemAvailable"};
+  }
+  if (!avail) return avail;
+  const auto room = cgroup_headroom();
+  if (room && *room < avail->bytes) *avail = HostMemory{*room, "memory cgroup limit"};
+  return avail;
+}
+
+std::string ranks_phrase(int n) { return std::to_string(n) + (n == 1 ? " rank" : " ranks"); }
+
+int node_rank_count() {
+  MPI_Comm node;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+  int n = 1;
+  MPI_Comm_size(node, &n);
+  MPI_Comm_free(&node);
+  return n;
+}
+
+// Host vectors that outlive the forward pass: the final hidden states the engine keeps for
+// verification and the dump; on a GPU also the host copy the prefill output passes through.
+std::uint64_t host_result_bytes(const RunConfig& cfg, int sequences) {
+  const std::uint64_t rows = static_cast<std::uint64_t>(sequences) *
+                             (static_cast<std::uint64_t>(cfg.workload.prompt) + cfg.workload.decode_steps);
+  std::uint64_t bytes = rows * cfg.model.hidden * sizeof(float);
+#ifdef KOKKOS_ENABLE_CUDA
+  bytes += static_cast<std::uint64_t>(sequences) * cfg.workload.prompt * cfg.model.hidden * sizeof(float);
+#endif
+  return bytes;
+}
+
+// What to change, for the part of the need that is too big.
+std::string memory_advice(const RunConfig& cfg, const parallel::RankLayout& layout, int rank,
+                          std::uint64_t weights, std::uint64_t per_sequence, std::uint64_t available) {
+  const ModelConfig& m = cfg.model;
+  const WorkloadConfig& w = cfg.workload;
+  std::ostringstream s;
+  if (weights >= available) {
+    s << "\n  the weights this rank holds (" << format_bytes(weights) << ") do not fit alone: split the model "
+      << "over more ranks (parallel.tp = " << cfg.parallel.tp;
+    if (m.is_moe()) s << ", parallel.ep = " << cfg.parallel.ep;
+    s << ") or shrink it (model.layers = " << m.layers << ", model.hidden = " << m.hidden
+      << ", model.ffn_hidden = " << m.ffn_hidden;
+    if (m.is_moe()) s << ", model.experts = " << m.experts;
+    s << ")";
+  }
+  // Fewer sequences help unless the weights alone are too big.
+  if (weights < available || per_sequence >= available) {
+    s << "\n  the KV cache, activations and result buffers (" << format_bytes(per_sequence) << ") grow with the "
+      << layout.sequences_of(rank).count << " sequences on this rank (workload.batch = " << w.batch
+      << " over parallel.dp = " << cfg.parallel.dp << ") of workload.prompt = " << w.prompt
+      << " + workload.decode_steps = " << w.decode_steps
+      << " tokens: run fewer sequences per rank (more ranks and a larger parallel.dp, or a smaller "
+         "workload.batch) or a shorter workload.prompt";
+  }
+  s << "\n  (moeproxy run --no-preflight skips this check)";
+  return s.str();
+}
+
+// This rank's share of the node's host memory against what it will allocate on the host:
+// everything on a CPU build, the result buffers on a GPU build.
+std::string host_preflight(const RunConfig& cfg, const parallel::RankLayout& layout,
+                           [[maybe_unused]] const MemoryEstimate& e, std::ostream* progress) {
+  const int rank = world_rank(), sequences = layout.sequences_of(rank).count;
+  const std::uint64_t results = host_result_bytes(cfg, sequences);
+#ifdef KOKKOS_ENABLE_CUDA
+  const std::uint64_t weights = 0, per_sequence = results;
+  std::string parts = "result buffers " + format_bytes(results);
+#else
+  const std::uint64_t weights = e.weights, per_sequence = e.kv_cache + e.activations + results;
+  std::string parts = "weights " + format_bytes(e.weights) + ", KV cache " + format_bytes(e.kv_cache) +
+                      ", activations " + format_bytes(e.activations) + ", result buffers " + format_bytes(results);
+#endif
+  const std::uint64_t need = weights + per_sequence + runtime_allowance;
+  parts += ", runtime " + format_bytes(runtime_allowance);
+  const int sharing = node_rank_count();
+  const std::optional<HostMemory> node = host_available();
+  if (!node) {
+    if (progress) *progress << "[moeproxy] memory pre-flight: host memory unknown (no MemAvailable), not checked\n";
+    return "";
+  }
+  const std::uint64_t share = node->bytes / sharing;
+  if (progress)
+    *progress << "[moeproxy] host memory per rank: needs " << format_bytes(need) << " of " << format_bytes(share)
+              << " (" << node->source << " / " << ranks_phrase(sharing) << " on the node)\n" << std::flush;
+  if (need <= share) return "";
+  std::ostringstream s;
+  s << "the run does not fit in host memory on rank " << rank << ": it needs " << format_bytes(need)
+    << " per rank (" << parts << ") but " << format_bytes(share) << " is available (" << node->source << " "
+    << format_bytes(node->bytes) << " shared by " << ranks_phrase(sharing) << " on the node)"
+    << memory_advice(cfg, layout, rank, weights, per_sequence, share > runtime_allowance ? share - runtime_allowance : 0);
+  return s.str();
+}
+
+#ifdef KOKKOS_ENABLE_CUDA
+// After Kokkos initialised (it picks the GPU and creates the context) and before the model is
+// allocated. Ranks on the same GPU split its free memory.
+std::string device_preflight(const RunConfig& cfg, const parallel::RankLayout& layout, const MemoryEstimate& e,
+                             std::ostream* progress) {
+  int device = 0;
+  cudaDeviceProp prop{};
+  if (cudaGetDevice(&device) != cudaSuccess || cudaGetDeviceProperties(&prop, device) != cudaSuccess)
+    return "cannot query the GPU of rank " + std::to_string(world_rank()) + " for the memory pre-flight";
+  MPI_Comm node, gpu;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+  MPI_Comm_split(node, ((prop.pciDomainID & 0x7fff) << 16) | (prop.pciBusID << 8) | prop.pciDeviceID, 0, &gpu);
+  int sharing = 1;
+  MPI_Comm_size(gpu, &sharing);
+  // Every sharer's context must exist before the free memory is read.
+  MPI_Barrier(gpu);
+  std::size_t free_bytes = 0, total_bytes = 0;
+  const cudaError_t status = cudaMemGetInfo(&free_bytes, &total_bytes);
+  MPI_Comm_free(&gpu);
+  MPI_Comm_free(&node);
+  if (status != cudaSuccess)
+    return std::string("cudaMemGetInfo failed on rank ") + std::to_string(world_rank()) + ": " + cudaGetErrorString(status);
+  const std::uint64_t share = free_bytes / sharing, need = e.total();
+  if (progress)
+    *progress << "[moeproxy] GPU memory per rank: needs " << format_bytes(need) << " of " << format_bytes(share)
+              << " (free on " << prop.name << " / " << ranks_phrase(sharing) << ")\n" << std::flush;
+  if (need <= share) return "";
+  const int rank = world_rank();
+  std::ostringstream s;
+  s << "the run does not fit in GPU memory on rank " << rank << ": it needs " << format_bytes(need)
+    << " per rank (weights " << format_bytes(e.weights) << ", KV cache " << format_bytes(e.kv_cache)
+    << ", activations " << format_bytes(e.activations) << ") but " << format_bytes(share) << " is available ("
+    << format_bytes(free_bytes) << " free of " << format_bytes(total_bytes) << " on " << prop.name << ", shared by "
+    << ranks_phrase(sharing) << ")" << memory_advice(cfg, layout, rank, e.weights, e.kv_cache + e.activations, share);
+  return s.str();
+}
+#endif
 
 std::string describe_backend() {
   std::ostringstream s;
@@ -176,11 +426,13 @@ int run_command(const Options& opt, int argc, char** argv) {
   if (!load_config(opt, cfg)) return exit_input;
   int world_size = 1;
   MPI_Comm_size(MPI_COMM_WORLD, &world_size);
-  std::string error;
-  try {
-    (void)parallel::RankLayout::build(cfg, world_size);
-  } catch (const InputError& e) {
-    error = e.what();
+  std::string error = check_implemented(cfg);
+  if (error.empty()) {
+    try {
+      (void)parallel::RankLayout::build(cfg, world_size);
+    } catch (const InputError& e) {
+      error = e.what();
+    }
   }
   if (error.empty() && world_rank() == 0) error = check_output_writable(cfg.output.file);
   if (!agree(error.empty())) {
@@ -188,10 +440,16 @@ int run_command(const Options& opt, int argc, char** argv) {
     return exit_input;
   }
   const parallel::RankLayout layout = parallel::RankLayout::build(cfg, world_size);
+  std::ostream* progress = world_rank() == 0 ? &std::cout : nullptr;
+  const MemoryEstimate estimate = estimate_memory(cfg.model, cfg.workload, layout.sequences_of(world_rank()).count,
+                                                  layout.shard_of(world_rank()));
+  if (opt.preflight && !all_ranks_fine(host_preflight(cfg, layout, estimate, progress))) return exit_input;
 
   Kokkos::ScopeGuard kokkos(argc, argv);
+#ifdef KOKKOS_ENABLE_CUDA
+  if (opt.preflight && !all_ranks_fine(device_preflight(cfg, layout, estimate, progress))) return exit_input;
+#endif
   parallel::Communicator world(MPI_COMM_WORLD, "world");
-  std::ostream* progress = world.rank() == 0 ? &std::cout : nullptr;
   if (progress)
     *progress << "[moeproxy] " << cfg.deck_path << ": " << layout.describe() << " on " << world.size()
               << " ranks, " << describe_backend() << "\n" << std::flush;
@@ -210,7 +468,7 @@ int run_command(const Options& opt, int argc, char** argv) {
   info.layout = layout.describe();
   info.host = host_name();
   info.device = describe_backend();
-  out.metrics.comm = world.records();
+  for (const CommRecord& r : world.records()) out.metrics.comm.push_back(r);
   io::ExpertCounts experts;
   if (cfg.model.is_moe()) {
     experts.layers = cfg.model.layers;
@@ -220,9 +478,13 @@ int run_command(const Options& opt, int argc, char** argv) {
   io::HiddenDump dump;
   if (cfg.output.dump_hidden) {
     dump.batch_offset = out.slice.begin;
-    dump.batch_count = out.slice.count;
-    dump.prefill = out.hidden_prefill;
-    dump.decode = out.hidden_decode;
+    // Tensor-parallel peers hold copies of the owner's rows: the owner writes them.
+    // Moved, not copied: the pre-flight counts these buffers once.
+    if (out.owns_outputs) {
+      dump.batch_count = out.slice.count;
+      dump.prefill = std::move(out.hidden_prefill);
+      dump.decode = std::move(out.hidden_decode);
+    }
   }
   io::write_results(MPI_COMM_WORLD, cfg.output.file, cfg, info, out.metrics, out.summary, experts,
                     cfg.output.dump_hidden ? &dump : nullptr);
@@ -244,13 +506,14 @@ int check_command(const Options& opt) {
   if (!load_config(opt, cfg)) return exit_input;
   if (world_rank() != 0) return exit_ok;
   try {
+    if (const std::string e = check_implemented(cfg); !e.empty()) throw InputError(e);
     const parallel::RankLayout layout = parallel::RankLayout::build(cfg, opt.ranks);
     const ModelConfig& m = cfg.model;
     std::cout << "deck " << opt.deck << " is valid for " << opt.ranks << " ranks (" << layout.describe() << ")\n";
     std::cout << "rank map:\n" << layout.rank_map();
     std::cout << "memory estimate per rank (fp32):\n";
     for (int r = 0; r < opt.ranks; ++r) {
-      const MemoryEstimate e = estimate_memory(m, cfg.workload, layout.sequences_of(r).count);
+      const MemoryEstimate e = estimate_memory(m, cfg.workload, layout.sequences_of(r).count, layout.shard_of(r));
       std::printf("  rank %d: weights %.1f MiB, kv cache %.1f MiB, activations %.1f MiB, total %.1f MiB\n", r,
                   e.weights / 1048576.0, e.kv_cache / 1048576.0, e.activations / 1048576.0, e.total() / 1048576.0);
     }
@@ -298,6 +561,9 @@ int main(int argc, char** argv) {
                                         "Launch with mpiexec -n N for N ranks.");
   run->add_option("deck", opt.deck, "TOML input deck (see docs/deck.md)")->required();
   run->add_option("--set", opt.sets, "Override a deck key: --set section.key=value (repeatable)");
+  run->add_flag("!--no-preflight", opt.preflight,
+                "Skip the memory pre-flight (which refuses runs whose estimated memory per rank "
+                "exceeds the host's or GPU's share)");
   auto* check = app.add_subcommand("check", "Validate a deck and print the rank map and memory per rank, "
                                             "without running it");
   check->add_option("deck", opt.deck, "TOML input deck")->required();

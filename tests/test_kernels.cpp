@@ -113,7 +113,7 @@ void check_attention(int batch, int heads, int kv_heads, int hd, int n, int pos0
   const Matrix q = random_matrix("q", batch * n, heads * hd, 12, 2.0f);
   Matrix out("out", batch * n, heads * hd);
   const float scale = 1.0f / std::sqrt(float(hd));
-  attention(space, q, kc, vc, out, n, pos0, scale);
+  attention(space, q, kc, vc, out, n, pos0, scale, 0, heads / kv_heads);
   auto hq = to_host(q), ho = to_host(out);
   for (int r = 0; r < batch * n; ++r)
     for (int h = 0; h < heads; ++h) {

@@ -89,12 +89,12 @@ void store_kv(const ExecSpace& space, const ConstMatrix& k, const ConstMatrix& v
 }
 
 void attention(const ExecSpace& space, const ConstMatrix& q, const Cache& k_cache,
-               const Cache& v_cache, const Matrix& out, int n, int pos0, float scale) {
+               const Cache& v_cache, const Matrix& out, int n, int pos0, float scale,
+               int head_begin, int group) {
   const int batch = static_cast<int>(q.extent(0)) / n;
-  const int kv_heads = static_cast<int>(k_cache.extent(1));
   const int hd = static_cast<int>(k_cache.extent(3));
   const int heads = static_cast<int>(q.extent(1)) / hd;
-  const int group = heads / kv_heads;
+  const int kv_begin = head_begin / group;
   const int ctx_max = pos0 + n;
   Kokkos::TeamPolicy<ExecSpace> policy(space, batch * heads * n, Kokkos::AUTO);
   policy.set_scratch_size(0, Kokkos::PerTeam(ScratchVector::shmem_size(ctx_max)));
@@ -102,7 +102,7 @@ void attention(const ExecSpace& space, const ConstMatrix& q, const Cache& k_cach
       "moeproxy::kernels::attention", policy, KOKKOS_LAMBDA(const Team& team) {
         const int t = team.league_rank();
         const int i = t % n, h = (t / n) % heads, b = t / (n * heads);
-        const int row = b * n + i, kvh = h / group, ctx = pos0 + i + 1;
+        const int row = b * n + i, kvh = (head_begin + h) / group - kv_begin, ctx = pos0 + i + 1;
         ScratchVector s(team.team_scratch(0), ctx_max);
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, ctx), [&](const int j) {
           float acc = 0.0f;
@@ -297,6 +297,14 @@ void combine(const ExecSpace& space, const ConstMatrix& y, const IndexVector& po
         }
         x(t, j) += acc;
       });
+}
+
+void add_into(const ExecSpace& space, const ConstMatrix& y, const Matrix& x) {
+  Kokkos::parallel_for(
+      "moeproxy::kernels::add_into",
+      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0},
+                                                        {static_cast<int>(x.extent(0)), static_cast<int>(x.extent(1))}),
+      KOKKOS_LAMBDA(const int t, const int j) { x(t, j) += y(t, j); });
 }
 
 }  // namespace moeproxy

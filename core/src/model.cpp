@@ -31,36 +31,46 @@ int capacity_for(const ModelConfig& cfg, int tokens) {
 }  // namespace
 
 Transformer::Transformer(const ExecSpace& space, const ModelConfig& model,
-                         const WorkloadConfig& workload, const SequenceSlice& slice)
-    : space_(space), cfg_(model), workload_(workload), slice_(slice) {
-  weights_ = make_weights(space_, cfg_, ShardSpec{}, 0, cfg_.layers);
+                         const WorkloadConfig& workload, const SequenceSlice& slice,
+                         const ShardSpec& shard, LayerExchange* exchange)
+    : space_(space), cfg_(model), workload_(workload), slice_(slice),
+      exchange_(exchange ? exchange : &default_exchange_) {
+  head_begin_ = shard.head_begin;
+  heads_ = shard.head_count < 0 ? cfg_.heads : shard.head_count;
+  kv_heads_ = kv_heads_of(cfg_, head_begin_, heads_).count;
+  ffn_ = shard.ffn_count < 0 ? cfg_.ffn_hidden : shard.ffn_count;
+  experts_ = cfg_.is_moe() ? (shard.expert_count < 0 ? cfg_.experts : shard.expert_count) : 1;
+  weights_ = make_weights(space_, cfg_, shard, 0, cfg_.layers);
+  const int hd = cfg_.effective_head_dim();
   const int positions = workload_.prompt + workload_.decode_steps;
   for (int l = 0; l < cfg_.layers; ++l) {
-    k_cache_.emplace_back("moeproxy::model::k_cache", slice_.count, cfg_.effective_kv_heads(), positions,
-                          cfg_.effective_head_dim());
-    v_cache_.emplace_back("moeproxy::model::v_cache", slice_.count, cfg_.effective_kv_heads(), positions,
-                          cfg_.effective_head_dim());
+    k_cache_.emplace_back("moeproxy::model::k_cache", slice_.count, kv_heads_, positions, hd);
+    v_cache_.emplace_back("moeproxy::model::v_cache", slice_.count, kv_heads_, positions, hd);
   }
   const int t = slice_.count * workload_.prompt;
-  const int routed = cfg_.is_moe() ? t * cfg_.top_k : t;
   ws_.x = Matrix("moeproxy::model::x", t, cfg_.hidden);
   ws_.h = Matrix("moeproxy::model::h", t, cfg_.hidden);
-  ws_.q = Matrix("moeproxy::model::q", t, cfg_.q_width());
-  ws_.k = Matrix("moeproxy::model::k", t, cfg_.kv_width());
-  ws_.v = Matrix("moeproxy::model::v", t, cfg_.kv_width());
-  ws_.attn = Matrix("moeproxy::model::attn", t, cfg_.q_width());
-  ws_.ffn_a = Matrix("moeproxy::model::ffn_a", routed, cfg_.ffn_hidden);
-  if (cfg_.activation == Activation::swiglu)
-    ws_.ffn_b = Matrix("moeproxy::model::ffn_b", routed, cfg_.ffn_hidden);
+  ws_.q = Matrix("moeproxy::model::q", t, heads_ * hd);
+  ws_.k = Matrix("moeproxy::model::k", t, kv_heads_ * hd);
+  ws_.v = Matrix("moeproxy::model::v", t, kv_heads_ * hd);
+  ws_.attn = Matrix("moeproxy::model::attn", t, heads_ * hd);
+  ws_.partial = Matrix("moeproxy::model::partial", t, cfg_.hidden);
   ws_.out = Matrix("moeproxy::model::out", t, cfg_.hidden);
   if (cfg_.is_moe()) {
     ws_.logits = Matrix("moeproxy::model::router_logits", t, cfg_.experts);
     ws_.route_w = Matrix("moeproxy::model::route_weight", t, cfg_.top_k);
     ws_.route_idx = IndexMatrix("moeproxy::model::route_index", t, cfg_.top_k);
-    ws_.xp = Matrix("moeproxy::model::permuted_in", routed, cfg_.hidden);
-    ws_.yp = Matrix("moeproxy::model::permuted_out", routed, cfg_.hidden);
+    ws_.xp = Matrix("moeproxy::model::permuted_in", t * cfg_.top_k, cfg_.hidden);
+    ws_.yp = Matrix("moeproxy::model::permuted_out", t * cfg_.top_k, cfg_.hidden);
     expert_tokens_.assign(static_cast<std::size_t>(cfg_.layers) * cfg_.experts, 0);
   }
+  reserve_expert_rows(cfg_.is_moe() ? t * cfg_.top_k : t);
+}
+
+void Transformer::reserve_expert_rows(int rows) {
+  if (static_cast<int>(ws_.ffn_a.extent(0)) >= rows) return;
+  ws_.ffn_a = Matrix("moeproxy::model::ffn_a", rows, ffn_);
+  if (cfg_.activation == Activation::swiglu) ws_.ffn_b = Matrix("moeproxy::model::ffn_b", rows, ffn_);
 }
 
 std::uint64_t Transformer::kv_cache_bytes() const {
@@ -72,7 +82,8 @@ std::uint64_t Transformer::kv_cache_bytes() const {
 
 std::uint64_t Transformer::activation_bytes() const {
   const std::size_t floats = ws_.x.span() + ws_.h.span() + ws_.q.span() + ws_.k.span() +
-                             ws_.v.span() + ws_.attn.span() + ws_.ffn_a.span() + ws_.ffn_b.span() +
+                             ws_.v.span() + ws_.attn.span() + ws_.partial.span() +
+                             ws_.ffn_a.span() + ws_.ffn_b.span() +
                              ws_.logits.span() + ws_.route_w.span() + ws_.xp.span() +
                              ws_.yp.span() + ws_.out.span();
   return floats * sizeof(float) + ws_.route_idx.span() * sizeof(int);
@@ -87,6 +98,7 @@ Transformer::Workspace Transformer::rows(int tokens) const {
   w.k = head_rows(ws_.k, tokens);
   w.v = head_rows(ws_.v, tokens);
   w.attn = head_rows(ws_.attn, tokens);
+  w.partial = head_rows(ws_.partial, tokens);
   w.ffn_a = head_rows(ws_.ffn_a, routed);
   if (ws_.ffn_b.extent(0) > 0) w.ffn_b = head_rows(ws_.ffn_b, routed);
   w.out = head_rows(ws_.out, tokens);
@@ -138,17 +150,21 @@ void Transformer::layer(int l, const Matrix& x, int n, int pos0, std::int64_t to
     gemm(space_, w.h, lw.wk, w.k);
     gemm(space_, w.h, lw.wv, w.v);
     if (cfg_.rope) {
-      apply_rope(space_, w.q, cfg_.heads, hd, n, pos0, cfg_.rope_theta);
-      apply_rope(space_, w.k, cfg_.effective_kv_heads(), hd, n, pos0, cfg_.rope_theta);
+      apply_rope(space_, w.q, heads_, hd, n, pos0, cfg_.rope_theta);
+      apply_rope(space_, w.k, kv_heads_, hd, n, pos0, cfg_.rope_theta);
     }
     store_kv(space_, w.k, w.v, k_cache_[l], v_cache_[l], n, pos0);
   });
   timed(space_, timing, l, Phase::attn_core, [&] {
     attention(space_, w.q, k_cache_[l], v_cache_[l], w.attn, n, pos0,
-              static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd))));
+              static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd))), head_begin_,
+              cfg_.heads / cfg_.effective_kv_heads());
   });
-  // Residual folded into the GEMM: x = x + attn * Wo.
-  timed(space_, timing, l, Phase::attn_out, [&] { gemm(space_, w.attn, lw.wo, x, 1.0f, 1.0f); });
+  // Row-parallel output projection: each rank's heads give a partial sum, reduced before
+  // the residual add.
+  timed(space_, timing, l, Phase::attn_out, [&] { gemm(space_, w.attn, lw.wo, w.partial); });
+  timed(space_, timing, l, Phase::allreduce, [&] { exchange_->reduce_partial(space_, w.partial); });
+  timed(space_, timing, l, Phase::attn_out, [&] { add_into(space_, w.partial, x); });
 
   timed(space_, timing, l, Phase::norm,
         [&] { normalize(space_, cfg_.norm, cfg_.norm_eps, x, lw.ffn_norm, w.h); });
@@ -158,24 +174,29 @@ void Transformer::layer(int l, const Matrix& x, int n, int pos0, std::int64_t to
     dense_ffn(l, x, w.h, timing);
 }
 
-void Transformer::dense_ffn(int l, const Matrix& x, const Matrix& h, PhaseTable& timing) {
-  const LayerWeights& lw = weights_.layers[l];
-  Workspace w = rows(static_cast<int>(x.extent(0)));
-  auto w1 = Kokkos::subview(lw.w1, 0, Kokkos::ALL, Kokkos::ALL);
-  auto w2 = Kokkos::subview(lw.w2, 0, Kokkos::ALL, Kokkos::ALL);
-  timed(space_, timing, l, Phase::ffn, [&] {
-    gemm(space_, h, w1, w.ffn_a);
-    if (cfg_.activation == Activation::swiglu)
-      gemm(space_, h, Kokkos::subview(lw.w3, 0, Kokkos::ALL, Kokkos::ALL), w.ffn_b);
-    activate(space_, cfg_.activation, w.ffn_a, w.ffn_b);
-    gemm(space_, w.ffn_a, w2, x, 1.0f, 1.0f);
-  });
+void Transformer::expert_ffn(const LayerWeights& lw, int expert, const Matrix& x, const Matrix& a,
+                             const Matrix& b, const Matrix& y) {
+  gemm(space_, x, Kokkos::subview(lw.w1, expert, Kokkos::ALL, Kokkos::ALL), a);
+  if (cfg_.activation == Activation::swiglu)
+    gemm(space_, x, Kokkos::subview(lw.w3, expert, Kokkos::ALL, Kokkos::ALL), b);
+  activate(space_, cfg_.activation, a, b);
+  gemm(space_, a, Kokkos::subview(lw.w2, expert, Kokkos::ALL, Kokkos::ALL), y);
 }
 
-// The MoE step as route -> permute -> experts -> combine.
-//   h [T, d] -> logits [T, E] -> (idx, weight) [T, k] -> permuted rows xp [T*k kept, d]
-//   -> per expert e: rows [off_e, off_e + n_e) of xp through W1_e, act, W2_e -> yp
-//   -> x[t] += sum_j weight[t, j] * yp[position(t, j)]
+// Column-parallel W1 (and W3), row-parallel W2: a partial sum per rank, reduced, added.
+void Transformer::dense_ffn(int l, const Matrix& x, const Matrix& h, PhaseTable& timing) {
+  Workspace w = rows(static_cast<int>(x.extent(0)));
+  timed(space_, timing, l, Phase::ffn,
+        [&] { expert_ffn(weights_.layers[l], 0, h, w.ffn_a, w.ffn_b, w.partial); });
+  timed(space_, timing, l, Phase::allreduce, [&] { exchange_->reduce_partial(space_, w.partial); });
+  timed(space_, timing, l, Phase::ffn, [&] { add_into(space_, w.partial, x); });
+}
+
+// The MoE step as route -> permute -> dispatch -> experts -> undispatch -> combine.
+//   h [T, d] -> logits [T, E] -> (idx, weight) [T, k] -> xp [kept, d] grouped by expert
+//   -> dispatch: x_in [received, d], grouped by source rank then local expert
+//   -> per (source, local expert) block: W1, act, W2 -> y_in -> undispatch -> yp [kept, d]
+//   -> partial[t] = sum_j weight[t, j] * yp[position(t, j)] -> reduce (TP) -> x += partial
 void Transformer::moe(int l, const Matrix& x, const Matrix& h, std::int64_t token0,
                       PhaseTable& timing, bool count_experts) {
   const LayerWeights& lw = weights_.layers[l];
@@ -191,35 +212,45 @@ void Transformer::moe(int l, const Matrix& x, const Matrix& h, std::int64_t toke
     }
   });
   Permutation perm;
-  std::vector<int> offsets(cfg_.experts + 1);
+  std::vector<int> counts(cfg_.experts);
+  int kept = 0;
   timed(space_, timing, l, Phase::permute, [&] {
     dropped_ += permute(space_, w.route_idx, cfg_.experts, capacity_for(cfg_, tokens), perm);
-    auto h_offsets = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), perm.offsets);
-    for (int e = 0; e <= cfg_.experts; ++e) offsets[e] = h_offsets(e);
-    gather_rows(space_, h, perm.source, head_rows(w.xp, offsets[cfg_.experts]));
+    auto h_counts = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), perm.counts);
+    for (int e = 0; e < cfg_.experts; ++e) kept += (counts[e] = h_counts(e));
+    gather_rows(space_, h, perm.source, head_rows(w.xp, kept));
   });
   if (count_experts)
-    for (int e = 0; e < cfg_.experts; ++e)
-      expert_tokens_[static_cast<std::size_t>(l) * cfg_.experts + e] += offsets[e + 1] - offsets[e];
+    for (int e = 0; e < cfg_.experts; ++e) expert_tokens_[static_cast<std::size_t>(l) * cfg_.experts + e] += counts[e];
+
+  std::vector<int> counts_in;
+  Matrix x_in;
+  timed(space_, timing, l, Phase::dispatch,
+        [&] { x_in = exchange_->dispatch(space_, head_rows(w.xp, kept), counts, counts_in); });
+  const int received = static_cast<int>(x_in.extent(0));
+  reserve_expert_rows(received);
+  // Without expert parallelism the outputs land straight in yp.
+  const Matrix y_in = x_in.data() == w.xp.data() ? head_rows(w.yp, received)
+                                                 : Matrix("moeproxy::model::expert_out", received, cfg_.hidden);
   timed(space_, timing, l, Phase::expert, [&] {
-    for (int e = 0; e < cfg_.experts; ++e) {
-      const auto r = std::make_pair(offsets[e], offsets[e + 1]);
+    int row = 0;
+    for (std::size_t block = 0; block < counts_in.size(); ++block) {
+      const auto r = std::make_pair(row, row + counts_in[block]);
+      row = r.second;
       if (r.first == r.second) continue;
-      const Matrix xe = Kokkos::subview(w.xp, r, Kokkos::ALL);
-      const Matrix ae = Kokkos::subview(w.ffn_a, r, Kokkos::ALL);
-      gemm(space_, xe, Kokkos::subview(lw.w1, e, Kokkos::ALL, Kokkos::ALL), ae);
-      Matrix be;
-      if (cfg_.activation == Activation::swiglu) {
-        be = Kokkos::subview(w.ffn_b, r, Kokkos::ALL);
-        gemm(space_, xe, Kokkos::subview(lw.w3, e, Kokkos::ALL, Kokkos::ALL), be);
-      }
-      activate(space_, cfg_.activation, ae, be);
-      gemm(space_, ae, Kokkos::subview(lw.w2, e, Kokkos::ALL, Kokkos::ALL),
-           Kokkos::subview(w.yp, r, Kokkos::ALL));
+      expert_ffn(lw, static_cast<int>(block % experts_), Kokkos::subview(x_in, r, Kokkos::ALL),
+                 Kokkos::subview(ws_.ffn_a, r, Kokkos::ALL),
+                 ws_.ffn_b.extent(0) > 0 ? Matrix(Kokkos::subview(ws_.ffn_b, r, Kokkos::ALL)) : Matrix(),
+                 Kokkos::subview(y_in, r, Kokkos::ALL));
     }
   });
-  timed(space_, timing, l, Phase::combine,
-        [&] { combine(space_, w.yp, perm.position, w.route_w, x); });
+  timed(space_, timing, l, Phase::dispatch, [&] { exchange_->undispatch(space_, y_in, head_rows(w.yp, kept)); });
+  timed(space_, timing, l, Phase::combine, [&] {
+    Kokkos::deep_copy(space_, w.partial, 0.0f);
+    combine(space_, w.yp, perm.position, w.route_w, w.partial);
+  });
+  timed(space_, timing, l, Phase::allreduce, [&] { exchange_->reduce_partial(space_, w.partial); });
+  timed(space_, timing, l, Phase::combine, [&] { add_into(space_, w.partial, x); });
 }
 
 double forward_flops(const ModelConfig& m, int batch, int tokens, int pos0) {
@@ -239,10 +270,15 @@ double forward_flops(const ModelConfig& m, int batch, int tokens, int pos0) {
 
 namespace moeproxy {
 
-MemoryEstimate estimate_memory(const ModelConfig& m, const WorkloadConfig& w, int sequences) {
+MemoryEstimate estimate_memory(const ModelConfig& m, const WorkloadConfig& w, int sequences,
+                               const ShardSpec& shard) {
   const std::uint64_t f = sizeof(float);
-  const std::uint64_t d = m.hidden, q = m.q_width(), kv = m.kv_width(), ff = m.ffn_hidden;
-  const std::uint64_t experts = m.is_moe() ? m.experts : 1;
+  const int heads = shard.head_count < 0 ? m.heads : shard.head_count;
+  const std::uint64_t hd = m.effective_head_dim();
+  const std::uint64_t d = m.hidden, q = heads * hd;
+  const std::uint64_t kv = kv_heads_of(m, shard.head_begin, heads).count * hd;
+  const std::uint64_t ff = shard.ffn_count < 0 ? m.ffn_hidden : shard.ffn_count;
+  const std::uint64_t experts = m.is_moe() ? (shard.expert_count < 0 ? m.experts : shard.expert_count) : 1;
   const std::uint64_t mats = m.activation == Activation::swiglu ? 3 : 2;
   const std::uint64_t norms = m.norm == NormKind::layernorm ? 2 : 1;
   MemoryEstimate e;
@@ -253,7 +289,7 @@ MemoryEstimate estimate_memory(const ModelConfig& m, const WorkloadConfig& w, in
   e.kv_cache = f * m.layers * 2 * sequences * positions * kv;
   const std::uint64_t t = static_cast<std::uint64_t>(sequences) * w.prompt;
   const std::uint64_t routed = m.is_moe() ? t * m.top_k : t;
-  std::uint64_t floats = t * (3 * d + 2 * q + 2 * kv) + routed * ff * (mats - 1);
+  std::uint64_t floats = t * (4 * d + 2 * q + 2 * kv) + routed * ff * (mats - 1);
   if (m.is_moe()) floats += t * (m.experts + m.top_k) + 2 * routed * d;
   e.activations = f * floats + (m.is_moe() ? sizeof(int) * t * m.top_k : 0);
   return e;

@@ -60,14 +60,18 @@ std::uint64_t ModelWeights::bytes() const {
   return total;
 }
 
+KvRange kv_heads_of(const ModelConfig& cfg, int head_begin, int head_count) {
+  const int group = cfg.heads / cfg.effective_kv_heads();
+  const int first = head_begin / group, last = (head_begin + head_count - 1) / group;
+  return KvRange{first, last - first + 1};
+}
+
 ModelWeights make_weights(const ExecSpace& space, const ModelConfig& cfg, const ShardSpec& shard,
                           int layer_begin, int layer_end) {
   const int hd = cfg.effective_head_dim();
   const int heads = shard.head_count < 0 ? cfg.heads : shard.head_count;
-  const int kv_group = cfg.heads / cfg.effective_kv_heads();
-  // A shard's query heads use kv heads [head_begin / group, (head_begin + heads) / group).
-  const int kv_begin = shard.head_begin / kv_group;
-  const int kv_heads = (heads + kv_group - 1) / kv_group;
+  const KvRange kv = kv_heads_of(cfg, shard.head_begin, heads);
+  const int kv_begin = kv.begin, kv_heads = kv.count;
   const int experts = cfg.is_moe() ? (shard.expert_count < 0 ? cfg.experts : shard.expert_count) : 1;
   const int expert_begin = cfg.is_moe() ? shard.expert_begin : 0;
   const int f_begin = shard.ffn_begin;

@@ -43,6 +43,11 @@ void Communicator::barrier() {
   timed("barrier", 0, [&] { MOEPROXY_MPI(MPI_Barrier(comm_)); });
 }
 
+void Communicator::allreduce_sum(float* data, int count) {
+  timed("allreduce", allreduce_bytes(sizeof(float) * count, size_),
+        [&] { MOEPROXY_MPI(MPI_Allreduce(MPI_IN_PLACE, data, count, MPI_FLOAT, MPI_SUM, comm_)); });
+}
+
 void Communicator::allreduce_sum(double* data, int count) {
   timed("allreduce", allreduce_bytes(sizeof(double) * count, size_),
         [&] { MOEPROXY_MPI(MPI_Allreduce(MPI_IN_PLACE, data, count, MPI_DOUBLE, MPI_SUM, comm_)); });
@@ -77,6 +82,23 @@ void Communicator::send(const float* data, int count, int dest, int tag) {
 void Communicator::recv(float* data, int count, int source, int tag) {
   timed("recv", 0, [&] {
     MOEPROXY_MPI(MPI_Recv(data, count, MPI_FLOAT, source, tag, comm_, MPI_STATUS_IGNORE));
+  });
+}
+
+void Communicator::alltoall(const int* send, int* recv, int count) {
+  timed("alltoall", sizeof(int) * static_cast<std::uint64_t>(count) * (size_ - 1),
+        [&] { MOEPROXY_MPI(MPI_Alltoall(send, count, MPI_INT, recv, count, MPI_INT, comm_)); });
+}
+
+void Communicator::alltoallv(const float* send, const std::vector<int>& send_counts,
+                             const std::vector<int>& send_displs, float* recv,
+                             const std::vector<int>& recv_counts, const std::vector<int>& recv_displs) {
+  std::uint64_t bytes = 0;
+  for (int r = 0; r < size_; ++r)
+    if (r != rank_) bytes += sizeof(float) * static_cast<std::uint64_t>(send_counts[r]);
+  timed("alltoallv", bytes, [&] {
+    MOEPROXY_MPI(MPI_Alltoallv(send, send_counts.data(), send_displs.data(), MPI_FLOAT, recv,
+                               recv_counts.data(), recv_displs.data(), MPI_FLOAT, comm_));
   });
 }
 

@@ -1,5 +1,7 @@
 #include "moeproxy/parallel/engine.hpp"
 
+#include "moeproxy/parallel/exchange.hpp"
+
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -39,11 +41,18 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, Communicat
   ExecSpace space;
   RunOutput out;
   out.slice = layout.sequences_of(world.rank());
+  out.owns_outputs = layout.owns_outputs(world.rank());
+  const ShardSpec shard = layout.shard_of(world.rank());
   out.metrics.prefill = PhaseTable(m.layers);
   out.metrics.decode = PhaseTable(m.layers);
   const int d = m.hidden, n = out.slice.count;
 
-  Transformer model(space, m, w, out.slice);
+  MPI_Comm tp_comm = MPI_COMM_NULL, ep_comm = MPI_COMM_NULL;
+  MOEPROXY_MPI(MPI_Comm_split(world.handle(), layout.tp_group(world.rank()), world.rank(), &tp_comm));
+  MOEPROXY_MPI(MPI_Comm_split(world.handle(), layout.ep_group(world.rank()), world.rank(), &ep_comm));
+  Communicator tp(tp_comm, "tp"), ep(ep_comm, "ep");
+  LayoutExchange exchange(tp, ep, m.is_moe() ? shard.expert_count : 1);
+  Transformer model(space, m, w, out.slice, shard, &exchange);
   named_fence(space, "moeproxy::engine::weights_ready");
   out.hidden_prefill.resize(static_cast<std::size_t>(n) * w.prompt * d);
   out.hidden_decode.resize(static_cast<std::size_t>(n) * w.decode_steps * d);
@@ -88,8 +97,11 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, Communicat
   Kokkos::Profiling::popRegion();
   out.metrics.decode_seconds = timer.seconds();
 
-  out.metrics.prefill_flops = forward_flops(m, n, w.prompt, 0);
-  for (int g = 0; g < w.decode_steps; ++g) out.metrics.decode_flops += forward_flops(m, n, 1, w.prompt + g);
+  // Model FLOPs of this rank's sequences, shared evenly by their tensor-parallel group.
+  const double tp_share = 1.0 / tp.size();
+  out.metrics.prefill_flops = tp_share * forward_flops(m, n, w.prompt, 0);
+  for (int g = 0; g < w.decode_steps; ++g)
+    out.metrics.decode_flops += tp_share * forward_flops(m, n, 1, w.prompt + g);
   auto& mem = out.metrics.memory;
   mem[static_cast<int>(MemoryKind::weights)] = model.weight_bytes();
   mem[static_cast<int>(MemoryKind::kv_cache)] = model.kv_cache_bytes();
@@ -101,7 +113,7 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, Communicat
   world.allreduce_max(walls, 2);
   double sums[4] = {out.metrics.prefill_flops + out.metrics.decode_flops, device_peak_flops(m.precision),
                     comm_seconds(out.metrics.prefill) + comm_seconds(out.metrics.decode),
-                    static_cast<double>(model.dropped_slots())};
+                    out.owns_outputs ? static_cast<double>(model.dropped_slots()) : 0.0};
   world.allreduce_sum(sums, 4);
   RunSummary& s = out.summary;
   s.prefill_tokens_per_s = static_cast<double>(w.batch) * w.prompt / walls[0];
@@ -114,7 +126,9 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, Communicat
   s.comm_fraction = sums[2] / world.size() / (walls[0] + walls[1]);
   s.dropped_tokens = static_cast<std::uint64_t>(sums[3]);
 
+  // Tensor-parallel peers route the same tokens: count them once.
   out.expert_tokens = model.expert_tokens();
+  if (!out.owns_outputs) std::fill(out.expert_tokens.begin(), out.expert_tokens.end(), 0);
   if (!out.expert_tokens.empty()) {
     world.allreduce_sum(out.expert_tokens.data(), static_cast<int>(out.expert_tokens.size()));
     for (int l = 0; l < m.layers; ++l) {
@@ -124,6 +138,10 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, Communicat
       if (mean > 0.0) s.expert_imbalance = std::max(s.expert_imbalance, (mx - mean) / mean);
     }
   }
+  for (const Communicator* c : {&tp, &ep})
+    for (const CommRecord& r : c->records()) out.metrics.comm.push_back(r);
+  MOEPROXY_MPI(MPI_Comm_free(&tp_comm));
+  MOEPROXY_MPI(MPI_Comm_free(&ep_comm));
   return out;
 }
 

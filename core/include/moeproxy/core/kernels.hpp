@@ -30,10 +30,12 @@ void store_kv(const ExecSpace& space, const ConstMatrix& k, const ConstMatrix& v
               const Cache& k_cache, const Cache& v_cache, int n, int pos0);
 
 // Causal attention of n queries per sequence at positions [pos0, pos0 + n) against cache
-// positions [0, pos0 + n). q, out: [B*n, H*hd]. Query head h reads kv head h / (H / Hkv_local)
-// of the cache, which holds this shard's kv heads only.
+// positions [0, pos0 + n). q, out: [B*n, H_local*hd], local head h being global head
+// head_begin + h, which reads global kv head (head_begin + h) / group; the cache holds the
+// shard's kv heads from global kv head head_begin / group on.
 void attention(const ExecSpace& space, const ConstMatrix& q, const Cache& k_cache,
-               const Cache& v_cache, const Matrix& out, int n, int pos0, float scale);
+               const Cache& v_cache, const Matrix& out, int n, int pos0, float scale,
+               int head_begin, int group);
 
 // x = act(x) (GELU) or x = silu(x) * gate (SwiGLU), elementwise on [T, f].
 void activate(const ExecSpace& space, Activation act, const Matrix& x, const ConstMatrix& gate);
@@ -70,5 +72,8 @@ void gather_rows(const ExecSpace& space, const ConstMatrix& x, const IndexVector
 // x[t] += sum_j weight[t,j] * y[position[t*k + j]] over kept slots, j ascending. [T,d].
 void combine(const ExecSpace& space, const ConstMatrix& y, const IndexVector& position,
              const ConstMatrix& weight, const Matrix& x);
+
+// x += y, elementwise on [T, d].
+void add_into(const ExecSpace& space, const ConstMatrix& y, const Matrix& x);
 
 }  // namespace moeproxy

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "moeproxy/core/config.hpp"
+#include "moeproxy/core/exchange.hpp"
 #include "moeproxy/core/kernels.hpp"
 #include "moeproxy/core/metrics.hpp"
 #include "moeproxy/core/types.hpp"
@@ -23,10 +24,14 @@ struct SequenceSlice {
   int global_batch = 1;  // sequences in the whole run
 };
 
+// The slice of the model a Transformer holds: heads, FFN columns and experts of every
+// layer (ShardSpec), with `exchange` joining it to the ranks holding the rest. The
+// defaults hold the whole model.
 class Transformer {
  public:
   Transformer(const ExecSpace& space, const ModelConfig& model, const WorkloadConfig& workload,
-              const SequenceSlice& slice);
+              const SequenceSlice& slice, const ShardSpec& shard = ShardSpec{},
+              LayerExchange* exchange = nullptr);
 
   // Runs the prompts; returns the final-normed hidden states [count * prompt, hidden].
   Matrix prefill(PhaseTable& timing);
@@ -43,7 +48,7 @@ class Transformer {
 
  private:
   struct Workspace {
-    Matrix x, h, q, k, v, attn, ffn_a, ffn_b, logits, route_w, xp, yp, out;
+    Matrix x, h, q, k, v, attn, partial, ffn_a, ffn_b, logits, route_w, xp, yp, out;
     IndexMatrix route_idx;
   };
   void layer(int l, const Matrix& x, int n, int pos0, std::int64_t token0, PhaseTable& timing,
@@ -52,11 +57,18 @@ class Transformer {
            bool count_experts);
   void dense_ffn(int l, const Matrix& x, const Matrix& h, PhaseTable& timing);
   Workspace rows(int tokens) const;
+  void expert_ffn(const LayerWeights& lw, int expert, const Matrix& x, const Matrix& a,
+                  const Matrix& b, const Matrix& y);
+  // Grows the expert buffers when expert parallelism brings more rows than were routed here.
+  void reserve_expert_rows(int rows);
 
   ExecSpace space_;
   ModelConfig cfg_;
   WorkloadConfig workload_;
   SequenceSlice slice_;
+  int head_begin_ = 0, heads_ = 0, kv_heads_ = 0, ffn_ = 0, experts_ = 0;  // held here
+  LayerExchange default_exchange_;
+  LayerExchange* exchange_;
   ModelWeights weights_;
   std::vector<Cache> k_cache_, v_cache_;
   Workspace ws_;
@@ -73,12 +85,15 @@ double forward_flops(const ModelConfig& model, int batch, int tokens, int pos0);
 
 namespace moeproxy {
 
-// Bytes a Transformer over `sequences` local sequences allocates, per memory kind, computed
-// from the shapes alone (for `moeproxy check` and the pre-flight before any allocation).
+// Bytes a Transformer over `sequences` local sequences holding `shard` allocates, per
+// memory kind, computed from the shapes alone (for `moeproxy check` and the pre-flight
+// before any allocation). Expert parallelism may add rows at run time (tokens routed here
+// by other ranks); this counts the rows routed by this rank's own tokens.
 struct MemoryEstimate {
   std::uint64_t weights = 0, kv_cache = 0, activations = 0;
   std::uint64_t total() const { return weights + kv_cache + activations; }
 };
-MemoryEstimate estimate_memory(const ModelConfig& model, const WorkloadConfig& workload, int sequences);
+MemoryEstimate estimate_memory(const ModelConfig& model, const WorkloadConfig& workload, int sequences,
+                               const ShardSpec& shard = ShardSpec{});
 
 }  // namespace moeproxy

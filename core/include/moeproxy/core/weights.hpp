@@ -27,6 +27,14 @@ struct ShardSpec {
   int ffn_begin = 0, ffn_count = -1;         // columns of each FFN's hidden dimension; -1 = all
 };
 
+// The kv heads a run of query heads reads: [begin, begin + count). With grouped kv heads a
+// shard whose query heads straddle two groups holds both kv heads (replicated across ranks,
+// as Megatron does when tp exceeds the kv heads).
+struct KvRange {
+  int begin = 0, count = 0;
+};
+KvRange kv_heads_of(const ModelConfig& cfg, int head_begin, int head_count);
+
 struct NormWeights {
   Vector gain;
   Vector bias;  // LayerNorm only; empty for RMSNorm

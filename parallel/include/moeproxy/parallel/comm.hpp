@@ -30,6 +30,7 @@ class Communicator {
   const std::string& name() const { return name_; }
 
   void barrier();
+  void allreduce_sum(float* data, int count);
   void allreduce_sum(double* data, int count);
   void allreduce_sum(std::uint64_t* data, int count);
   void allreduce_max(double* data, int count);
@@ -37,6 +38,11 @@ class Communicator {
   void broadcast(void* data, int bytes, int root);
   void send(const float* data, int count, int dest, int tag);
   void recv(float* data, int count, int source, int tag);
+  // Fixed-size exchange: `count` ints to and from every rank.
+  void alltoall(const int* send, int* recv, int count);
+  // Variable-size exchange of floats; counts and displacements in elements, per rank.
+  void alltoallv(const float* send, const std::vector<int>& send_counts, const std::vector<int>& send_displs,
+                 float* recv, const std::vector<int>& recv_counts, const std::vector<int>& recv_displs);
   // Every rank contributes `local`; rank `root` receives all of them in rank order.
   std::vector<double> gather(const std::vector<double>& local, int root);
 

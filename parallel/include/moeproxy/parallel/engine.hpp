@@ -18,6 +18,7 @@ struct RunOutput {
   RunSummary summary;                       // verification fields left for the caller
   std::vector<std::uint64_t> expert_tokens;  // [layer, expert], summed over ranks
   SequenceSlice slice;                      // this rank's sequences
+  bool owns_outputs = true;                 // false on tensor-parallel peers holding copies
   std::vector<float> hidden_prefill;        // [slice.count, prompt, hidden] final-normed
   std::vector<float> hidden_decode;         // [slice.count, decode_steps, hidden]
 };

@@ -1,13 +1,29 @@
 #pragma once
 // The rank layout: which rank does what, derived once from the [parallel] keys and the
 // number of ranks, with every check in one place so that errors name the key to change.
+//
+// Ranks form a grid dp x tp (pp and the attention/MoE split come later), tensor-parallel
+// index fastest, so that a tensor-parallel group sits on neighbouring ranks (one node):
+//   rank = dp_index * tp + tp_index
+// e.g. dp=2, tp=2: ranks 0,1 hold sequences 0..B/2-1 with heads split in two; ranks 2,3
+// the other half of the batch. Expert parallelism spreads experts over `ep` consecutive
+// data-parallel replicas (Megatron's EP inside DP): attention stays data-parallel, tokens
+// travel to their experts with all-to-all-v. With dp=4, ep=4: rank r holds experts
+// [r*E/4, (r+1)*E/4) and sequences [r*B/4, (r+1)*B/4).
 
 #include <string>
 
 #include "moeproxy/core/config.hpp"
 #include "moeproxy/core/model.hpp"
+#include "moeproxy/core/weights.hpp"
 
 namespace moeproxy::parallel {
+
+struct Coordinates {
+  int dp = 0;  // data-parallel replica (which sequences)
+  int tp = 0;  // tensor-parallel index (which heads and FFN columns)
+  int ep = 0;  // index inside the expert group (which experts)
+};
 
 class RankLayout {
  public:
@@ -15,11 +31,19 @@ class RankLayout {
   static RankLayout build(const RunConfig& cfg, int world_size);
 
   int world_size() const { return world_; }
+  Coordinates coordinates(int rank) const;
   // Sequences rank `rank` runs.
   SequenceSlice sequences_of(int rank) const;
-  // Rank holding global sequence `seq`.
+  // The part of every layer's weights rank `rank` holds.
+  ShardSpec shard_of(int rank) const;
+  // The rank whose outputs stand for global sequence `seq` (tensor-parallel index 0).
   int owner_of_sequence(int seq) const;
-  // "dp=4" style summary, for the report and the HDF5 file.
+  // Whether `rank` owns its sequences' outputs (its tensor-parallel peers hold copies).
+  bool owns_outputs(int rank) const { return coordinates(rank).tp == 0; }
+  // Colours for MPI_Comm_split: ranks with equal colours form one group.
+  int tp_group(int rank) const { return coordinates(rank).dp; }
+  int ep_group(int rank) const;
+  // "dp=4 tp=2 ep=4" style summary, for the report and the HDF5 file.
   std::string describe() const;
   // One line per rank: what it holds.
   std::string rank_map() const;

@@ -1,0 +1,63 @@
+// Expert parallelism: rank i of the expert group holds experts [i*L, (i+1)*L). The routed
+// rows arrive grouped by global expert, so each destination's rows are one contiguous
+// block; an all-to-all of per-expert counts tells every rank what it will receive, an
+// all-to-all-v moves the rows, and the same exchange reversed brings the results home.
+//
+//   xp [kept, d], counts[E]          (rows by global expert g = dest * L + e)
+//   -> alltoall counts               counts_in[src * L + e]
+//   -> alltoallv rows                x_in [received, d], by source rank then local expert
+//   -> experts                        y_in [received, d]
+//   -> alltoallv back                yp [kept, d] in xp's order
+#include <numeric>
+
+#include "moeproxy/parallel/exchange.hpp"
+
+namespace moeproxy::parallel {
+
+namespace {
+
+std::vector<int> exclusive_scan(const std::vector<int>& counts) {
+  std::vector<int> displs(counts.size(), 0);
+  for (std::size_t i = 1; i < counts.size(); ++i) displs[i] = displs[i - 1] + counts[i - 1];
+  return displs;
+}
+
+}  // namespace
+
+Matrix LayoutExchange::dispatch(const ExecSpace& space, const Matrix& xp, const std::vector<int>& counts,
+                                std::vector<int>& counts_in) {
+  if (ep_.size() == 1) return LayerExchange::dispatch(space, xp, counts, counts_in);
+  const int ranks = ep_.size(), local = local_experts_, d = static_cast<int>(xp.extent(1));
+  counts_in.assign(static_cast<std::size_t>(ranks) * local, 0);
+  ep_.alltoall(counts.data(), counts_in.data(), local);
+
+  send_counts_.assign(ranks, 0);
+  recv_counts_.assign(ranks, 0);
+  for (int r = 0; r < ranks; ++r)
+    for (int e = 0; e < local; ++e) {
+      send_counts_[r] += counts[r * local + e] * d;
+      recv_counts_[r] += counts_in[r * local + e] * d;
+    }
+  send_displs_ = exclusive_scan(send_counts_);
+  recv_displs_ = exclusive_scan(recv_counts_);
+  const int received = (recv_displs_.back() + recv_counts_.back()) / d;
+
+  named_fence(space, "moeproxy::ep::before_dispatch");
+  auto send = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), xp);
+  HostMatrix recv("moeproxy::ep::dispatch_recv", received, d);
+  ep_.alltoallv(send.data(), send_counts_, send_displs_, recv.data(), recv_counts_, recv_displs_);
+  Matrix x_in("moeproxy::ep::expert_in", received, d);
+  Kokkos::deep_copy(space, x_in, recv);
+  return x_in;
+}
+
+void LayoutExchange::undispatch(const ExecSpace& space, const Matrix& y_in, const Matrix& yp) {
+  if (ep_.size() == 1) return LayerExchange::undispatch(space, y_in, yp);
+  named_fence(space, "moeproxy::ep::before_undispatch");
+  auto send = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), y_in);
+  auto recv = Kokkos::create_mirror_view(Kokkos::HostSpace(), yp);
+  ep_.alltoallv(send.data(), recv_counts_, recv_displs_, recv.data(), send_counts_, send_displs_);
+  Kokkos::deep_copy(space, yp, recv);
+}
+
+}  // namespace moeproxy::parallel

@@ -1,0 +1,16 @@
+// Tensor parallelism (Megatron): QKV and W1/W3 are column-parallel, the attention output
+// projection and W2 row-parallel, so each rank of the tensor-parallel group ends a block
+// with a partial sum of the same [T, d] rows; one all-reduce makes it whole.
+#include "moeproxy/parallel/exchange.hpp"
+
+namespace moeproxy::parallel {
+
+void LayoutExchange::reduce_partial(const ExecSpace& space, const Matrix& partial) {
+  if (tp_.size() == 1) return;
+  named_fence(space, "moeproxy::tp::before_allreduce");
+  auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), partial);
+  tp_.allreduce_sum(host.data(), static_cast<int>(host.span()));
+  Kokkos::deep_copy(space, partial, host);
+}
+
+}  // namespace moeproxy::parallel

@@ -40,10 +40,12 @@ Transformer::Transformer(const ExecSpace& space, const ModelConfig& model,
   kv_heads_ = kv_heads_of(cfg_, head_begin_, heads_).count;
   ffn_ = shard.ffn_count < 0 ? cfg_.ffn_hidden : shard.ffn_count;
   experts_ = cfg_.is_moe() ? (shard.expert_count < 0 ? cfg_.experts : shard.expert_count) : 1;
-  weights_ = make_weights(space_, cfg_, shard, 0, cfg_.layers);
+  layer_begin_ = shard.layer_begin;
+  layer_end_ = shard.layer_count < 0 ? cfg_.layers : shard.layer_begin + shard.layer_count;
+  weights_ = make_weights(space_, cfg_, shard, layer_begin_, layer_end_);
   const int hd = cfg_.effective_head_dim();
   const int positions = workload_.prompt + workload_.decode_steps;
-  for (int l = 0; l < cfg_.layers; ++l) {
+  for (int l = layer_begin_; l < layer_end_; ++l) {
     k_cache_.emplace_back("moeproxy::model::k_cache", slice_.count, kv_heads_, positions, hd);
     v_cache_.emplace_back("moeproxy::model::v_cache", slice_.count, kv_heads_, positions, hd);
   }
@@ -112,33 +114,49 @@ Transformer::Workspace Transformer::rows(int tokens) const {
   return w;
 }
 
+Matrix Transformer::inputs(const MicroBatch& mb) const {
+  return make_inputs(space_, cfg_, slice_.begin + mb.first, mb.count, workload_.prompt);
+}
+
+void Transformer::run_layers(const Matrix& x, const MicroBatch& mb, int step, PhaseTable& timing) {
+  const bool prefill = step < 0;
+  const int n = prefill ? workload_.prompt : 1;
+  const int pos0 = prefill ? 0 : workload_.prompt + step;
+  // Global token ids (docs/model.md) of the first row, for synthetic routing.
+  const std::int64_t seq0 = slice_.begin + mb.first;
+  const std::int64_t token0 = prefill ? seq0 * workload_.prompt
+                                      : static_cast<std::int64_t>(slice_.global_batch) * workload_.prompt +
+                                            static_cast<std::int64_t>(step) * slice_.global_batch + seq0;
+  for (int l = layer_begin_; l < layer_end_; ++l) layer(l, x, mb, n, pos0, token0, timing, prefill);
+}
+
+Matrix Transformer::final_norm(const ConstMatrix& x, PhaseTable& timing) {
+  const Matrix out = head_rows(ws_.out, static_cast<int>(x.extent(0)));
+  timed(space_, timing, layer_end_ - 1, Phase::norm,
+        [&] { normalize(space_, cfg_.norm, cfg_.norm_eps, x, weights_.final_norm, out); });
+  return out;
+}
+
 Matrix Transformer::prefill(PhaseTable& timing) {
-  const int n = workload_.prompt;
-  const int tokens = slice_.count * n;
-  Workspace w = rows(tokens);
-  const Matrix inputs = make_inputs(space_, cfg_, slice_.begin, slice_.count, n);
-  Kokkos::deep_copy(space_, w.x, inputs);
-  const std::int64_t token0 = static_cast<std::int64_t>(slice_.begin) * n;
-  for (int l = 0; l < cfg_.layers; ++l) layer(l, w.x, n, 0, token0, timing, true);
-  timed(space_, timing, cfg_.layers - 1, Phase::norm,
-        [&] { normalize(space_, cfg_.norm, cfg_.norm_eps, w.x, weights_.final_norm, w.out); });
-  return w.out;
+  const Matrix x = rows(slice_.count * workload_.prompt).x;
+  Kokkos::deep_copy(space_, x, inputs(all_sequences()));
+  run_layers(x, all_sequences(), -1, timing);
+  return final_norm(x, timing);
 }
 
 Matrix Transformer::decode_step(const ConstMatrix& x, int step, PhaseTable& timing) {
-  Workspace w = rows(slice_.count);
-  Kokkos::deep_copy(space_, w.x, x);
-  const std::int64_t token0 = static_cast<std::int64_t>(slice_.global_batch) * workload_.prompt +
-                              static_cast<std::int64_t>(step) * slice_.global_batch + slice_.begin;
-  for (int l = 0; l < cfg_.layers; ++l) layer(l, w.x, 1, workload_.prompt + step, token0, timing, false);
-  timed(space_, timing, cfg_.layers - 1, Phase::norm,
-        [&] { normalize(space_, cfg_.norm, cfg_.norm_eps, w.x, weights_.final_norm, w.out); });
-  return w.out;
+  const Matrix xs = rows(slice_.count).x;
+  Kokkos::deep_copy(space_, xs, x);
+  run_layers(xs, all_sequences(), step, timing);
+  return final_norm(xs, timing);
 }
 
-void Transformer::layer(int l, const Matrix& x, int n, int pos0, std::int64_t token0,
-                        PhaseTable& timing, bool count_experts) {
-  const LayerWeights& lw = weights_.layers[l];
+void Transformer::layer(int l, const Matrix& x, const MicroBatch& mb, int n, int pos0,
+                        std::int64_t token0, PhaseTable& timing, bool count_experts) {
+  const LayerWeights& lw = weights_.layers[l - layer_begin_];
+  const auto seqs = std::make_pair(mb.first, mb.first + mb.count);
+  const Cache k_cache = Kokkos::subview(k_cache_[l - layer_begin_], seqs, Kokkos::ALL, Kokkos::ALL, Kokkos::ALL);
+  const Cache v_cache = Kokkos::subview(v_cache_[l - layer_begin_], seqs, Kokkos::ALL, Kokkos::ALL, Kokkos::ALL);
   const int tokens = static_cast<int>(x.extent(0));
   const int hd = cfg_.effective_head_dim();
   Workspace w = rows(tokens);
@@ -153,10 +171,10 @@ void Transformer::layer(int l, const Matrix& x, int n, int pos0, std::int64_t to
       apply_rope(space_, w.q, heads_, hd, n, pos0, cfg_.rope_theta);
       apply_rope(space_, w.k, kv_heads_, hd, n, pos0, cfg_.rope_theta);
     }
-    store_kv(space_, w.k, w.v, k_cache_[l], v_cache_[l], n, pos0);
+    store_kv(space_, w.k, w.v, k_cache, v_cache, n, pos0);
   });
   timed(space_, timing, l, Phase::attn_core, [&] {
-    attention(space_, w.q, k_cache_[l], v_cache_[l], w.attn, n, pos0,
+    attention(space_, w.q, k_cache, v_cache, w.attn, n, pos0,
               static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd))), head_begin_,
               cfg_.heads / cfg_.effective_kv_heads());
   });
@@ -187,7 +205,7 @@ void Transformer::expert_ffn(const LayerWeights& lw, int expert, const Matrix& x
 void Transformer::dense_ffn(int l, const Matrix& x, const Matrix& h, PhaseTable& timing) {
   Workspace w = rows(static_cast<int>(x.extent(0)));
   timed(space_, timing, l, Phase::ffn,
-        [&] { expert_ffn(weights_.layers[l], 0, h, w.ffn_a, w.ffn_b, w.partial); });
+        [&] { expert_ffn(weights_.layers[l - layer_begin_], 0, h, w.ffn_a, w.ffn_b, w.partial); });
   timed(space_, timing, l, Phase::allreduce, [&] { exchange_->reduce_partial(space_, w.partial); });
   timed(space_, timing, l, Phase::ffn, [&] { add_into(space_, w.partial, x); });
 }
@@ -199,7 +217,7 @@ void Transformer::dense_ffn(int l, const Matrix& x, const Matrix& h, PhaseTable&
 //   -> partial[t] = sum_j weight[t, j] * yp[position(t, j)] -> reduce (TP) -> x += partial
 void Transformer::moe(int l, const Matrix& x, const Matrix& h, std::int64_t token0,
                       PhaseTable& timing, bool count_experts) {
-  const LayerWeights& lw = weights_.layers[l];
+  const LayerWeights& lw = weights_.layers[l - layer_begin_];
   const int tokens = static_cast<int>(x.extent(0));
   Workspace w = rows(tokens);
   timed(space_, timing, l, Phase::router, [&] {
@@ -284,9 +302,10 @@ MemoryEstimate estimate_memory(const ModelConfig& m, const WorkloadConfig& w, in
   MemoryEstimate e;
   const std::uint64_t per_layer = d * (q + 2 * kv) + q * d + 2 * norms * d +
                                   (m.is_moe() ? d * m.experts : 0) + experts * mats * d * ff;
-  e.weights = f * (m.layers * per_layer + norms * d);
+  const std::uint64_t layers = shard.layer_count < 0 ? m.layers : shard.layer_count;
+  e.weights = f * (layers * per_layer + norms * d);
   const std::uint64_t positions = static_cast<std::uint64_t>(w.prompt) + w.decode_steps;
-  e.kv_cache = f * m.layers * 2 * sequences * positions * kv;
+  e.kv_cache = f * layers * 2 * sequences * positions * kv;
   const std::uint64_t t = static_cast<std::uint64_t>(sequences) * w.prompt;
   const std::uint64_t routed = m.is_moe() ? t * m.top_k : t;
   std::uint64_t floats = t * (4 * d + 2 * q + 2 * kv) + routed * ff * (mats - 1);

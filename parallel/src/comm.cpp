@@ -85,6 +85,18 @@ void Communicator::recv(float* data, int count, int source, int tag) {
   });
 }
 
+void Communicator::irecv(float* data, int count, int source, int tag) {
+  pending_.emplace_back();
+  MOEPROXY_MPI(MPI_Irecv(data, count, MPI_FLOAT, source, tag, comm_, &pending_.back()));
+}
+
+void Communicator::wait_all() {
+  timed("recv", 0, [&] {
+    MOEPROXY_MPI(MPI_Waitall(static_cast<int>(pending_.size()), pending_.data(), MPI_STATUSES_IGNORE));
+  });
+  pending_.clear();
+}
+
 void Communicator::alltoall(const int* send, int* recv, int count) {
   timed("alltoall", sizeof(int) * static_cast<std::uint64_t>(count) * (size_ - 1),
         [&] { MOEPROXY_MPI(MPI_Alltoall(send, count, MPI_INT, recv, count, MPI_INT, comm_)); });

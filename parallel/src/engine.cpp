@@ -1,6 +1,7 @@
 #include "moeproxy/parallel/engine.hpp"
 
 #include "moeproxy/parallel/exchange.hpp"
+#include "moeproxy/parallel/pipeline.hpp"
 
 #include <sys/resource.h>
 
@@ -47,49 +48,58 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, Communicat
   out.metrics.decode = PhaseTable(m.layers);
   const int d = m.hidden, n = out.slice.count;
 
-  MPI_Comm tp_comm = MPI_COMM_NULL, ep_comm = MPI_COMM_NULL;
+  MPI_Comm tp_comm = MPI_COMM_NULL, ep_comm = MPI_COMM_NULL, pp_comm = MPI_COMM_NULL;
   MOEPROXY_MPI(MPI_Comm_split(world.handle(), layout.tp_group(world.rank()), world.rank(), &tp_comm));
   MOEPROXY_MPI(MPI_Comm_split(world.handle(), layout.ep_group(world.rank()), world.rank(), &ep_comm));
-  Communicator tp(tp_comm, "tp"), ep(ep_comm, "ep");
+  MOEPROXY_MPI(MPI_Comm_split(world.handle(), layout.pp_group(world.rank()), world.rank(), &pp_comm));
+  Communicator tp(tp_comm, "tp"), ep(ep_comm, "ep"), pp(pp_comm, "pp");
   LayoutExchange exchange(tp, ep, m.is_moe() ? shard.expert_count : 1);
   Transformer model(space, m, w, out.slice, shard, &exchange);
+  const int layer_end = shard.layer_begin + shard.layer_count;
+  Pipeline pipeline(space, model, pp, n, cfg.parallel.micro_batches, shard.layer_begin, layer_end);
   named_fence(space, "moeproxy::engine::weights_ready");
   out.hidden_prefill.resize(static_cast<std::size_t>(n) * w.prompt * d);
   out.hidden_decode.resize(static_cast<std::size_t>(n) * w.decode_steps * d);
+  // Decode inputs on the first stage: each sequence's newest final-normed row.
+  std::vector<float> next_input(static_cast<std::size_t>(n) * d);
 
   world.barrier();
   Kokkos::Timer timer;
   Kokkos::Profiling::pushRegion("moeproxy::prefill");
-  const Matrix prefill_out = model.prefill(out.metrics.prefill);
+  pipeline.run(
+      -1, [&](const Transformer::MicroBatch& mb, const Matrix& x) { Kokkos::deep_copy(space, x, model.inputs(mb)); },
+      [&](const Transformer::MicroBatch& mb, const Matrix& y) {
+        copy_rows_to_host(y, out.hidden_prefill, static_cast<std::size_t>(mb.first) * w.prompt * d);
+      },
+      next_input, out.metrics.prefill);
   named_fence(space, "moeproxy::engine::prefill_end");
   Kokkos::Profiling::popRegion();
   out.metrics.prefill_seconds = timer.seconds();
-  copy_rows_to_host(prefill_out, out.hidden_prefill, 0);
   if (progress)
     *progress << "[moeproxy] prefill: " << w.prompt << " tokens x " << w.batch << " sequences in "
               << out.metrics.prefill_seconds << " s (rank 0)\n" << std::flush;
 
-  // Step 0's input is each sequence's last prompt position, already final-normed.
-  Matrix step_in("moeproxy::engine::decode_input", n, d);
-  {
-    auto last = Kokkos::create_mirror_view(step_in);
-    for (int b = 0; b < n; ++b)
-      for (int j = 0; j < d; ++j)
-        last(b, j) = out.hidden_prefill[(static_cast<std::size_t>(b + 1) * w.prompt - 1) * d + j];
-    Kokkos::deep_copy(space, step_in, last);
-  }
-  std::vector<float> step_host(static_cast<std::size_t>(n) * d);
+  std::vector<float> step_out;
   world.barrier();
   timer.reset();
   Kokkos::Profiling::pushRegion("moeproxy::decode");
   const int report_every = std::max(1, w.decode_steps / 10);
   for (int g = 0; g < w.decode_steps; ++g) {
-    const Matrix y = model.decode_step(step_in, g, out.metrics.decode);
-    Kokkos::deep_copy(space, step_in, y);
-    copy_rows_to_host(y, step_host, 0);
-    for (int b = 0; b < n; ++b)
-      std::copy_n(step_host.begin() + static_cast<std::ptrdiff_t>(b) * d, d,
-                  out.hidden_decode.begin() + (static_cast<std::ptrdiff_t>(b) * w.decode_steps + g) * d);
+    pipeline.run(
+        g,
+        [&](const Transformer::MicroBatch& mb, const Matrix& x) {
+          auto host = Kokkos::create_mirror_view(Kokkos::HostSpace(), x);
+          std::copy_n(next_input.begin() + static_cast<std::ptrdiff_t>(mb.first) * d, host.span(), host.data());
+          Kokkos::deep_copy(space, x, host);
+        },
+        [&](const Transformer::MicroBatch& mb, const Matrix& y) {
+          step_out.resize(y.span());
+          copy_rows_to_host(y, step_out, 0);
+          for (int b = 0; b < mb.count; ++b)
+            std::copy_n(step_out.begin() + static_cast<std::ptrdiff_t>(b) * d, d,
+                        out.hidden_decode.begin() + (static_cast<std::ptrdiff_t>(mb.first + b) * w.decode_steps + g) * d);
+        },
+        next_input, out.metrics.decode);
     if (progress && ((g + 1) % report_every == 0 || g + 1 == w.decode_steps))
       *progress << "[moeproxy] decode step " << g + 1 << "/" << w.decode_steps << "\n" << std::flush;
   }
@@ -97,11 +107,11 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, Communicat
   Kokkos::Profiling::popRegion();
   out.metrics.decode_seconds = timer.seconds();
 
-  // Model FLOPs of this rank's sequences, shared evenly by their tensor-parallel group.
-  const double tp_share = 1.0 / tp.size();
-  out.metrics.prefill_flops = tp_share * forward_flops(m, n, w.prompt, 0);
+  // Model FLOPs of this rank's sequences and layers, shared evenly by the tensor-parallel group.
+  const double share = static_cast<double>(shard.layer_count) / m.layers / tp.size();
+  out.metrics.prefill_flops = share * forward_flops(m, n, w.prompt, 0);
   for (int g = 0; g < w.decode_steps; ++g)
-    out.metrics.decode_flops += tp_share * forward_flops(m, n, 1, w.prompt + g);
+    out.metrics.decode_flops += share * forward_flops(m, n, 1, w.prompt + g);
   auto& mem = out.metrics.memory;
   mem[static_cast<int>(MemoryKind::weights)] = model.weight_bytes();
   mem[static_cast<int>(MemoryKind::kv_cache)] = model.kv_cache_bytes();
@@ -138,10 +148,9 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, Communicat
       if (mean > 0.0) s.expert_imbalance = std::max(s.expert_imbalance, (mx - mean) / mean);
     }
   }
-  for (const Communicator* c : {&tp, &ep})
+  for (const Communicator* c : {&tp, &ep, &pp})
     for (const CommRecord& r : c->records()) out.metrics.comm.push_back(r);
-  MOEPROXY_MPI(MPI_Comm_free(&tp_comm));
-  MOEPROXY_MPI(MPI_Comm_free(&ep_comm));
+  for (MPI_Comm* c : {&tp_comm, &ep_comm, &pp_comm}) MOEPROXY_MPI(MPI_Comm_free(c));
   return out;
 }
 

@@ -1,5 +1,6 @@
 #include "moeproxy/parallel/layout.hpp"
 
+#include <algorithm>
 #include <sstream>
 
 namespace moeproxy::parallel {
@@ -11,7 +12,7 @@ std::string kv(const char* key, int value) { return std::string(key) + "=" + std
 void not_yet(int value, int neutral, const char* key, const char* what) {
   if (value != neutral)
     throw InputError(kv(key, value) + ": " + what + " is not available in this version; set " + key +
-                     " = " + std::to_string(neutral) + " (data, tensor and expert parallelism are)");
+                     " = " + std::to_string(neutral) + " (data, tensor, pipeline and expert parallelism are)");
 }
 
 void must_divide(int degree, const char* degree_key, int value, const char* value_key) {
@@ -25,17 +26,26 @@ void must_divide(int degree, const char* degree_key, int value, const char* valu
 RankLayout RankLayout::build(const RunConfig& cfg, int world_size) {
   const ParallelConfig& p = cfg.parallel;
   const ModelConfig& m = cfg.model;
-  not_yet(p.pp, 1, "parallel.pp", "pipeline parallelism");
   not_yet(p.head_groups, 1, "parallel.head_groups", "head x dim slicing");
   not_yet(p.dim_groups, 1, "parallel.dim_groups", "head x dim slicing");
   not_yet(p.attn_ranks, 0, "parallel.attn_ranks", "attention/MoE separation");
-  const int needed = p.dp * p.tp;
+  const long needed = static_cast<long>(p.dp) * p.tp * p.pp;
   if (needed != world_size)
     throw InputError("parallel.dp=" + std::to_string(p.dp) + " x parallel.tp=" + std::to_string(p.tp) +
-                     " needs " + std::to_string(needed) + " ranks but the job has " +
-                     std::to_string(world_size) + "; launch with mpiexec -n " + std::to_string(needed) +
-                     " or change parallel.dp / parallel.tp so that dp x tp = " + std::to_string(world_size));
+                     " x parallel.pp=" + std::to_string(p.pp) + " needs " + std::to_string(needed) +
+                     " ranks but the job has " + std::to_string(world_size) + "; launch with mpiexec -n " +
+                     std::to_string(needed) + " or change parallel.dp / tp / pp so that dp x tp x pp = " +
+                     std::to_string(world_size));
   must_divide(p.dp, "parallel.dp", cfg.workload.batch, "workload.batch");
+  if (p.pp > m.layers)
+    throw InputError(kv("parallel.pp", p.pp) + " exceeds " + kv("model.layers", m.layers) +
+                     ": every pipeline stage needs at least one layer");
+  const int per_replica = cfg.workload.batch / p.dp;
+  if (per_replica % p.micro_batches != 0)
+    throw InputError(kv("parallel.micro_batches", p.micro_batches) + " does not divide the " +
+                     std::to_string(per_replica) + " sequences of each data-parallel replica (workload.batch=" +
+                     std::to_string(cfg.workload.batch) + " / parallel.dp=" + std::to_string(p.dp) +
+                     "); choose a divisor of " + std::to_string(per_replica));
   must_divide(p.tp, "parallel.tp", m.heads, "model.heads");
   must_divide(p.tp, "parallel.tp", m.ffn_hidden, "model.ffn_hidden");
   if (p.ep > 1) {
@@ -51,16 +61,24 @@ RankLayout RankLayout::build(const RunConfig& cfg, int world_size) {
 }
 
 Coordinates RankLayout::coordinates(int rank) const {
+  const ParallelConfig& p = cfg_.parallel;
   Coordinates c;
-  c.tp = rank % cfg_.parallel.tp;
-  c.dp = rank / cfg_.parallel.tp;
-  c.ep = c.dp % cfg_.parallel.ep;
+  c.tp = rank % p.tp;
+  c.dp = (rank / p.tp) % p.dp;
+  c.pp = rank / (p.tp * p.dp);
+  c.ep = c.dp % p.ep;
   return c;
 }
 
-int RankLayout::ep_group(int rank) const {
+bool RankLayout::owns_outputs(int rank) const {
   const Coordinates c = coordinates(rank);
-  return (c.dp / cfg_.parallel.ep) * cfg_.parallel.tp + c.tp;
+  return c.tp == 0 && c.pp == cfg_.parallel.pp - 1;
+}
+
+int RankLayout::ep_group(int rank) const {
+  const ParallelConfig& p = cfg_.parallel;
+  const Coordinates c = coordinates(rank);
+  return (c.pp * (p.dp / p.ep) + c.dp / p.ep) * p.tp + c.tp;
 }
 
 SequenceSlice RankLayout::sequences_of(int rank) const {
@@ -80,19 +98,25 @@ ShardSpec RankLayout::shard_of(int rank) const {
     s.expert_count = m.experts / cfg_.parallel.ep;
     s.expert_begin = c.ep * s.expert_count;
   }
+  const int per = m.layers / cfg_.parallel.pp, extra = m.layers % cfg_.parallel.pp;
+  s.layer_begin = c.pp * per + std::min(c.pp, extra);
+  s.layer_count = per + (c.pp < extra ? 1 : 0);
   return s;
 }
 
 int RankLayout::owner_of_sequence(int seq) const {
-  const int per = cfg_.workload.batch / cfg_.parallel.dp;
-  return (seq / per) * cfg_.parallel.tp;
+  const ParallelConfig& p = cfg_.parallel;
+  const int per = cfg_.workload.batch / p.dp;
+  return ((p.pp - 1) * p.dp + seq / per) * p.tp;
 }
 
 std::string RankLayout::describe() const {
   const ParallelConfig& p = cfg_.parallel;
   std::string s = "dp=" + std::to_string(p.dp);
   if (p.tp > 1) s += " tp=" + std::to_string(p.tp);
+  if (p.pp > 1) s += " pp=" + std::to_string(p.pp);
   if (p.ep > 1) s += " ep=" + std::to_string(p.ep);
+  if (p.micro_batches > 1) s += " micro_batches=" + std::to_string(p.micro_batches);
   return s;
 }
 
@@ -102,7 +126,7 @@ std::string RankLayout::rank_map() const {
   for (int r = 0; r < world_; ++r) {
     const SequenceSlice q = sequences_of(r);
     const ShardSpec s = shard_of(r);
-    out << "  rank " << r << ": layers 0-" << cfg_.model.layers - 1 << ", heads " << s.head_begin << "-"
+    out << "  rank " << r << ": layers " << s.layer_begin << "-" << s.layer_begin + s.layer_count - 1 << ", heads " << s.head_begin << "-"
         << s.head_begin + s.head_count - 1 << " (x" << hd << ")";
     if (cfg_.model.is_moe())
       out << ", experts " << s.expert_begin << "-" << s.expert_begin + s.expert_count - 1;

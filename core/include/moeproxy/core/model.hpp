@@ -33,11 +33,27 @@ class Transformer {
               const SequenceSlice& slice, const ShardSpec& shard = ShardSpec{},
               LayerExchange* exchange = nullptr);
 
-  // Runs the prompts; returns the final-normed hidden states [count * prompt, hidden].
+  // Sequences [first, first + count) of this rank's slice, run together.
+  struct MicroBatch {
+    int first = 0, count = 0;
+  };
+
+  // Prefill inputs of a micro-batch: [count * prompt, hidden].
+  Matrix inputs(const MicroBatch& mb) const;
+  // Runs the layers held here in place on x, the micro-batch's rows: its prompts
+  // (step < 0, [count * prompt, hidden]) or decode step `step` ([count, hidden]).
+  void run_layers(const Matrix& x, const MicroBatch& mb, int step, PhaseTable& timing);
+  // The final norm of x's rows; the result stays valid until the next call.
+  Matrix final_norm(const ConstMatrix& x, PhaseTable& timing);
+
+  // The whole slice through every layer (a rank holding all layers): prefill returns the
+  // final-normed hidden states [count * prompt, hidden]; a decode step takes the previous
+  // outputs x [count, hidden] (the last prompt position's for step 0) and returns its own.
   Matrix prefill(PhaseTable& timing);
-  // One decode step: x [count, hidden] are the previous step's outputs (the last prompt
-  // position's for step 0); returns this step's final-normed outputs [count, hidden].
   Matrix decode_step(const ConstMatrix& x, int step, PhaseTable& timing);
+  MicroBatch all_sequences() const { return MicroBatch{0, slice_.count}; }
+  int prompt() const { return workload_.prompt; }
+  int hidden() const { return cfg_.hidden; }
 
   // Kept tokens per [layer, expert] during prefill (empty for dense models).
   const std::vector<std::uint64_t>& expert_tokens() const { return expert_tokens_; }
@@ -51,8 +67,8 @@ class Transformer {
     Matrix x, h, q, k, v, attn, partial, ffn_a, ffn_b, logits, route_w, xp, yp, out;
     IndexMatrix route_idx;
   };
-  void layer(int l, const Matrix& x, int n, int pos0, std::int64_t token0, PhaseTable& timing,
-             bool count_experts);
+  void layer(int l, const Matrix& x, const MicroBatch& mb, int n, int pos0, std::int64_t token0,
+             PhaseTable& timing, bool count_experts);
   void moe(int l, const Matrix& x, const Matrix& h, std::int64_t token0, PhaseTable& timing,
            bool count_experts);
   void dense_ffn(int l, const Matrix& x, const Matrix& h, PhaseTable& timing);
@@ -67,6 +83,7 @@ class Transformer {
   WorkloadConfig workload_;
   SequenceSlice slice_;
   int head_begin_ = 0, heads_ = 0, kv_heads_ = 0, ffn_ = 0, experts_ = 0;  // held here
+  int layer_begin_ = 0, layer_end_ = 0;
   LayerExchange default_exchange_;
   LayerExchange* exchange_;
   ModelWeights weights_;

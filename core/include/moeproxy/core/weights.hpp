@@ -25,6 +25,7 @@ struct ShardSpec {
   int head_begin = 0, head_count = -1;       // query heads; -1 = all
   int expert_begin = 0, expert_count = -1;   // MoE experts; -1 = all
   int ffn_begin = 0, ffn_count = -1;         // columns of each FFN's hidden dimension; -1 = all
+  int layer_begin = 0, layer_count = -1;     // pipeline stage's layers; -1 = all
 };
 
 // The kv heads a run of query heads reads: [begin, begin + count). With grouped kv heads a

@@ -38,6 +38,9 @@ class Communicator {
   void broadcast(void* data, int bytes, int root);
   void send(const float* data, int count, int dest, int tag);
   void recv(float* data, int count, int source, int tag);
+  // Non-blocking receive, completed (and timed) by wait_all.
+  void irecv(float* data, int count, int source, int tag);
+  void wait_all();
   // Fixed-size exchange: `count` ints to and from every rank.
   void alltoall(const int* send, int* recv, int count);
   // Variable-size exchange of floats; counts and displacements in elements, per rank.
@@ -58,6 +61,7 @@ class Communicator {
   int rank_ = 0;
   int size_ = 1;
   std::map<std::string, CommRecord> records_;
+  std::vector<MPI_Request> pending_;
 };
 
 }  // namespace moeproxy::parallel

@@ -2,11 +2,13 @@
 // The rank layout: which rank does what, derived once from the [parallel] keys and the
 // number of ranks, with every check in one place so that errors name the key to change.
 //
-// Ranks form a grid dp x tp (pp and the attention/MoE split come later), tensor-parallel
-// index fastest, so that a tensor-parallel group sits on neighbouring ranks (one node):
-//   rank = dp_index * tp + tp_index
+// Ranks form a grid pp x dp x tp (the attention/MoE split comes later), tensor-parallel
+// index fastest, so that a tensor-parallel group sits on neighbouring ranks (one node),
+// and pipeline stage slowest:
+//   rank = (pp_index * dp + dp_index) * tp + tp_index
 // e.g. dp=2, tp=2: ranks 0,1 hold sequences 0..B/2-1 with heads split in two; ranks 2,3
-// the other half of the batch. Expert parallelism spreads experts over `ep` consecutive
+// the other half of the batch. With pp=2 on top, ranks 0-3 hold the first half of the
+// layers and ranks 4-7 the second; stage s gets L/pp layers, the first L%pp stages one more. Expert parallelism spreads experts over `ep` consecutive
 // data-parallel replicas (Megatron's EP inside DP): attention stays data-parallel, tokens
 // travel to their experts with all-to-all-v. With dp=4, ep=4: rank r holds experts
 // [r*E/4, (r+1)*E/4) and sequences [r*B/4, (r+1)*B/4).
@@ -23,6 +25,7 @@ struct Coordinates {
   int dp = 0;  // data-parallel replica (which sequences)
   int tp = 0;  // tensor-parallel index (which heads and FFN columns)
   int ep = 0;  // index inside the expert group (which experts)
+  int pp = 0;  // pipeline stage (which layers)
 };
 
 class RankLayout {
@@ -38,11 +41,13 @@ class RankLayout {
   ShardSpec shard_of(int rank) const;
   // The rank whose outputs stand for global sequence `seq` (tensor-parallel index 0).
   int owner_of_sequence(int seq) const;
-  // Whether `rank` owns its sequences' outputs (its tensor-parallel peers hold copies).
-  bool owns_outputs(int rank) const { return coordinates(rank).tp == 0; }
+  // Whether `rank` owns its sequences' outputs: the last stage's tensor-parallel rank 0
+  // (its tensor-parallel peers hold copies; earlier stages hold none).
+  bool owns_outputs(int rank) const;
   // Colours for MPI_Comm_split: ranks with equal colours form one group.
-  int tp_group(int rank) const { return coordinates(rank).dp; }
+  int tp_group(int rank) const { return rank / cfg_.parallel.tp; }
   int ep_group(int rank) const;
+  int pp_group(int rank) const { return rank % (cfg_.parallel.dp * cfg_.parallel.tp); }
   // "dp=4 tp=2 ep=4" style summary, for the report and the HDF5 file.
   std::string describe() const;
   // One line per rank: what it holds.

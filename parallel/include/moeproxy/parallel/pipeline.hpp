@@ -1,0 +1,50 @@
+#pragma once
+// Pipeline parallelism: each stage holds consecutive layers; micro-batches of sequences
+// flow stage to stage with send/recv. The last stage applies the final norm and sends each
+// sequence's newest row back to the first stage, where it is the next decode step's input.
+// One stage and one micro-batch is the plain single-rank forward.
+
+#include <functional>
+#include <vector>
+
+#include "moeproxy/core/metrics.hpp"
+#include "moeproxy/core/model.hpp"
+#include "moeproxy/parallel/comm.hpp"
+
+namespace moeproxy::parallel {
+
+class Pipeline {
+ public:
+  using MicroBatch = Transformer::MicroBatch;
+  // Fills a micro-batch's input rows on the first stage.
+  using Input = std::function<void(const MicroBatch&, const Matrix&)>;
+  // Receives a micro-batch's final-normed rows on the last stage.
+  using Output = std::function<void(const MicroBatch&, const Matrix&)>;
+
+  // `stages`: the ranks holding the other layers of the same sequences, in stage order.
+  Pipeline(const ExecSpace& space, Transformer& model, Communicator& stages, int sequences,
+           int micro_batches, int layer_begin, int layer_end);
+
+  // One pass over every micro-batch: the prompts (step < 0) or decode step `step`.
+  // On the first stage, `feedback` [sequences, hidden] (host) receives each sequence's
+  // last final-normed row, the input of the next decode step.
+  void run(int step, const Input& input, const Output& output, std::vector<float>& feedback,
+           PhaseTable& timing);
+
+  bool first_stage() const { return stages_.rank() == 0; }
+  bool last_stage() const { return stages_.rank() == stages_.size() - 1; }
+  const std::vector<MicroBatch>& micro_batches() const { return micro_batches_; }
+
+ private:
+  void send_rows(const Matrix& rows, int dest, int tag);
+  void recv_rows(const Matrix& rows, int source, int tag);
+
+  ExecSpace space_;
+  Transformer& model_;
+  Communicator& stages_;
+  std::vector<MicroBatch> micro_batches_;
+  int layer_begin_, layer_end_;
+  Matrix buffer_;  // rows of the micro-batch in flight
+};
+
+}  // namespace moeproxy::parallel

@@ -1,0 +1,80 @@
+#include "moeproxy/parallel/pipeline.hpp"
+
+namespace moeproxy::parallel {
+
+namespace {
+// Tags keep the forward stream and the feedback stream apart; MPI keeps each in order.
+constexpr int forward_tag = 0;
+constexpr int feedback_tag = 1;
+}  // namespace
+
+Pipeline::Pipeline(const ExecSpace& space, Transformer& model, Communicator& stages, int sequences,
+                   int micro_batches, int layer_begin, int layer_end)
+    : space_(space), model_(model), stages_(stages), layer_begin_(layer_begin), layer_end_(layer_end) {
+  const int per = sequences / micro_batches;
+  for (int m = 0; m < micro_batches; ++m) micro_batches_.push_back(MicroBatch{m * per, per});
+}
+
+void Pipeline::send_rows(const Matrix& rows, int dest, int tag) {
+  named_fence(space_, "moeproxy::pp::before_send");
+  auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), rows);
+  stages_.send(host.data(), static_cast<int>(host.span()), dest, tag);
+}
+
+void Pipeline::recv_rows(const Matrix& rows, int source, int tag) {
+  auto host = Kokkos::create_mirror_view(Kokkos::HostSpace(), rows);
+  stages_.recv(host.data(), static_cast<int>(host.span()), source, tag);
+  Kokkos::deep_copy(space_, rows, host);
+}
+
+void Pipeline::run(int step, const Input& input, const Output& output, std::vector<float>& feedback,
+                   PhaseTable& timing) {
+  const int stage = stages_.rank(), last = stages_.size() - 1;
+  const int n = step < 0 ? model_.prompt() : 1;
+  const int d = model_.hidden();
+  // The first stage posts its feedback receives up front, so that the last stage's sends
+  // can never wait on a first stage that is itself blocked sending the next micro-batch.
+  if (first_stage() && !last_stage())
+    for (const MicroBatch& mb : micro_batches_)
+      stages_.irecv(feedback.data() + static_cast<std::size_t>(mb.first) * d, mb.count * d, last, feedback_tag);
+
+  for (const MicroBatch& mb : micro_batches_) {
+    const int rows = mb.count * n;
+    if (static_cast<int>(buffer_.extent(0)) < rows) buffer_ = Matrix("moeproxy::pp::rows", rows, d);
+    const Matrix x = Kokkos::subview(buffer_, std::make_pair(0, rows), Kokkos::ALL);
+    Kokkos::Timer timer;
+    if (first_stage()) {
+      input(mb, x);
+    } else {
+      recv_rows(x, stage - 1, forward_tag);
+      timing.add(layer_begin_, Phase::recv, timer.seconds());
+    }
+    model_.run_layers(x, mb, step, timing);
+    if (!last_stage()) {
+      timer.reset();
+      send_rows(x, stage + 1, forward_tag);
+      timing.add(layer_end_ - 1, Phase::send, timer.seconds());
+      continue;
+    }
+    const Matrix out = model_.final_norm(x, timing);
+    output(mb, out);
+    // Each sequence's newest row goes back to the first stage.
+    timer.reset();
+    auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), out);
+    std::vector<float> newest(static_cast<std::size_t>(mb.count) * d);
+    for (int b = 0; b < mb.count; ++b)
+      std::copy_n(host.data() + (static_cast<std::size_t>(b) * n + n - 1) * d, d, newest.data() + static_cast<std::size_t>(b) * d);
+    if (first_stage())
+      std::copy(newest.begin(), newest.end(), feedback.begin() + static_cast<std::ptrdiff_t>(mb.first) * d);
+    else
+      stages_.send(newest.data(), static_cast<int>(newest.size()), 0, feedback_tag);
+    timing.add(layer_end_ - 1, Phase::send, timer.seconds());
+  }
+  if (first_stage() && !last_stage()) {
+    Kokkos::Timer timer;
+    stages_.wait_all();
+    timing.add(layer_begin_, Phase::wait, timer.seconds());
+  }
+}
+
+}  // namespace moeproxy::parallel

@@ -21,7 +21,7 @@ as_root() {
 
 packages=(mpich libmpich-dev libhdf5-mpich-dev hdf5-tools catch2 libcli11-dev
           libtomlplusplus-dev libopenblas-dev ninja-build cmake g++ dpkg-dev xz-utils
-          python3-h5py python3-numpy python3-matplotlib)
+          python3-h5py python3-numpy python3-matplotlib slurm-wlm munge)
 
 install_packages() {
   local missing=()

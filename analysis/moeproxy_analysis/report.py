@@ -1,0 +1,268 @@
+"""moeproxy-report: summary table (Markdown and CSV) and plots of one or more result files."""
+
+import argparse
+import csv
+import os
+import re
+import sys
+
+import numpy as np
+
+from . import results
+from .units import fmt_bytes, fmt_fraction, fmt_number, fmt_rate, fmt_time
+
+# The CSV's columns, in order: (column, unit, meaning). docs/analysis.md repeats this table.
+COLUMNS = [
+    ("run", "", "short name of the result file (its stem, made unique)"),
+    ("file", "", "path of the result file as given"),
+    ("deck", "", "deck file stem from the stored command line"),
+    ("layout", "", "rank layout, e.g. dp=4"),
+    ("ranks", "ranks", "MPI ranks (mpi_size)"),
+    ("predicted", "", "1 for moeproxy predict output"),
+    ("prefill_tokens_per_s", "tokens/s", "prompt tokens / prefill wall time"),
+    ("ttft_s", "s", "time to first token"),
+    ("tpot_s", "s", "decode wall time / decode steps"),
+    ("decode_tokens_per_s", "tokens/s", "batch x decode steps / decode wall time"),
+    ("mfu", "fraction", "model FLOP/s / peak FLOP/s; empty where the peak is unknown"),
+    ("comm_fraction", "fraction", "communication not hidden by compute / wall time"),
+    ("comm_seconds_raw", "s", "communication time, summed without regard to overlap"),
+    ("expert_imbalance", "1", "(max - mean) / mean tokens per expert; empty for dense models"),
+    ("peak_memory_bytes", "bytes", "largest per-rank peak (high-water mark, else sum of kinds)"),
+    ("verification", "", "PASS, FAIL or SKIPPED"),
+    ("max_rel_error", "1", "largest relative error against the reference"),
+]
+BASELINE_COLUMNS = [
+    ("baseline", "", "run the improvement columns compare with"),
+    ("prefill_speedup", "x", "prefill tokens/s / baseline's"),
+    ("decode_speedup", "x", "decode tokens/s / baseline's"),
+    ("ttft_reduction_pct", "%", "(baseline TTFT - TTFT) / baseline TTFT x 100"),
+    ("tpot_reduction_pct", "%", "(baseline TPOT - TPOT) / baseline TPOT x 100"),
+]
+
+
+class UsageError(Exception):
+    pass
+
+
+def _unique_labels(paths):
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    stems = [re.sub(r"[^A-Za-z0-9_.+=-]", "_", s) or "run" for s in stems]
+    out, seen = [], {}
+    for s in stems:
+        n = seen.get(s, 0)
+        seen[s] = n + 1
+        out.append(s if n == 0 else f"{s}-{n + 1}")
+    return out
+
+
+def _float(x):
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def row(run, baseline=None):
+    s = run.summary
+    r = {
+        "run": run.label,
+        "file": run.path,
+        "deck": run.deck_name,
+        "layout": run.layout,
+        "ranks": run.ranks,
+        "predicted": int(run.predicted),
+        "prefill_tokens_per_s": _float(s.get("prefill_tokens_per_s")),
+        "ttft_s": _float(s.get("ttft_s")),
+        "tpot_s": _float(s.get("tpot_s")),
+        "decode_tokens_per_s": _float(s.get("decode_tokens_per_s")),
+        "mfu": results.mfu_or_none(run),
+        "comm_fraction": _float(s.get("comm_fraction")),
+        "comm_seconds_raw": _float(s.get("comm_seconds_raw")),
+        "expert_imbalance": _float(s.get("expert_imbalance")) if run.expert_tokens is not None else None,
+        "peak_memory_bytes": int(run.derived["peak_memory_bytes"]),
+        "verification": str(s.get("verification", "?")),
+        "max_rel_error": _float(s.get("max_rel_error")),
+    }
+    if baseline is not None:
+        b = baseline.summary
+
+        def ratio(key):
+            den = _float(b.get(key))
+            return _float(s.get(key)) / den if den > 0 else None
+
+        def reduction(key):
+            den = _float(b.get(key))
+            return (den - _float(s.get(key))) / den * 100.0 if den > 0 else None
+
+        r.update({
+            "baseline": baseline.label,
+            "prefill_speedup": ratio("prefill_tokens_per_s"),
+            "decode_speedup": ratio("decode_tokens_per_s"),
+            "ttft_reduction_pct": reduction("ttft_s"),
+            "tpot_reduction_pct": reduction("tpot_s"),
+        })
+    return r
+
+
+def _csv_value(v):
+    # Empty means "not applicable", so spreadsheets and pandas read it as missing.
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return ""
+    if isinstance(v, float):
+        return repr(v)
+    return v
+
+
+def write_csv(path, rows, with_baseline):
+    cols = [c for c, _, _ in COLUMNS] + ([c for c, _, _ in BASELINE_COLUMNS] if with_baseline else [])
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(cols)
+        for r in rows:
+            w.writerow([_csv_value(r.get(c)) for c in cols])
+
+
+def _md_escape(text):
+    return str(text).replace("|", "\\|")
+
+
+def _verdict(r):
+    v = r["verification"]
+    return f"**{v}**" if v != "PASS" else v
+
+
+def _speedup(x):
+    return "n/a" if x is None else f"{x:.2f}x"
+
+
+def _pct(x):
+    return "n/a" if x is None else f"{x:+.1f} %"
+
+
+def _phase_table(run):
+    """Slowest rank's time per phase, so the biggest costs can be read without the plot."""
+    pre = run.prefill.sum(axis=1).max(axis=0)
+    dec = run.decode.sum(axis=1).max(axis=0)
+    order = sorted(range(len(run.phases)), key=lambda i: -(pre[i] + dec[i]))
+    lines = ["| phase | prefill (slowest rank) | decode (slowest rank) |", "| --- | ---: | ---: |"]
+    for i in order:
+        if pre[i] == 0 and dec[i] == 0:
+            continue
+        lines.append(f"| {run.phases[i]} | {fmt_time(pre[i])} | {fmt_time(dec[i])} |")
+    lines.append(f"| **wall** | {fmt_time(run.prefill_wall.max())} | {fmt_time(run.decode_wall.max())} |")
+    return lines
+
+
+def _ranks(n):
+    return f"{n} rank" if n == 1 else f"{n} ranks"
+
+
+def _unique(values):
+    seen = []
+    for v in values:
+        if v not in seen:
+            seen.append(v)
+    return ", ".join(seen) if seen else "n/a"
+
+
+def write_markdown(path, runs, rows, baseline, figures, comparison_png):
+    head = ["run", "deck", "layout", "ranks", "prefill tok/s", "TTFT", "TPOT", "decode tok/s",
+            "MFU", "comm fraction", "expert imbalance", "peak memory / rank", "verdict"]
+    if baseline is not None:
+        head += ["prefill x", "decode x", "TTFT reduction", "TPOT reduction"]
+    out = ["# moeproxy report", "",
+           f"{len(runs)} result file(s). Definitions: README.md, \"Definitions\"; "
+           "columns and units: docs/analysis.md. Times are the slowest rank's.", ""]
+    if baseline is not None:
+        out += [f"Improvements are relative to the baseline **{baseline.label}** "
+                f"({baseline.layout}, {_ranks(baseline.ranks)}, `{baseline.path}`).", ""]
+    out += ["| " + " | ".join(head) + " |", "|" + "|".join(" --- " for _ in head) + "|"]
+    for r in rows:
+        cells = [r["run"], r["deck"], r["layout"], str(r["ranks"]),
+                 fmt_rate(r["prefill_tokens_per_s"]), fmt_time(r["ttft_s"]), fmt_time(r["tpot_s"]),
+                 fmt_rate(r["decode_tokens_per_s"]),
+                 fmt_fraction(r["mfu"]) if r["mfu"] is not None else "n/a",
+                 fmt_fraction(r["comm_fraction"]),
+                 fmt_number(r["expert_imbalance"]) if r["expert_imbalance"] is not None else "n/a",
+                 fmt_bytes(r["peak_memory_bytes"]), _verdict(r) + (" (predicted)" if r["predicted"] else "")]
+        if baseline is not None:
+            cells += [_speedup(r["prefill_speedup"]), _speedup(r["decode_speedup"]),
+                      _pct(r["ttft_reduction_pct"]), _pct(r["tpot_reduction_pct"])]
+        out.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
+    out.append("")
+    if any(r["mfu"] is None for r in rows):
+        out += ["MFU is n/a where the device peak is unknown (CPU runs).", ""]
+    if comparison_png:
+        out += ["## Comparison", "", f"![throughput and latency of every run]({comparison_png})", ""]
+    out += ["## Runs", ""]
+    for run, r in zip(runs, rows):
+        s = run.summary
+        out += [f"### {run.label}", "",
+                f"- file: `{run.path}`",
+                f"- deck: {run.deck_name}" + (f" ({_md_escape(run.description)})" if run.description else ""),
+                f"- layout: {run.layout}, {_ranks(run.ranks)}" + (", **predicted** (not measured)" if run.predicted else ""),
+                f"- hosts: {_unique(run.hosts)}; devices: {_unique(run.devices)}",
+                f"- moeproxy {run.attrs.get('app_version', '?')}, git {run.attrs.get('git_sha', '?')}",
+                f"- verification: {r['verification']}, max relative error {fmt_number(r['max_rel_error'])} "
+                f"(tolerance {fmt_number(_float(s.get('tolerance')))}); {s.get('verification_note', '')}",
+                f"- communication: comm_seconds_raw {fmt_time(r['comm_seconds_raw'])}; whole run (/comm): "
+                f"{fmt_bytes(run.derived['comm_bytes_total'])} over {len(run.comm_keys)} keys",
+                ""]
+        out += _phase_table(run) + [""]
+        for kind, name in figures[run.label]:
+            out += [f"![{kind} of {run.label}]({name})", ""]
+    with open(path, "w") as fh:
+        fh.write("\n".join(out))
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        prog="moeproxy-report",
+        description="Summarise moeproxy result files: DIR/summary.md, DIR/summary.csv and PNG plots "
+                    "(per-rank phase bars, expert load, communication, memory, and a comparison "
+                    "of all runs).",
+        epilog="Exit codes: 0 written; 2 bad usage or a file that is missing, not a moeproxy "
+               "result, of another schema version, or incomplete (complete != 1).")
+    p.add_argument("files", nargs="+", metavar="FILE", help="moeproxy result files (.h5)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("--baseline", metavar="FILE",
+                   help="result file the improvement columns compare with (need not be among FILEs)")
+    p.add_argument("--no-plots", action="store_true", help="tables only")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        labels = _unique_labels(args.files)
+        runs = [results.load(p, lab) for p, lab in zip(args.files, labels)]
+        baseline = None
+        if args.baseline:
+            same = [r for r in runs if os.path.exists(args.baseline) and os.path.samefile(r.path, args.baseline)]
+            baseline = same[0] if same else results.load(args.baseline)
+    except results.ResultsError as e:
+        print(f"moeproxy-report: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:
+        print(f"moeproxy-report: error: cannot create {args.out}: {e}", file=sys.stderr)
+        return 2
+    rows = [row(r, baseline) for r in runs]
+    figures = {r.label: [] for r in runs}
+    comparison_png = None
+    if not args.no_plots:
+        from . import plots
+        for r in runs:
+            for kind, fn in (("time per phase and rank", plots.phases), ("expert load", plots.experts),
+                             ("communication", plots.comm), ("memory per rank", plots.memory)):
+                name = fn(r, args.out)
+                if name:
+                    figures[r.label].append((kind, name))
+        if len(runs) > 1:
+            comparison_png = plots.comparison(runs, args.out, baseline)
+    write_csv(os.path.join(args.out, "summary.csv"), rows, baseline is not None)
+    write_markdown(os.path.join(args.out, "summary.md"), runs, rows, baseline, figures, comparison_png)
+    n_png = sum(len(v) for v in figures.values()) + (1 if comparison_png else 0)
+    print(f"moeproxy-report: {len(runs)} run(s) -> {args.out}/summary.md, summary.csv, {n_png} PNG file(s)")
+    return 0

@@ -93,3 +93,68 @@ TEST_CASE("layout: sequences are split evenly and every one has an owner", "[lay
   CHECK(next == 12);
   CHECK(layout.describe() == "dp=3");
 }
+
+TEST_CASE("layout: head x dim slicing splits heads, pairs and experts inside each m x n group", "[layout]") {
+  RunConfig cfg;  // 4 heads of 16 dimensions (8 RoPE pairs), 4 experts
+  cfg.workload.batch = 4;
+  cfg.model.head_dim = 16;
+  cfg.parallel.dp = 2;
+  cfg.parallel.head_groups = 2;
+  cfg.parallel.dim_groups = 2;
+  const RankLayout layout = RankLayout::build(cfg, 8);
+  CHECK(layout.describe() == "dp=2 mxn=2x2");
+  for (int r = 0; r < 8; ++r) {
+    const Coordinates c = layout.coordinates(r);
+    const ShardSpec s = layout.shard_of(r);
+    CHECK(c.dp == r / 4);
+    CHECK(c.head == r % 4 / 2);
+    CHECK(c.dim == r % 2);
+    CHECK(s.head_begin == 2 * c.head);
+    CHECK(s.head_count == 2);
+    CHECK(s.dim_begin == 4 * c.dim);
+    CHECK(s.dim_count == 4);
+    CHECK(s.expert_begin == r % 4);  // 4 experts on 4 ranks: whole experts, no column split
+    CHECK(s.expert_count == 1);
+    CHECK(s.ffn_count == cfg.model.ffn_hidden);
+    CHECK(layout.tp_group(r) == r / 4);
+    CHECK(layout.dim_group(r) == r / 2);
+    CHECK(layout.owns_outputs(r) == (r % 4 == 0));
+  }
+  CHECK(layout.owner_of_sequence(3) == 4);
+  CHECK_THAT(layout.rank_map(), Catch::Contains("heads 2-3 (dims 4-7,12-15 of 16)"));
+
+  cfg.model.experts = 2;  // 2 experts on 4 ranks: each expert's columns split in two
+  for (int r = 0; r < 4; ++r) {
+    const ShardSpec s = RankLayout::build(cfg, 8).shard_of(r);
+    CHECK(s.expert_begin == r / 2);
+    CHECK(s.expert_count == 1);
+    CHECK(s.ffn_begin == r % 2 * cfg.model.ffn_hidden / 2);
+    CHECK(s.ffn_count == cfg.model.ffn_hidden / 2);
+  }
+}
+
+TEST_CASE("layout: head x dim slicing refuses what it cannot run, naming the keys", "[layout]") {
+  RunConfig cfg;
+  cfg.model.head_dim = 12;     // 6 RoPE pairs
+  cfg.model.ffn_hidden = 120;  // divisible by the column splits below
+  cfg.parallel.dim_groups = 4;
+  CHECK_THROWS_WITH(RankLayout::build(cfg, 4), Catch::Contains("parallel.dim_groups=4") &&
+                                                   Catch::Contains("model.head_dim=12") && Catch::Contains("6"));
+  cfg.parallel.dim_groups = 3;
+  CHECK_NOTHROW(RankLayout::build(cfg, 3));
+  CHECK_THROWS_WITH(RankLayout::build(cfg, 6), Catch::Contains("mpiexec -n 3"));
+  cfg.parallel.dim_groups = 1;
+  cfg.parallel.head_groups = 3;
+  CHECK_THROWS_WITH(RankLayout::build(cfg, 3), Catch::Contains("parallel.head_groups=3") && Catch::Contains("model.heads=4"));
+  cfg.parallel.head_groups = 2;
+  cfg.parallel.tp = 2;
+  CHECK_THROWS_WITH(RankLayout::build(cfg, 4), Catch::Contains("parallel.tp=2") && Catch::Contains("parallel.tp = 1"));
+  cfg.parallel.tp = 1;
+  cfg.parallel.dp = 2;
+  cfg.parallel.ep = 2;
+  CHECK_THROWS_WITH(RankLayout::build(cfg, 4), Catch::Contains("parallel.ep=2") && Catch::Contains("parallel.ep = 1"));
+  cfg.parallel.ep = 1;
+  cfg.model.ffn = FfnKind::dense;
+  cfg.model.ffn_hidden = 127;
+  CHECK_THROWS_WITH(RankLayout::build(cfg, 4), Catch::Contains("model.ffn_hidden=127"));
+}

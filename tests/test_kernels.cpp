@@ -93,46 +93,134 @@ TEST_CASE("rope: rotate-half pairs by position times theta^(-2p/hd)", "[kernels]
 }
 
 namespace {
-// Attention of n queries at positions [pos0, pos0 + n) with grouped kv heads, naive.
+using HostCache = Kokkos::View<float****, Kokkos::LayoutRight, Kokkos::HostSpace>;
+
+// Random queries [batch*n, heads*hd] at positions [pos0, pos0 + n) and a cache
+// [batch, kv_heads, ctx + 2, hd] (two positions past the context, which must stay unread),
+// with the naive attention of whole heads.
+struct AttentionCase {
+  int batch, heads, kv_heads, hd, n, pos0;
+  HostMatrix q;
+  HostCache k, v;
+
+  AttentionCase(int batch_, int heads_, int kv_heads_, int hd_, int n_, int pos0_)
+      : batch(batch_), heads(heads_), kv_heads(kv_heads_), hd(hd_), n(n_), pos0(pos0_),
+        q("q", batch * n, heads * hd), k("k", batch, kv_heads, ctx() + 2, hd), v("v", batch, kv_heads, ctx() + 2, hd) {
+    const std::uint64_t s = tensor_stream(11, TensorKind::input, 0, 0);
+    for (int b = 0; b < batch; ++b)
+      for (int h = 0; h < kv_heads; ++h)
+        for (int p = 0; p < ctx() + 2; ++p)
+          for (int e = 0; e < hd; ++e) {
+            k(b, h, p, e) = 2.0f * uniform_at(s, b * 1000 + h * 100 + p, e);
+            v(b, h, p, e) = uniform_at(s, b * 1000 + h * 100 + p, 500 + e);
+          }
+    const std::uint64_t sq = tensor_stream(12, TensorKind::input, 0, 0);
+    for (int r = 0; r < batch * n; ++r)
+      for (int j = 0; j < heads * hd; ++j) q(r, j) = 2.0f * uniform_at(sq, r, j);
+  }
+  int ctx() const { return pos0 + n; }
+  int group() const { return heads / kv_heads; }
+  float scale() const { return 1.0f / std::sqrt(float(hd)); }
+  // q_h(r) . k_h(j) over head dimensions `dims` of query row r, head h.
+  double dot(int r, int h, int j, const std::vector<int>& dims) const {
+    double acc = 0.0;
+    for (int e : dims) acc += double(q(r, h * hd + e)) * k(r / n, h / group(), j, e);
+    return acc;
+  }
+  // The attention output of query row r, head h: [hd].
+  std::vector<double> out(int r, int h) const {
+    const int pos = pos0 + r % n, kvh = h / group();
+    std::vector<int> all(hd);
+    std::iota(all.begin(), all.end(), 0);
+    std::vector<double> w(pos + 1), o(hd, 0.0);
+    for (int j = 0; j <= pos; ++j) w[j] = dot(r, h, j, all) * scale();
+    const double mx = *std::max_element(w.begin(), w.end());
+    double sum = 0.0;
+    for (double& x : w) sum += (x = std::exp(x - mx));
+    for (int e = 0; e < hd; ++e) {
+      for (int j = 0; j <= pos; ++j) o[e] += w[j] * v(r / n, kvh, j, e);
+      o[e] /= sum;
+    }
+    return o;
+  }
+};
+
 void check_attention(int batch, int heads, int kv_heads, int hd, int n, int pos0) {
   ExecSpace space;
-  const int ctx = pos0 + n;
-  Cache kc("k", batch, kv_heads, ctx + 2, hd), vc("v", batch, kv_heads, ctx + 2, hd);
-  auto hk = Kokkos::create_mirror_view(kc);
-  auto hv = Kokkos::create_mirror_view(vc);
-  const std::uint64_t s = tensor_stream(11, TensorKind::input, 0, 0);
-  for (int b = 0; b < batch; ++b)
-    for (int h = 0; h < kv_heads; ++h)
-      for (int p = 0; p < ctx + 2; ++p)
-        for (int e = 0; e < hd; ++e) {
-          hk(b, h, p, e) = 2.0f * uniform_at(s, b * 1000 + h * 100 + p, e);
-          hv(b, h, p, e) = uniform_at(s, b * 1000 + h * 100 + p, 500 + e);
-        }
-  Kokkos::deep_copy(kc, hk);
-  Kokkos::deep_copy(vc, hv);
-  const Matrix q = random_matrix("q", batch * n, heads * hd, 12, 2.0f);
-  Matrix out("out", batch * n, heads * hd);
-  const float scale = 1.0f / std::sqrt(float(hd));
-  attention(space, q, kc, vc, out, n, pos0, scale, 0, heads / kv_heads);
-  auto hq = to_host(q), ho = to_host(out);
+  const AttentionCase c(batch, heads, kv_heads, hd, n, pos0);
+  Cache kc("k", batch, kv_heads, c.ctx() + 2, hd), vc("v", batch, kv_heads, c.ctx() + 2, hd);
+  Matrix q("q", batch * n, heads * hd), out("out", batch * n, heads * hd);
+  Kokkos::deep_copy(kc, c.k);
+  Kokkos::deep_copy(vc, c.v);
+  Kokkos::deep_copy(q, c.q);
+  attention(space, q, kc, vc, out, n, pos0, c.scale(), 0, c.group());
+  auto ho = to_host(out);
   for (int r = 0; r < batch * n; ++r)
     for (int h = 0; h < heads; ++h) {
-      const int b = r / n, pos = pos0 + r % n, kvh = h / (heads / kv_heads);
-      std::vector<double> w(pos + 1);
-      for (int j = 0; j <= pos; ++j) {
-        double acc = 0.0;
-        for (int e = 0; e < hd; ++e) acc += double(hq(r, h * hd + e)) * hk(b, kvh, j, e);
-        w[j] = acc * scale;
-      }
-      const double mx = *std::max_element(w.begin(), w.end());
-      double sum = 0.0;
-      for (double& v : w) sum += (v = std::exp(v - mx));
-      for (int e = 0; e < hd; ++e) {
-        double acc = 0.0;
-        for (int j = 0; j <= pos; ++j) acc += w[j] * hv(b, kvh, j, e);
-        REQUIRE(rel_diff(ho(r, h * hd + e), acc / sum, 1.0) < tight);
-      }
+      const std::vector<double> want = c.out(r, h);
+      for (int e = 0; e < hd; ++e) REQUIRE(rel_diff(ho(r, h * hd + e), want[e], 1.0) < tight);
     }
+}
+
+// Heads [head_begin, head_begin + head_count) split into `slices` slices of whole RoPE
+// pairs: each slice's partial scores, summed over the slices before the softmax, then each
+// slice's own V columns, must give those columns of the whole heads' attention.
+void check_sliced_attention(const AttentionCase& c, int head_begin, int head_count, int slices) {
+  ExecSpace space;
+  const int pairs = c.hd / 2 / slices, w = 2 * pairs, rows = c.batch * c.n;
+  const int kv_begin = head_begin / c.group(), kv_count = (head_begin + head_count - 1) / c.group() - kv_begin + 1;
+  std::vector<std::vector<int>> dims(slices);
+  for (int s = 0; s < slices; ++s)
+    for (int j = 0; j < w; ++j) dims[s].push_back(static_cast<int>(AxisMap::head_slice(0, c.hd, s * pairs, pairs)(j)));
+  std::vector<Matrix> q, out;
+  std::vector<Cache> vc;
+  std::vector<double> total(static_cast<std::size_t>(rows) * head_count * c.ctx(), 0.0);
+  for (int s = 0; s < slices; ++s) {
+    q.emplace_back("q", rows, head_count * w);
+    out.emplace_back("out", rows, head_count * w);
+    Cache kc("k", c.batch, kv_count, c.ctx() + 2, w);
+    vc.emplace_back("v", c.batch, kv_count, c.ctx() + 2, w);
+    auto hq = Kokkos::create_mirror_view(q[s]);
+    auto hk = Kokkos::create_mirror_view(kc);
+    auto hv = Kokkos::create_mirror_view(vc[s]);
+    for (int j = 0; j < w; ++j) {
+      for (int r = 0; r < rows; ++r)
+        for (int h = 0; h < head_count; ++h) hq(r, h * w + j) = c.q(r, (head_begin + h) * c.hd + dims[s][j]);
+      for (int b = 0; b < c.batch; ++b)
+        for (int h = 0; h < kv_count; ++h)
+          for (int p = 0; p < c.ctx() + 2; ++p) {
+            hk(b, h, p, j) = c.k(b, kv_begin + h, p, dims[s][j]);
+            hv(b, h, p, j) = c.v(b, kv_begin + h, p, dims[s][j]);
+          }
+    }
+    Kokkos::deep_copy(q[s], hq);
+    Kokkos::deep_copy(kc, hk);
+    Kokkos::deep_copy(vc[s], hv);
+    Scores scores("scores", rows, head_count, c.ctx());
+    attention_scores(space, q[s], kc, scores, c.n, c.pos0, head_begin, c.group());
+    auto hs = to_host(scores);
+    for (int r = 0; r < rows; ++r)
+      for (int h = 0; h < head_count; ++h)
+        for (int j = 0; j < c.ctx(); ++j) {
+          const bool visible = j <= c.pos0 + r % c.n;
+          const double want = visible ? c.dot(r, head_begin + h, j, dims[s]) : 0.0;
+          REQUIRE(rel_diff(hs(r, h, j), want, 4.0) < tight);
+          total[(static_cast<std::size_t>(r) * head_count + h) * c.ctx() + j] += hs(r, h, j);
+        }
+  }
+  Scores summed("summed", rows, head_count, c.ctx());
+  auto hsum = Kokkos::create_mirror_view(summed);
+  std::copy(total.begin(), total.end(), hsum.data());
+  Kokkos::deep_copy(summed, hsum);
+  for (int s = 0; s < slices; ++s) {
+    attention_apply(space, summed, vc[s], out[s], c.n, c.pos0, c.scale(), head_begin, c.group());
+    auto ho = to_host(out[s]);
+    for (int r = 0; r < rows; ++r)
+      for (int h = 0; h < head_count; ++h) {
+        const std::vector<double> want = c.out(r, head_begin + h);
+        for (int j = 0; j < w; ++j) REQUIRE(rel_diff(ho(r, h * w + j), want[dims[s][j]], 1.0) < tight);
+      }
+  }
 }
 }  // namespace
 
@@ -142,6 +230,34 @@ TEST_CASE("attention: causal prefill with grouped kv heads matches naive softmax
 
 TEST_CASE("attention: decode against a longer cache, masked beyond the query", "[kernels]") {
   check_attention(2, 4, 4, 16, 1, 17);
+}
+
+TEST_CASE("attention_scores and attention_apply: dimension slices reduced before the softmax", "[kernels]") {
+  const AttentionCase prefill(3, 6, 2, 12, 9, 0);
+  check_sliced_attention(prefill, 0, 6, 2);
+  check_sliced_attention(prefill, 2, 2, 3);  // query heads 2-3 read kv heads 0 and 1
+  check_sliced_attention(prefill, 3, 3, 6);
+  const AttentionCase decode(2, 4, 4, 16, 1, 17);
+  check_sliced_attention(decode, 1, 2, 4);
+  check_sliced_attention(decode, 0, 4, 1);
+}
+
+TEST_CASE("rope: a slice of whole pairs rotates like those dimensions of the whole head", "[kernels]") {
+  ExecSpace space;
+  const int heads = 3, hd = 12, n = 4, pos0 = 6, batch = 2, pair_begin = 2, pairs = 3, w = 2 * pairs;
+  const AxisMap slice = AxisMap::head_slice(0, hd, pair_begin, pairs);
+  Matrix whole = random_matrix("x", batch * n, heads * hd, 6);
+  Matrix part("part", batch * n, heads * w);
+  auto hw = moeproxy::testing::snapshot(whole);
+  auto hp = Kokkos::create_mirror_view(part);
+  for (int r = 0; r < batch * n; ++r)
+    for (int j = 0; j < heads * w; ++j) hp(r, j) = hw(r, slice(j));
+  Kokkos::deep_copy(part, hp);
+  apply_rope(space, whole, heads, hd, n, pos0, 10000.0);
+  apply_rope(space, part, heads, hd, n, pos0, 10000.0, pair_begin, pairs);
+  auto after = to_host(whole), got = to_host(part);
+  for (int r = 0; r < batch * n; ++r)
+    for (int j = 0; j < heads * w; ++j) REQUIRE(rel_diff(got(r, j), after(r, slice(j)), 1.0) < tight);
 }
 
 TEST_CASE("activate: GELU (tanh form) and SwiGLU", "[kernels]") {

@@ -131,17 +131,34 @@ TEST_CASE("model: a slice of sequences reproduces those rows of the whole batch"
 }
 
 TEST_CASE("model: the memory estimate equals what the Transformer allocates", "[model]") {
-  for (FfnKind ffn : {FfnKind::moe, FfnKind::dense}) {
-    ModelConfig m = tiny_moe();
-    m.ffn = ffn;
-    const WorkloadConfig w = small_workload();
-    ExecSpace space;
-    Transformer model(space, m, w, SequenceSlice{0, w.batch, w.batch});
-    const MemoryEstimate e = estimate_memory(m, w, w.batch);
-    CHECK(e.weights == model.weight_bytes());
-    CHECK(e.kv_cache == model.kv_cache_bytes());
-    CHECK(e.activations == model.activation_bytes());
-  }
+  // A shard with heads straddling two kv groups, a slice of each head's dimensions, some
+  // experts, FFN columns and layers.
+  ShardSpec part;
+  part.head_begin = 2;
+  part.head_count = 2;
+  part.dim_begin = 3;
+  part.dim_count = 3;
+  part.expert_begin = 2;
+  part.expert_count = 2;
+  part.ffn_begin = 10;
+  part.ffn_count = 20;
+  part.layer_begin = 1;
+  part.layer_count = 1;
+  for (const ShardSpec& shard : {ShardSpec{}, part})
+    for (FfnKind ffn : {FfnKind::moe, FfnKind::dense}) {
+      ModelConfig m = tiny_moe();
+      m.ffn = ffn;
+      for (const int decode_steps : {3, 60}) {  // prefill's or decode's scores are the larger
+        WorkloadConfig w = small_workload();
+        w.decode_steps = decode_steps;
+        ExecSpace space;
+        Transformer model(space, m, w, SequenceSlice{0, w.batch, w.batch}, shard);
+        const MemoryEstimate e = estimate_memory(m, w, w.batch, shard);
+        CHECK(e.weights == model.weight_bytes());
+        CHECK(e.kv_cache == model.kv_cache_bytes());
+        CHECK(e.activations == model.activation_bytes());
+      }
+    }
 }
 
 TEST_CASE("model: forward_flops counts projections, causal attention and experts", "[model]") {

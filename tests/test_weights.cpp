@@ -62,6 +62,39 @@ TEST_CASE("weights: a shard equals the matching slice of the whole model", "[wei
       }
 }
 
+TEST_CASE("weights: a dimension slice holds whole RoPE pairs of its heads and kv heads", "[weights]") {
+  ModelConfig cfg;
+  cfg.hidden = 24;
+  cfg.heads = 6;
+  cfg.head_dim = 12;
+  cfg.kv_heads = 2;  // group 3: query heads 2-3 read kv heads 0 and 1
+  ExecSpace space;
+  const ModelWeights full = make_weights(space, cfg, ShardSpec{}, 0, 1);
+  ShardSpec shard;
+  shard.head_begin = 2;
+  shard.head_count = 2;
+  shard.dim_begin = 2;  // pairs 2-3: dimensions 2, 3 and 8, 9 of each head
+  shard.dim_count = 2;
+  const ModelWeights part = make_weights(space, cfg, shard, 0, 1);
+  const int hd = 12, w = 4;
+  const int dims[w] = {2, 3, 8, 9};
+  REQUIRE(shard.head_dims(cfg) == w);
+  const LayerWeights &f = full.layers[0], &p = part.layers[0];
+  auto fq = to_host(f.wq), pq = to_host(p.wq), fk = to_host(f.wk), pk = to_host(p.wk);
+  auto fv = to_host(f.wv), pv = to_host(p.wv), fo = to_host(f.wo), po = to_host(p.wo);
+  REQUIRE(pq.extent(1) == static_cast<std::size_t>(2 * w));
+  REQUIRE(pk.extent(1) == static_cast<std::size_t>(2 * w));
+  REQUIRE(po.extent(0) == static_cast<std::size_t>(2 * w));
+  for (int i = 0; i < cfg.hidden; ++i)
+    for (int h = 0; h < 2; ++h)
+      for (int j = 0; j < w; ++j) {
+        REQUIRE(pq(i, h * w + j) == fq(i, (2 + h) * hd + dims[j]));
+        REQUIRE(pk(i, h * w + j) == fk(i, h * hd + dims[j]));
+        REQUIRE(pv(i, h * w + j) == fv(i, h * hd + dims[j]));
+        REQUIRE(po(h * w + j, i) == fo((2 + h) * hd + dims[j], i));
+      }
+}
+
 TEST_CASE("weights: inputs of a sequence slice equal the rows of the whole batch", "[weights]") {
   ModelConfig cfg;
   ExecSpace space;

@@ -55,18 +55,19 @@ void normalize(const ExecSpace& space, NormKind kind, double eps, const ConstMat
 }
 
 void apply_rope(const ExecSpace& space, const Matrix& x, int heads, int head_dim, int n, int pos0,
-                double theta) {
-  const int half = head_dim / 2;
+                double theta, int pair_begin, int pairs) {
+  const int half = pairs < 0 ? head_dim / 2 : pairs;
+  const int width = pairs < 0 ? head_dim : 2 * pairs;
   Kokkos::parallel_for(
       "moeproxy::kernels::rope",
       Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<3>>(space, {0, 0, 0},
                                                         {static_cast<int>(x.extent(0)), heads, half}),
       KOKKOS_LAMBDA(const int r, const int h, const int p) {
         const double pos = static_cast<double>(pos0 + r % n);
-        const double inv_freq = pow_d(theta, -2.0 * p / head_dim);
+        const double inv_freq = pow_d(theta, -2.0 * (pair_begin + p) / head_dim);
         double s, c;
         sincos_d(pos * inv_freq, &s, &c);
-        const int j = h * head_dim + p;
+        const int j = h * width + p;
         const float x1 = x(r, j);
         const float x2 = x(r, j + half);
         x(r, j) = static_cast<float>(x1 * c - x2 * s);
@@ -87,6 +88,40 @@ void store_kv(const ExecSpace& space, const ConstMatrix& k, const ConstMatrix& v
         v_cache(b, h, pos, dd) = v(r, j);
       });
 }
+
+namespace {
+
+// The end of one (query, head) team's attention: turns the scaled scores s[0, ctx), written
+// by the team, into softmax weights (max subtracted first) and writes
+// out(row, col0 + dd) = sum_j w_j v(b, kvh, j, dd) for every dimension dd of the cache.
+KOKKOS_INLINE_FUNCTION void softmax_times_v(const Team& team, const ScratchVector& s, int ctx,
+                                            const Cache& v_cache, int b, int kvh, const Matrix& out,
+                                            int row, int col0) {
+  team.team_barrier();
+  float mx = 0.0f;
+  Kokkos::parallel_reduce(
+      Kokkos::TeamThreadRange(team, ctx), [&](const int j, float& m) { m = s(j) > m ? s(j) : m; },
+      Kokkos::Max<float>(mx));
+  float sum = 0.0f;
+  Kokkos::parallel_reduce(
+      Kokkos::TeamThreadRange(team, ctx),
+      [&](const int j, float& acc) {
+        const float e = exp_f(s(j) - mx);
+        s(j) = e;
+        acc += e;
+      },
+      sum);
+  team.team_barrier();
+  const float inv = 1.0f / sum;
+  const int hd = static_cast<int>(v_cache.extent(3));
+  Kokkos::parallel_for(Kokkos::TeamThreadRange(team, hd), [&](const int dd) {
+    float acc = 0.0f;
+    for (int j = 0; j < ctx; ++j) acc += s(j) * v_cache(b, kvh, j, dd);
+    out(row, col0 + dd) = acc * inv;
+  });
+}
+
+}  // namespace
 
 void attention(const ExecSpace& space, const ConstMatrix& q, const Cache& k_cache,
                const Cache& v_cache, const Matrix& out, int n, int pos0, float scale,
@@ -109,27 +144,51 @@ void attention(const ExecSpace& space, const ConstMatrix& q, const Cache& k_cach
           for (int dd = 0; dd < hd; ++dd) acc += q(row, h * hd + dd) * k_cache(b, kvh, j, dd);
           s(j) = acc * scale;
         });
-        team.team_barrier();
-        float mx = 0.0f;
-        Kokkos::parallel_reduce(
-            Kokkos::TeamThreadRange(team, ctx), [&](const int j, float& m) { m = s(j) > m ? s(j) : m; },
-            Kokkos::Max<float>(mx));
-        float sum = 0.0f;
-        Kokkos::parallel_reduce(
-            Kokkos::TeamThreadRange(team, ctx),
-            [&](const int j, float& acc) {
-              const float e = exp_f(s(j) - mx);
-              s(j) = e;
-              acc += e;
-            },
-            sum);
-        team.team_barrier();
-        const float inv = 1.0f / sum;
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, hd), [&](const int dd) {
+        softmax_times_v(team, s, ctx, v_cache, b, kvh, out, row, h * hd);
+      });
+}
+
+void attention_scores(const ExecSpace& space, const ConstMatrix& q, const Cache& k_cache,
+                      const Scores& scores, int n, int pos0, int head_begin, int group) {
+  const int batch = static_cast<int>(q.extent(0)) / n;
+  const int hd = static_cast<int>(k_cache.extent(3));
+  const int heads = static_cast<int>(q.extent(1)) / hd;
+  const int kv_begin = head_begin / group;
+  const int ctx_max = static_cast<int>(scores.extent(2));
+  Kokkos::parallel_for(
+      "moeproxy::kernels::attention_scores",
+      Kokkos::TeamPolicy<ExecSpace>(space, batch * heads * n, Kokkos::AUTO),
+      KOKKOS_LAMBDA(const Team& team) {
+        const int t = team.league_rank();
+        const int i = t % n, h = (t / n) % heads, b = t / (n * heads);
+        const int row = b * n + i, kvh = (head_begin + h) / group - kv_begin, ctx = pos0 + i + 1;
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, ctx_max), [&](const int j) {
           float acc = 0.0f;
-          for (int j = 0; j < ctx; ++j) acc += s(j) * v_cache(b, kvh, j, dd);
-          out(row, h * hd + dd) = acc * inv;
+          if (j < ctx)
+            for (int dd = 0; dd < hd; ++dd) acc += q(row, h * hd + dd) * k_cache(b, kvh, j, dd);
+          scores(row, h, j) = acc;
         });
+      });
+}
+
+void attention_apply(const ExecSpace& space, const Scores& scores, const Cache& v_cache,
+                     const Matrix& out, int n, int pos0, float scale, int head_begin, int group) {
+  const int batch = static_cast<int>(scores.extent(0)) / n;
+  const int heads = static_cast<int>(scores.extent(1));
+  const int hd = static_cast<int>(v_cache.extent(3));
+  const int kv_begin = head_begin / group;
+  const int ctx_max = pos0 + n;
+  Kokkos::TeamPolicy<ExecSpace> policy(space, batch * heads * n, Kokkos::AUTO);
+  policy.set_scratch_size(0, Kokkos::PerTeam(ScratchVector::shmem_size(ctx_max)));
+  Kokkos::parallel_for(
+      "moeproxy::kernels::attention_apply", policy, KOKKOS_LAMBDA(const Team& team) {
+        const int t = team.league_rank();
+        const int i = t % n, h = (t / n) % heads, b = t / (n * heads);
+        const int row = b * n + i, kvh = (head_begin + h) / group - kv_begin, ctx = pos0 + i + 1;
+        ScratchVector s(team.team_scratch(0), ctx_max);
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, ctx),
+                             [&](const int j) { s(j) = scale * scores(row, h, j); });
+        softmax_times_v(team, s, ctx, v_cache, b, kvh, out, row, h * hd);
       });
 }
 

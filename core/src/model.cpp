@@ -1,5 +1,6 @@
 #include "moeproxy/core/model.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <utility>
 
@@ -38,24 +39,32 @@ Transformer::Transformer(const ExecSpace& space, const ModelConfig& model,
   head_begin_ = shard.head_begin;
   heads_ = shard.head_count < 0 ? cfg_.heads : shard.head_count;
   kv_heads_ = kv_heads_of(cfg_, head_begin_, heads_).count;
+  pair_begin_ = shard.dim_begin;
+  pairs_ = shard.dim_count;
+  head_dims_ = shard.head_dims(cfg_);
   ffn_ = shard.ffn_count < 0 ? cfg_.ffn_hidden : shard.ffn_count;
   experts_ = cfg_.is_moe() ? (shard.expert_count < 0 ? cfg_.experts : shard.expert_count) : 1;
   layer_begin_ = shard.layer_begin;
   layer_end_ = shard.layer_count < 0 ? cfg_.layers : shard.layer_begin + shard.layer_count;
   weights_ = make_weights(space_, cfg_, shard, layer_begin_, layer_end_);
-  const int hd = cfg_.effective_head_dim();
   const int positions = workload_.prompt + workload_.decode_steps;
   for (int l = layer_begin_; l < layer_end_; ++l) {
-    k_cache_.emplace_back("moeproxy::model::k_cache", slice_.count, kv_heads_, positions, hd);
-    v_cache_.emplace_back("moeproxy::model::v_cache", slice_.count, kv_heads_, positions, hd);
+    k_cache_.emplace_back("moeproxy::model::k_cache", slice_.count, kv_heads_, positions, head_dims_);
+    v_cache_.emplace_back("moeproxy::model::v_cache", slice_.count, kv_heads_, positions, head_dims_);
   }
   const int t = slice_.count * workload_.prompt;
   ws_.x = Matrix("moeproxy::model::x", t, cfg_.hidden);
   ws_.h = Matrix("moeproxy::model::h", t, cfg_.hidden);
-  ws_.q = Matrix("moeproxy::model::q", t, heads_ * hd);
-  ws_.k = Matrix("moeproxy::model::k", t, kv_heads_ * hd);
-  ws_.v = Matrix("moeproxy::model::v", t, kv_heads_ * hd);
-  ws_.attn = Matrix("moeproxy::model::attn", t, heads_ * hd);
+  ws_.q = Matrix("moeproxy::model::q", t, heads_ * head_dims_);
+  ws_.k = Matrix("moeproxy::model::k", t, kv_heads_ * head_dims_);
+  ws_.v = Matrix("moeproxy::model::v", t, kv_heads_ * head_dims_);
+  ws_.attn = Matrix("moeproxy::model::attn", t, heads_ * head_dims_);
+  // Prefill's [t, heads, prompt] or the last decode step's [batch, heads, positions].
+  if (shard.slices_dims())
+    ws_.scores = Vector("moeproxy::model::scores",
+                        static_cast<std::size_t>(heads_) *
+                            std::max(static_cast<std::size_t>(t) * workload_.prompt,
+                                     static_cast<std::size_t>(slice_.count) * positions));
   ws_.partial = Matrix("moeproxy::model::partial", t, cfg_.hidden);
   ws_.out = Matrix("moeproxy::model::out", t, cfg_.hidden);
   if (cfg_.is_moe()) {
@@ -87,7 +96,7 @@ std::uint64_t Transformer::activation_bytes() const {
                              ws_.v.span() + ws_.attn.span() + ws_.partial.span() +
                              ws_.ffn_a.span() + ws_.ffn_b.span() +
                              ws_.logits.span() + ws_.route_w.span() + ws_.xp.span() +
-                             ws_.yp.span() + ws_.out.span();
+                             ws_.yp.span() + ws_.out.span() + ws_.scores.span();
   return floats * sizeof(float) + ws_.route_idx.span() * sizeof(int);
 }
 
@@ -168,16 +177,12 @@ void Transformer::layer(int l, const Matrix& x, const MicroBatch& mb, int n, int
     gemm(space_, w.h, lw.wk, w.k);
     gemm(space_, w.h, lw.wv, w.v);
     if (cfg_.rope) {
-      apply_rope(space_, w.q, heads_, hd, n, pos0, cfg_.rope_theta);
-      apply_rope(space_, w.k, kv_heads_, hd, n, pos0, cfg_.rope_theta);
+      apply_rope(space_, w.q, heads_, hd, n, pos0, cfg_.rope_theta, pair_begin_, pairs_);
+      apply_rope(space_, w.k, kv_heads_, hd, n, pos0, cfg_.rope_theta, pair_begin_, pairs_);
     }
     store_kv(space_, w.k, w.v, k_cache, v_cache, n, pos0);
   });
-  timed(space_, timing, l, Phase::attn_core, [&] {
-    attention(space_, w.q, k_cache, v_cache, w.attn, n, pos0,
-              static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd))), head_begin_,
-              cfg_.heads / cfg_.effective_kv_heads());
-  });
+  attention_core(l, w, k_cache, v_cache, n, pos0, timing);
   // Row-parallel output projection: each rank's heads give a partial sum, reduced before
   // the residual add.
   timed(space_, timing, l, Phase::attn_out, [&] { gemm(space_, w.attn, lw.wo, w.partial); });
@@ -190,6 +195,27 @@ void Transformer::layer(int l, const Matrix& x, const MicroBatch& mb, int n, int
     moe(l, x, w.h, token0, timing, count_experts);
   else
     dense_ffn(l, x, w.h, timing);
+}
+
+// Causal attention of the layer's queries against the cache. A rank holding a slice of each
+// head's dimensions computes partial scores only; the ranks holding the other slices of the
+// same heads sum them before the softmax, then each weighs its own slice of V.
+void Transformer::attention_core(int l, const Workspace& w, const Cache& k_cache, const Cache& v_cache,
+                                 int n, int pos0, PhaseTable& timing) {
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(cfg_.effective_head_dim())));
+  const int group = cfg_.heads / cfg_.effective_kv_heads();
+  if (pairs_ < 0) {
+    timed(space_, timing, l, Phase::attn_core,
+          [&] { attention(space_, w.q, k_cache, v_cache, w.attn, n, pos0, scale, head_begin_, group); });
+    return;
+  }
+  // [T, heads, pos0 + n] over the front of the scores buffer.
+  const Scores scores(ws_.scores.data(), w.q.extent(0), heads_, pos0 + n);
+  timed(space_, timing, l, Phase::attn_core,
+        [&] { attention_scores(space_, w.q, k_cache, scores, n, pos0, head_begin_, group); });
+  timed(space_, timing, l, Phase::allreduce, [&] { exchange_->reduce_scores(space_, scores); });
+  timed(space_, timing, l, Phase::attn_core,
+        [&] { attention_apply(space_, scores, v_cache, w.attn, n, pos0, scale, head_begin_, group); });
 }
 
 void Transformer::expert_ffn(const LayerWeights& lw, int expert, const Matrix& x, const Matrix& a,
@@ -214,7 +240,9 @@ void Transformer::dense_ffn(int l, const Matrix& x, const Matrix& h, PhaseTable&
 //   h [T, d] -> logits [T, E] -> (idx, weight) [T, k] -> xp [kept, d] grouped by expert
 //   -> dispatch: x_in [received, d], grouped by source rank then local expert
 //   -> per (source, local expert) block: W1, act, W2 -> y_in -> undispatch -> yp [kept, d]
-//   -> partial[t] = sum_j weight[t, j] * yp[position(t, j)] -> reduce (TP) -> x += partial
+//   -> partial[t] = sum_j weight[t, j] * yp[position(t, j)] -> reduce -> x += partial
+// The reduction sums the partials of ranks holding other FFN columns (TP) or, with tokens
+// replicated over ranks that split the experts (head x dim slicing), other experts' rows.
 void Transformer::moe(int l, const Matrix& x, const Matrix& h, std::int64_t token0,
                       PhaseTable& timing, bool count_experts) {
   const LayerWeights& lw = weights_.layers[l - layer_begin_];
@@ -241,22 +269,21 @@ void Transformer::moe(int l, const Matrix& x, const Matrix& h, std::int64_t toke
   if (count_experts)
     for (int e = 0; e < cfg_.experts; ++e) expert_tokens_[static_cast<std::size_t>(l) * cfg_.experts + e] += counts[e];
 
-  std::vector<int> counts_in;
-  Matrix x_in;
-  timed(space_, timing, l, Phase::dispatch,
-        [&] { x_in = exchange_->dispatch(space_, head_rows(w.xp, kept), counts, counts_in); });
-  const int received = static_cast<int>(x_in.extent(0));
+  ExpertRows in;
+  timed(space_, timing, l, Phase::dispatch, [&] { in = exchange_->dispatch(space_, head_rows(w.xp, kept), counts); });
+  const int received = static_cast<int>(in.x.extent(0));
   reserve_expert_rows(received);
-  // Without expert parallelism the outputs land straight in yp.
-  const Matrix y_in = x_in.data() == w.xp.data() ? head_rows(w.yp, received)
-                                                 : Matrix("moeproxy::model::expert_out", received, cfg_.hidden);
+  // Rows computed where they lie in xp write their outputs straight into yp.
+  const Matrix y_in = in.xp_row >= 0
+                          ? Matrix(Kokkos::subview(w.yp, std::make_pair(in.xp_row, in.xp_row + received), Kokkos::ALL))
+                          : Matrix("moeproxy::model::expert_out", received, cfg_.hidden);
   timed(space_, timing, l, Phase::expert, [&] {
     int row = 0;
-    for (std::size_t block = 0; block < counts_in.size(); ++block) {
-      const auto r = std::make_pair(row, row + counts_in[block]);
+    for (std::size_t block = 0; block < in.counts.size(); ++block) {
+      const auto r = std::make_pair(row, row + in.counts[block]);
       row = r.second;
       if (r.first == r.second) continue;
-      expert_ffn(lw, static_cast<int>(block % experts_), Kokkos::subview(x_in, r, Kokkos::ALL),
+      expert_ffn(lw, static_cast<int>(block % experts_), Kokkos::subview(in.x, r, Kokkos::ALL),
                  Kokkos::subview(ws_.ffn_a, r, Kokkos::ALL),
                  ws_.ffn_b.extent(0) > 0 ? Matrix(Kokkos::subview(ws_.ffn_b, r, Kokkos::ALL)) : Matrix(),
                  Kokkos::subview(y_in, r, Kokkos::ALL));
@@ -292,9 +319,9 @@ MemoryEstimate estimate_memory(const ModelConfig& m, const WorkloadConfig& w, in
                                const ShardSpec& shard) {
   const std::uint64_t f = sizeof(float);
   const int heads = shard.head_count < 0 ? m.heads : shard.head_count;
-  const std::uint64_t hd = m.effective_head_dim();
-  const std::uint64_t d = m.hidden, q = heads * hd;
-  const std::uint64_t kv = kv_heads_of(m, shard.head_begin, heads).count * hd;
+  const std::uint64_t dims = shard.head_dims(m);
+  const std::uint64_t d = m.hidden, q = heads * dims;
+  const std::uint64_t kv = kv_heads_of(m, shard.head_begin, heads).count * dims;
   const std::uint64_t ff = shard.ffn_count < 0 ? m.ffn_hidden : shard.ffn_count;
   const std::uint64_t experts = m.is_moe() ? (shard.expert_count < 0 ? m.experts : shard.expert_count) : 1;
   const std::uint64_t mats = m.activation == Activation::swiglu ? 3 : 2;
@@ -310,6 +337,7 @@ MemoryEstimate estimate_memory(const ModelConfig& m, const WorkloadConfig& w, in
   const std::uint64_t routed = m.is_moe() ? t * m.top_k : t;
   std::uint64_t floats = t * (4 * d + 2 * q + 2 * kv) + routed * ff * (mats - 1);
   if (m.is_moe()) floats += t * (m.experts + m.top_k) + 2 * routed * d;
+  if (shard.slices_dims()) floats += heads * std::max(t * w.prompt, sequences * positions);
   e.activations = f * floats + (m.is_moe() ? sizeof(int) * t * m.top_k : 0);
   return e;
 }

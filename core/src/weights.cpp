@@ -5,7 +5,7 @@
 namespace moeproxy {
 
 void fill_tensor(const ExecSpace& space, const Matrix& m, std::uint64_t seed, TensorKind kind,
-                 int layer, int expert, std::int64_t row0, std::int64_t col0, float scale,
+                 int layer, int expert, const AxisMap& rows, const AxisMap& cols, float scale,
                  float offset) {
   const std::uint64_t stream = tensor_stream(seed, kind, layer, expert);
   Kokkos::parallel_for(
@@ -13,9 +13,16 @@ void fill_tensor(const ExecSpace& space, const Matrix& m, std::uint64_t seed, Te
       Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0},
                                                         {m.extent(0), m.extent(1)}),
       KOKKOS_LAMBDA(const int i, const int j) {
-        m(i, j) = offset + scale * uniform_at(stream, static_cast<std::uint64_t>(row0 + i),
-                                              static_cast<std::uint64_t>(col0 + j));
+        m(i, j) = offset + scale * uniform_at(stream, static_cast<std::uint64_t>(rows(i)),
+                                              static_cast<std::uint64_t>(cols(j)));
       });
+}
+
+void fill_tensor(const ExecSpace& space, const Matrix& m, std::uint64_t seed, TensorKind kind,
+                 int layer, int expert, std::int64_t row0, std::int64_t col0, float scale,
+                 float offset) {
+  fill_tensor(space, m, seed, kind, layer, expert, AxisMap::contiguous(row0), AxisMap::contiguous(col0),
+              scale, offset);
 }
 
 void fill_tensor(const ExecSpace& space, const Vector& v, std::uint64_t seed, TensorKind kind,
@@ -68,10 +75,16 @@ KvRange kv_heads_of(const ModelConfig& cfg, int head_begin, int head_count) {
 
 ModelWeights make_weights(const ExecSpace& space, const ModelConfig& cfg, const ShardSpec& shard,
                           int layer_begin, int layer_end) {
-  const int hd = cfg.effective_head_dim();
+  const int hd = cfg.effective_head_dim(), dims = shard.head_dims(cfg);
   const int heads = shard.head_count < 0 ? cfg.heads : shard.head_count;
   const KvRange kv = kv_heads_of(cfg, shard.head_begin, heads);
-  const int kv_begin = kv.begin, kv_heads = kv.count;
+  const int kv_heads = kv.count;
+  // wq/wk/wv columns and wo rows: the shard's heads, each whole or a slice of its pairs.
+  auto head_axis = [&](int first_head) {
+    return shard.slices_dims() ? AxisMap::head_slice(first_head, hd, shard.dim_begin, shard.dim_count)
+                               : AxisMap::contiguous(static_cast<std::int64_t>(first_head) * hd);
+  };
+  const AxisMap whole = AxisMap::contiguous(0);
   const int experts = cfg.is_moe() ? (shard.expert_count < 0 ? cfg.experts : shard.expert_count) : 1;
   const int expert_begin = cfg.is_moe() ? shard.expert_begin : 0;
   const int f_begin = shard.ffn_begin;
@@ -81,15 +94,15 @@ ModelWeights make_weights(const ExecSpace& space, const ModelConfig& cfg, const 
   for (int l = layer_begin; l < layer_end; ++l) {
     LayerWeights lw;
     lw.attn_norm = make_norm(space, cfg, TensorKind::norm1_gain, TensorKind::norm1_bias, l, "attn_norm");
-    lw.wq = Matrix("moeproxy::weights::wq", cfg.hidden, heads * hd);
-    lw.wk = Matrix("moeproxy::weights::wk", cfg.hidden, kv_heads * hd);
-    lw.wv = Matrix("moeproxy::weights::wv", cfg.hidden, kv_heads * hd);
-    lw.wo = Matrix("moeproxy::weights::wo", heads * hd, cfg.hidden);
+    lw.wq = Matrix("moeproxy::weights::wq", cfg.hidden, heads * dims);
+    lw.wk = Matrix("moeproxy::weights::wk", cfg.hidden, kv_heads * dims);
+    lw.wv = Matrix("moeproxy::weights::wv", cfg.hidden, kv_heads * dims);
+    lw.wo = Matrix("moeproxy::weights::wo", heads * dims, cfg.hidden);
     const float s_d = fan_in_scale(cfg.hidden);
-    fill_tensor(space, lw.wq, cfg.seed, TensorKind::wq, l, 0, 0, shard.head_begin * hd, s_d);
-    fill_tensor(space, lw.wk, cfg.seed, TensorKind::wk, l, 0, 0, kv_begin * hd, s_d);
-    fill_tensor(space, lw.wv, cfg.seed, TensorKind::wv, l, 0, 0, kv_begin * hd, s_d);
-    fill_tensor(space, lw.wo, cfg.seed, TensorKind::wo, l, 0, shard.head_begin * hd, 0,
+    fill_tensor(space, lw.wq, cfg.seed, TensorKind::wq, l, 0, whole, head_axis(shard.head_begin), s_d);
+    fill_tensor(space, lw.wk, cfg.seed, TensorKind::wk, l, 0, whole, head_axis(kv.begin), s_d);
+    fill_tensor(space, lw.wv, cfg.seed, TensorKind::wv, l, 0, whole, head_axis(kv.begin), s_d);
+    fill_tensor(space, lw.wo, cfg.seed, TensorKind::wo, l, 0, head_axis(shard.head_begin), whole,
                 fan_in_scale(cfg.q_width()));
     lw.ffn_norm = make_norm(space, cfg, TensorKind::norm2_gain, TensorKind::norm2_bias, l, "ffn_norm");
     if (cfg.is_moe()) {

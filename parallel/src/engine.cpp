@@ -48,12 +48,13 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, Communicat
   out.metrics.decode = PhaseTable(m.layers);
   const int d = m.hidden, n = out.slice.count;
 
-  MPI_Comm tp_comm = MPI_COMM_NULL, ep_comm = MPI_COMM_NULL, pp_comm = MPI_COMM_NULL;
+  MPI_Comm tp_comm = MPI_COMM_NULL, ep_comm = MPI_COMM_NULL, pp_comm = MPI_COMM_NULL, dim_comm = MPI_COMM_NULL;
   MOEPROXY_MPI(MPI_Comm_split(world.handle(), layout.tp_group(world.rank()), world.rank(), &tp_comm));
   MOEPROXY_MPI(MPI_Comm_split(world.handle(), layout.ep_group(world.rank()), world.rank(), &ep_comm));
   MOEPROXY_MPI(MPI_Comm_split(world.handle(), layout.pp_group(world.rank()), world.rank(), &pp_comm));
-  Communicator tp(tp_comm, "tp"), ep(ep_comm, "ep"), pp(pp_comm, "pp");
-  LayoutExchange exchange(tp, ep, m.is_moe() ? shard.expert_count : 1);
+  MOEPROXY_MPI(MPI_Comm_split(world.handle(), layout.dim_group(world.rank()), world.rank(), &dim_comm));
+  Communicator tp(tp_comm, "tp"), ep(ep_comm, "ep"), pp(pp_comm, "pp"), dim(dim_comm, "dim");
+  LayoutExchange exchange(tp, ep, dim, shard.expert_begin, m.is_moe() ? shard.expert_count : 1);
   Transformer model(space, m, w, out.slice, shard, &exchange);
   const int layer_end = shard.layer_begin + shard.layer_count;
   Pipeline pipeline(space, model, pp, n, cfg.parallel.micro_batches, shard.layer_begin, layer_end);
@@ -148,9 +149,9 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, Communicat
       if (mean > 0.0) s.expert_imbalance = std::max(s.expert_imbalance, (mx - mean) / mean);
     }
   }
-  for (const Communicator* c : {&tp, &ep, &pp})
+  for (const Communicator* c : {&tp, &ep, &pp, &dim})
     for (const CommRecord& r : c->records()) out.metrics.comm.push_back(r);
-  for (MPI_Comm* c : {&tp_comm, &ep_comm, &pp_comm}) MOEPROXY_MPI(MPI_Comm_free(c));
+  for (MPI_Comm* c : {&tp_comm, &ep_comm, &pp_comm, &dim_comm}) MOEPROXY_MPI(MPI_Comm_free(c));
   return out;
 }
 

@@ -8,6 +8,11 @@
 //   -> alltoallv rows                x_in [received, d], by source rank then local expert
 //   -> experts                        y_in [received, d]
 //   -> alltoallv back                yp [kept, d] in xp's order
+//
+// Without an expert group (ep = 1) every rank routes all of its own tokens, and its experts'
+// rows are one block of xp: all of it, or, when the ranks of an m x n group split the
+// experts over tokens they all hold, its experts' share. They are computed in place; the
+// other experts' rows of yp are zero here, and reduce_partial adds the group's shares.
 #include <numeric>
 
 #include "moeproxy/parallel/exchange.hpp"
@@ -24,11 +29,15 @@ std::vector<int> exclusive_scan(const std::vector<int>& counts) {
 
 }  // namespace
 
-Matrix LayoutExchange::dispatch(const ExecSpace& space, const Matrix& xp, const std::vector<int>& counts,
-                                std::vector<int>& counts_in) {
-  if (ep_.size() == 1) return LayerExchange::dispatch(space, xp, counts, counts_in);
+ExpertRows LayoutExchange::dispatch(const ExecSpace& space, const Matrix& xp, const std::vector<int>& counts) {
+  if (ep_.size() == 1) {
+    const auto first = counts.begin() + expert_begin_, last = first + local_experts_;
+    local_rows_.first = std::accumulate(counts.begin(), first, 0);
+    local_rows_.second = local_rows_.first + std::accumulate(first, last, 0);
+    return ExpertRows{Kokkos::subview(xp, local_rows_, Kokkos::ALL), std::vector<int>(first, last), local_rows_.first};
+  }
   const int ranks = ep_.size(), local = local_experts_, d = static_cast<int>(xp.extent(1));
-  counts_in.assign(static_cast<std::size_t>(ranks) * local, 0);
+  std::vector<int> counts_in(static_cast<std::size_t>(ranks) * local, 0);
   ep_.alltoall(counts.data(), counts_in.data(), local);
 
   send_counts_.assign(ranks, 0);
@@ -48,11 +57,16 @@ Matrix LayoutExchange::dispatch(const ExecSpace& space, const Matrix& xp, const 
   ep_.alltoallv(send.data(), send_counts_, send_displs_, recv.data(), recv_counts_, recv_displs_);
   Matrix x_in("moeproxy::ep::expert_in", received, d);
   Kokkos::deep_copy(space, x_in, recv);
-  return x_in;
+  return ExpertRows{x_in, counts_in, -1};
 }
 
 void LayoutExchange::undispatch(const ExecSpace& space, const Matrix& y_in, const Matrix& yp) {
-  if (ep_.size() == 1) return LayerExchange::undispatch(space, y_in, yp);
+  if (ep_.size() == 1) {
+    const int kept = static_cast<int>(yp.extent(0));
+    Kokkos::deep_copy(space, Kokkos::subview(yp, std::make_pair(0, local_rows_.first), Kokkos::ALL), 0.0f);
+    Kokkos::deep_copy(space, Kokkos::subview(yp, std::make_pair(local_rows_.second, kept), Kokkos::ALL), 0.0f);
+    return;
+  }
   named_fence(space, "moeproxy::ep::before_undispatch");
   auto send = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), y_in);
   auto recv = Kokkos::create_mirror_view(Kokkos::HostSpace(), yp);

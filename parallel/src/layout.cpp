@@ -1,6 +1,7 @@
 #include "moeproxy/parallel/layout.hpp"
 
 #include <algorithm>
+#include <numeric>
 #include <sstream>
 
 namespace moeproxy::parallel {
@@ -12,7 +13,8 @@ std::string kv(const char* key, int value) { return std::string(key) + "=" + std
 void not_yet(int value, int neutral, const char* key, const char* what) {
   if (value != neutral)
     throw InputError(kv(key, value) + ": " + what + " is not available in this version; set " + key +
-                     " = " + std::to_string(neutral) + " (data, tensor, pipeline and expert parallelism are)");
+                     " = " + std::to_string(neutral) +
+                     " (data, tensor, pipeline, expert parallelism and head x dim slicing are)");
 }
 
 void must_divide(int degree, const char* degree_key, int value, const char* value_key) {
@@ -21,20 +23,70 @@ void must_divide(int degree, const char* degree_key, int value, const char* valu
                      "; choose a " + degree_key + " that divides " + std::to_string(value));
 }
 
+std::string mxn(const ParallelConfig& p) {
+  return kv("parallel.head_groups", p.head_groups) + " x " + kv("parallel.dim_groups", p.dim_groups);
+}
+
+// Sets of ranks an m x n group spreads the experts over, tokens replicated; the ranks of a
+// set split the columns of its experts. 1 without head x dim slicing.
+int expert_sets(const RunConfig& cfg) {
+  const int group = cfg.parallel.head_groups * cfg.parallel.dim_groups;
+  return cfg.model.is_moe() ? std::gcd(cfg.model.experts, group) : 1;
+}
+
+void check_head_dim(const RunConfig& cfg) {
+  const ParallelConfig& p = cfg.parallel;
+  const ModelConfig& m = cfg.model;
+  const int group = p.head_groups * p.dim_groups;
+  if (group == 1) return;
+  if (p.tp > 1)
+    throw InputError(kv("parallel.tp", p.tp) + " cannot be combined with " + mxn(p) +
+                     ": head x dim slicing takes the place of tensor parallelism inside its group of "
+                     "m x n ranks; set parallel.tp = 1 (or parallel.head_groups = parallel.dim_groups = 1)");
+  if (p.ep > 1)
+    throw InputError(kv("parallel.ep", p.ep) + " with " + mxn(p) +
+                     " is not available in this version: the m x n ranks already split the experts among "
+                     "themselves; set parallel.ep = 1");
+  must_divide(p.head_groups, "parallel.head_groups", m.heads, "model.heads");
+  if (p.dim_groups > 1) {
+    const int hd = m.effective_head_dim();
+    if (hd % 2 != 0)
+      throw InputError(kv("parallel.dim_groups", p.dim_groups) + " slices each head into whole RoPE pairs (p, p + " +
+                       "head_dim/2), which needs an even head dimension, but " + kv("model.head_dim", hd) +
+                       " is odd; set parallel.dim_groups = 1 or an even model.head_dim");
+    if ((hd / 2) % p.dim_groups != 0)
+      throw InputError(kv("parallel.dim_groups", p.dim_groups) + " does not divide the " + std::to_string(hd / 2) +
+                       " RoPE pairs (p, p + head_dim/2) of " + kv("model.head_dim", hd) +
+                       ": each dimension slice holds whole pairs; choose a parallel.dim_groups that divides " +
+                       std::to_string(hd / 2));
+  }
+  const int sets = expert_sets(cfg), columns = group / sets;
+  if (m.ffn_hidden % columns != 0) {
+    const std::string how = m.is_moe() ? "puts the " + kv("model.experts", m.experts) + " experts on " +
+                                             std::to_string(sets) + " sets of ranks and splits each expert's columns "
+                                       : "splits the FFN columns ";
+    throw InputError(mxn(p) + " " + how + std::to_string(columns) + " ways, but " + std::to_string(columns) +
+                     " does not divide " + kv("model.ffn_hidden", m.ffn_hidden) +
+                     "; choose head_groups and dim_groups for which it does");
+  }
+}
+
 }  // namespace
 
 RankLayout RankLayout::build(const RunConfig& cfg, int world_size) {
   const ParallelConfig& p = cfg.parallel;
   const ModelConfig& m = cfg.model;
-  not_yet(p.head_groups, 1, "parallel.head_groups", "head x dim slicing");
-  not_yet(p.dim_groups, 1, "parallel.dim_groups", "head x dim slicing");
   not_yet(p.attn_ranks, 0, "parallel.attn_ranks", "attention/MoE separation");
-  const long needed = static_cast<long>(p.dp) * p.tp * p.pp;
+  check_head_dim(cfg);
+  const bool sliced = p.head_groups * p.dim_groups > 1;
+  const long needed = static_cast<long>(p.dp) * p.tp * p.pp * p.head_groups * p.dim_groups;
   if (needed != world_size)
     throw InputError("parallel.dp=" + std::to_string(p.dp) + " x parallel.tp=" + std::to_string(p.tp) +
-                     " x parallel.pp=" + std::to_string(p.pp) + " needs " + std::to_string(needed) +
-                     " ranks but the job has " + std::to_string(world_size) + "; launch with mpiexec -n " +
-                     std::to_string(needed) + " or change parallel.dp / tp / pp so that dp x tp x pp = " +
+                     " x parallel.pp=" + std::to_string(p.pp) + (sliced ? " x " + mxn(p) : std::string()) +
+                     " needs " + std::to_string(needed) + " ranks but the job has " + std::to_string(world_size) +
+                     "; launch with mpiexec -n " + std::to_string(needed) + " or change parallel.dp / tp / pp" +
+                     (sliced ? " / head_groups / dim_groups so that dp x tp x pp x head_groups x dim_groups = "
+                             : " so that dp x tp x pp = ") +
                      std::to_string(world_size));
   must_divide(p.dp, "parallel.dp", cfg.workload.batch, "workload.batch");
   if (p.pp > m.layers)
@@ -62,10 +114,13 @@ RankLayout RankLayout::build(const RunConfig& cfg, int world_size) {
 
 Coordinates RankLayout::coordinates(int rank) const {
   const ParallelConfig& p = cfg_.parallel;
+  const int g = tensor_group();
   Coordinates c;
-  c.tp = rank % p.tp;
-  c.dp = (rank / p.tp) % p.dp;
-  c.pp = rank / (p.tp * p.dp);
+  c.tp = rank % g;
+  c.head = c.tp / p.dim_groups;
+  c.dim = c.tp % p.dim_groups;
+  c.dp = (rank / g) % p.dp;
+  c.pp = rank / (g * p.dp);
   c.ep = c.dp % p.ep;
   return c;
 }
@@ -78,7 +133,7 @@ bool RankLayout::owns_outputs(int rank) const {
 int RankLayout::ep_group(int rank) const {
   const ParallelConfig& p = cfg_.parallel;
   const Coordinates c = coordinates(rank);
-  return (c.pp * (p.dp / p.ep) + c.dp / p.ep) * p.tp + c.tp;
+  return (c.pp * (p.dp / p.ep) + c.dp / p.ep) * tensor_group() + c.tp;
 }
 
 SequenceSlice RankLayout::sequences_of(int rank) const {
@@ -89,14 +144,21 @@ SequenceSlice RankLayout::sequences_of(int rank) const {
 ShardSpec RankLayout::shard_of(int rank) const {
   const Coordinates c = coordinates(rank);
   const ModelConfig& m = cfg_.model;
+  const ParallelConfig& p = cfg_.parallel;
   ShardSpec s;
-  s.head_count = m.heads / cfg_.parallel.tp;
-  s.head_begin = c.tp * s.head_count;
-  s.ffn_count = m.ffn_hidden / cfg_.parallel.tp;
-  s.ffn_begin = c.tp * s.ffn_count;
+  s.head_count = m.heads / (p.tp * p.head_groups);
+  s.head_begin = c.head * s.head_count;
+  if (p.dim_groups > 1) {
+    s.dim_count = m.effective_head_dim() / 2 / p.dim_groups;
+    s.dim_begin = c.dim * s.dim_count;
+  }
+  // The tensor group's experts go to `sets` sets of ranks; the ranks of a set split columns.
+  const int sets = expert_sets(cfg_), columns = tensor_group() / sets;
+  s.ffn_count = m.ffn_hidden / columns;
+  s.ffn_begin = (c.tp % columns) * s.ffn_count;
   if (m.is_moe()) {
-    s.expert_count = m.experts / cfg_.parallel.ep;
-    s.expert_begin = c.ep * s.expert_count;
+    s.expert_count = m.experts / (p.ep * sets);
+    s.expert_begin = (c.ep * sets + c.tp / columns) * s.expert_count;
   }
   const int per = m.layers / cfg_.parallel.pp, extra = m.layers % cfg_.parallel.pp;
   s.layer_begin = c.pp * per + std::min(c.pp, extra);
@@ -107,7 +169,7 @@ ShardSpec RankLayout::shard_of(int rank) const {
 int RankLayout::owner_of_sequence(int seq) const {
   const ParallelConfig& p = cfg_.parallel;
   const int per = cfg_.workload.batch / p.dp;
-  return ((p.pp - 1) * p.dp + seq / per) * p.tp;
+  return ((p.pp - 1) * p.dp + seq / per) * tensor_group();
 }
 
 std::string RankLayout::describe() const {
@@ -116,6 +178,8 @@ std::string RankLayout::describe() const {
   if (p.tp > 1) s += " tp=" + std::to_string(p.tp);
   if (p.pp > 1) s += " pp=" + std::to_string(p.pp);
   if (p.ep > 1) s += " ep=" + std::to_string(p.ep);
+  if (p.head_groups * p.dim_groups > 1)
+    s += " mxn=" + std::to_string(p.head_groups) + "x" + std::to_string(p.dim_groups);
   if (p.micro_batches > 1) s += " micro_batches=" + std::to_string(p.micro_batches);
   return s;
 }
@@ -127,10 +191,15 @@ std::string RankLayout::rank_map() const {
     const SequenceSlice q = sequences_of(r);
     const ShardSpec s = shard_of(r);
     out << "  rank " << r << ": layers " << s.layer_begin << "-" << s.layer_begin + s.layer_count - 1 << ", heads " << s.head_begin << "-"
-        << s.head_begin + s.head_count - 1 << " (x" << hd << ")";
+        << s.head_begin + s.head_count - 1;
+    if (s.slices_dims())
+      out << " (dims " << s.dim_begin << "-" << s.dim_begin + s.dim_count - 1 << "," << hd / 2 + s.dim_begin << "-"
+          << hd / 2 + s.dim_begin + s.dim_count - 1 << " of " << hd << ")";
+    else
+      out << " (x" << hd << ")";
     if (cfg_.model.is_moe())
       out << ", experts " << s.expert_begin << "-" << s.expert_begin + s.expert_count - 1;
-    if (cfg_.parallel.tp > 1) out << ", ffn columns " << s.ffn_begin << "-" << s.ffn_begin + s.ffn_count - 1;
+    if (s.ffn_count < cfg_.model.ffn_hidden) out << ", ffn columns " << s.ffn_begin << "-" << s.ffn_begin + s.ffn_count - 1;
     out << ", sequences " << q.begin << "-" << q.begin + q.count - 1 << "\n";
   }
   return out.str();

@@ -9,6 +9,15 @@
 
 namespace moeproxy {
 
+// The rows a rank's experts compute, as LayerExchange::dispatch hands them over.
+struct ExpertRows {
+  Matrix x;                 // [rows, d], grouped by source rank then local expert
+  std::vector<int> counts;  // counts[src * local_experts + e] rows each
+  // >= 0: x is rows [xp_row, xp_row + rows) of the dispatched xp itself (nothing moved), and
+  // their outputs belong in the same rows of yp; -1: x arrived from other ranks.
+  int xp_row = -1;
+};
+
 class LayerExchange {
  public:
   virtual ~LayerExchange() = default;
@@ -17,14 +26,18 @@ class LayerExchange {
   // tokens' weights (tensor parallelism: row-parallel output projections).
   virtual void reduce_partial(const ExecSpace& space, const Matrix& partial);
 
-  // Expert parallelism. `xp` holds the routed rows grouped by global expert, `counts[e]`
-  // rows of expert e. Each rank of the expert group gets the rows of the experts it holds.
-  // Returns the rows this rank must compute, grouped by source rank then local expert,
-  // with counts_in[src * local_experts + e] rows each.
-  virtual Matrix dispatch(const ExecSpace& space, const Matrix& xp, const std::vector<int>& counts,
-                          std::vector<int>& counts_in);
-  // Sends the expert outputs `y_in` (laid out as dispatch returned) back to the ranks the
-  // rows came from; `yp` receives this rank's rows in xp's order.
+  // Sums the partial attention scores [T, heads, context] in place over the ranks holding
+  // the other slices of the same heads' dimensions (intra-head slicing), before the softmax.
+  virtual void reduce_scores(const ExecSpace& space, const Scores& scores);
+
+  // The experts' rows. `xp` holds the routed rows grouped by global expert, `counts[e]`
+  // rows of expert e. Returns the rows of the experts this rank holds: with expert
+  // parallelism those every rank of the expert group routed to them; otherwise the block
+  // of xp's own rows that belongs to them.
+  virtual ExpertRows dispatch(const ExecSpace& space, const Matrix& xp, const std::vector<int>& counts);
+  // Completes yp [kept, d] in xp's order from the expert outputs `y_in` (laid out as
+  // dispatch returned them): brings rows back from the ranks they went to, or fills in the
+  // rows no local expert computed (zero: another rank's partial sum holds them).
   virtual void undispatch(const ExecSpace& space, const Matrix& y_in, const Matrix& yp);
   // Ranks the experts are spread over (1: all local).
   virtual int expert_group_size() const { return 1; }

@@ -22,8 +22,11 @@ void normalize(const ExecSpace& space, NormKind kind, double eps, const ConstMat
 
 // Rotary embedding in place on rows of x viewed as [T, heads, hd]; the token of row
 // r = b * n + i sits at position pos0 + i. Pairs (p, p + hd/2), LLaMA's rotate-half form.
+// With pairs >= 0, each head of x holds only pairs [pair_begin, pair_begin + pairs) of its
+// head_dim (AxisMap's head slice): x is [T, heads, 2 * pairs], rotated at the frequencies of
+// those global pairs.
 void apply_rope(const ExecSpace& space, const Matrix& x, int heads, int head_dim, int n,
-                int pos0, double theta);
+                int pos0, double theta, int pair_begin = 0, int pairs = -1);
 
 // Writes k, v rows [B*n, Hkv*hd] into cache positions [pos0, pos0 + n) of each sequence.
 void store_kv(const ExecSpace& space, const ConstMatrix& k, const ConstMatrix& v,
@@ -36,6 +39,19 @@ void store_kv(const ExecSpace& space, const ConstMatrix& k, const ConstMatrix& v
 void attention(const ExecSpace& space, const ConstMatrix& q, const Cache& k_cache,
                const Cache& v_cache, const Matrix& out, int n, int pos0, float scale,
                int head_begin, int group);
+
+// Attention split around a reduction, for ranks holding a slice of each head's dimensions
+// (intra-head slicing): the slices' partial scores are summed over the ranks before the
+// softmax. q, k_cache, v_cache and out hold the same slice of every head; heads as above.
+// scores(r, h, j) = q_h(r) . k_h(j) over the slice (unscaled) for the query's causal window
+// j < pos0 + i + 1, and 0 beyond it, so that summing whole buffers stays finite.
+// scores [B*n, H_local, pos0 + n].
+void attention_scores(const ExecSpace& space, const ConstMatrix& q, const Cache& k_cache,
+                      const Scores& scores, int n, int pos0, int head_begin, int group);
+// out_h(r) = sum_j softmax_j(scale * scores(r, h, j)) v_h(j) over the causal window: the
+// slice of the attention output whose dimensions v_cache holds. out [B*n, H_local*w].
+void attention_apply(const ExecSpace& space, const Scores& scores, const Cache& v_cache,
+                     const Matrix& out, int n, int pos0, float scale, int head_begin, int group);
 
 // x = act(x) (GELU) or x = silu(x) * gate (SwiGLU), elementwise on [T, f].
 void activate(const ExecSpace& space, Activation act, const Matrix& x, const ConstMatrix& gate);

@@ -66,9 +66,12 @@ class Transformer {
   struct Workspace {
     Matrix x, h, q, k, v, attn, partial, ffn_a, ffn_b, logits, route_w, xp, yp, out;
     IndexMatrix route_idx;
+    Vector scores;  // backs the Scores of sliced-dimension attention, sized for any call
   };
   void layer(int l, const Matrix& x, const MicroBatch& mb, int n, int pos0, std::int64_t token0,
              PhaseTable& timing, bool count_experts);
+  void attention_core(int l, const Workspace& w, const Cache& k_cache, const Cache& v_cache, int n,
+                      int pos0, PhaseTable& timing);
   void moe(int l, const Matrix& x, const Matrix& h, std::int64_t token0, PhaseTable& timing,
            bool count_experts);
   void dense_ffn(int l, const Matrix& x, const Matrix& h, PhaseTable& timing);
@@ -83,6 +86,8 @@ class Transformer {
   WorkloadConfig workload_;
   SequenceSlice slice_;
   int head_begin_ = 0, heads_ = 0, kv_heads_ = 0, ffn_ = 0, experts_ = 0;  // held here
+  int pair_begin_ = 0, pairs_ = -1;  // RoPE pairs of each head held (ShardSpec); -1 = all
+  int head_dims_ = 0;                // dimensions of each head held
   int layer_begin_ = 0, layer_end_ = 0;
   LayerExchange default_exchange_;
   LayerExchange* exchange_;
@@ -105,7 +110,8 @@ namespace moeproxy {
 // Bytes a Transformer over `sequences` local sequences holding `shard` allocates, per
 // memory kind, computed from the shapes alone (for `moeproxy check` and the pre-flight
 // before any allocation). Expert parallelism may add rows at run time (tokens routed here
-// by other ranks); this counts the rows routed by this rank's own tokens.
+// by other ranks); this counts the rows routed by this rank's own tokens. A shard holding a
+// slice of each head's dimensions also holds the whole attention scores of its heads.
 struct MemoryEstimate {
   std::uint64_t weights = 0, kv_cache = 0, activations = 0;
   std::uint64_t total() const { return weights + kv_cache + activations; }

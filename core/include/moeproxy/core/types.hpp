@@ -18,6 +18,8 @@ using IndexVector = Kokkos::View<int*, MemSpace>;
 using IndexMatrix = Kokkos::View<int**, Kokkos::LayoutRight, MemSpace>;
 // KV cache: [batch, kv_heads, positions, head_dim].
 using Cache = Kokkos::View<float****, Kokkos::LayoutRight, MemSpace>;
+// Attention scores of a call: [B*n, heads, context], one row of the context per (query, head).
+using Scores = Kokkos::View<float***, Kokkos::LayoutRight, MemSpace>;
 
 using HostMatrix = Kokkos::View<float**, Kokkos::LayoutRight, Kokkos::HostSpace>;
 

@@ -12,6 +12,34 @@
 
 namespace moeproxy {
 
+// Where local index i along one axis of a shard sits in the global tensor.
+//   contiguous:  begin + i.
+//   head-sliced: the axis is global heads x head_dim (wq's columns, wo's rows); locally it is
+//     [heads, 2 * pairs]: local head h is global head begin + h and holds RoPE pairs
+//     [pair_begin, pair_begin + pairs) of its (p, p + head_dim/2) pairs, the p's first, then
+//     their partners, so that a slice rotates like a whole head of 2 * pairs dimensions.
+struct AxisMap {
+  std::int64_t begin = 0;
+  int head_dim = 0;  // 0: contiguous
+  int pair_begin = 0, pairs = 0;
+
+  static AxisMap contiguous(std::int64_t begin) { return AxisMap{begin, 0, 0, 0}; }
+  static AxisMap head_slice(int first_head, int head_dim, int pair_begin, int pairs) {
+    return AxisMap{first_head, head_dim, pair_begin, pairs};
+  }
+  KOKKOS_INLINE_FUNCTION std::int64_t operator()(std::int64_t i) const {
+    if (head_dim == 0) return begin + i;
+    const std::int64_t width = 2 * pairs, h = i / width;
+    const int j = static_cast<int>(i - h * width);
+    const int dim = j < pairs ? pair_begin + j : head_dim / 2 + pair_begin + (j - pairs);
+    return (begin + h) * head_dim + dim;
+  }
+};
+
+// m(i, j) = offset + scale * uniform(rows(i), cols(j)) of tensor (kind, layer, expert).
+void fill_tensor(const ExecSpace& space, const Matrix& m, std::uint64_t seed, TensorKind kind,
+                 int layer, int expert, const AxisMap& rows, const AxisMap& cols, float scale,
+                 float offset = 0.0f);
 // m(i, j) = offset + scale * uniform(row0 + i, col0 + j) of tensor (kind, layer, expert).
 void fill_tensor(const ExecSpace& space, const Matrix& m, std::uint64_t seed, TensorKind kind,
                  int layer, int expert, std::int64_t row0, std::int64_t col0, float scale,
@@ -23,9 +51,16 @@ void fill_tensor(const ExecSpace& space, const Vector& v, std::uint64_t seed, Te
 // The slice of the model one rank holds. Defaults: everything (the single-rank model).
 struct ShardSpec {
   int head_begin = 0, head_count = -1;       // query heads; -1 = all
+  int dim_begin = 0, dim_count = -1;         // RoPE pairs of every head held (AxisMap); -1 = all
   int expert_begin = 0, expert_count = -1;   // MoE experts; -1 = all
   int ffn_begin = 0, ffn_count = -1;         // columns of each FFN's hidden dimension; -1 = all
   int layer_begin = 0, layer_count = -1;     // pipeline stage's layers; -1 = all
+
+  // Dimensions of each head held: the whole head, or 2 * dim_count (whole RoPE pairs).
+  int head_dims(const ModelConfig& cfg) const {
+    return dim_count < 0 ? cfg.effective_head_dim() : 2 * dim_count;
+  }
+  bool slices_dims() const { return dim_count >= 0; }
 };
 
 // The kv heads a run of query heads reads: [begin, begin + count). With grouped kv heads a

@@ -1,9 +1,10 @@
 #pragma once
 // The MPI side of a layer (core/exchange.hpp): tensor-parallel reductions
-// (tensor_parallel.cpp) and expert-parallel token dispatch (expert_parallel.cpp).
-// Buffers are staged through host memory after a named fence unless the data already
-// lives there (no CUDA-aware MPI assumed).
+// (tensor_parallel.cpp), the score reductions of head x dim slicing (head_dim_parallel.cpp)
+// and the experts' rows (expert_parallel.cpp). Buffers are staged through host memory after
+// a named fence unless the data already lives there (no CUDA-aware MPI assumed).
 
+#include <utility>
 #include <vector>
 
 #include "moeproxy/core/exchange.hpp"
@@ -13,23 +14,28 @@ namespace moeproxy::parallel {
 
 class LayoutExchange : public LayerExchange {
  public:
-  // `tp`: ranks sharing these tokens, holding other heads / FFN columns.
-  // `ep`: ranks the experts are spread over, `local_experts` each.
-  LayoutExchange(Communicator& tp, Communicator& ep, int local_experts)
-      : tp_(tp), ep_(ep), local_experts_(local_experts) {}
+  // `tp`: ranks sharing these tokens, holding other heads / FFN columns / experts (tp or m x n).
+  // `ep`: ranks the experts are spread over with all-to-all, `local_experts` each.
+  // `dim`: ranks holding the other dimension slices of the same heads (n of m x n).
+  // This rank holds experts [expert_begin, expert_begin + local_experts).
+  LayoutExchange(Communicator& tp, Communicator& ep, Communicator& dim, int expert_begin, int local_experts)
+      : tp_(tp), ep_(ep), dim_(dim), expert_begin_(expert_begin), local_experts_(local_experts) {}
 
   void reduce_partial(const ExecSpace& space, const Matrix& partial) override;
-  Matrix dispatch(const ExecSpace& space, const Matrix& xp, const std::vector<int>& counts,
-                  std::vector<int>& counts_in) override;
+  void reduce_scores(const ExecSpace& space, const Scores& scores) override;
+  ExpertRows dispatch(const ExecSpace& space, const Matrix& xp, const std::vector<int>& counts) override;
   void undispatch(const ExecSpace& space, const Matrix& y_in, const Matrix& yp) override;
   int expert_group_size() const override { return ep_.size(); }
 
  private:
   Communicator& tp_;
   Communicator& ep_;
-  int local_experts_;
+  Communicator& dim_;
+  int expert_begin_, local_experts_;
   // The last dispatch's layout, in floats, reused in reverse by undispatch.
   std::vector<int> send_counts_, send_displs_, recv_counts_, recv_displs_;
+  // Without an expert group: the rows of xp the local experts computed in place.
+  std::pair<int, int> local_rows_{0, 0};
 };
 
 }  // namespace moeproxy::parallel

@@ -2,16 +2,35 @@
 // The rank layout: which rank does what, derived once from the [parallel] keys and the
 // number of ranks, with every check in one place so that errors name the key to change.
 //
-// Ranks form a grid pp x dp x tp (the attention/MoE split comes later), tensor-parallel
-// index fastest, so that a tensor-parallel group sits on neighbouring ranks (one node),
-// and pipeline stage slowest:
-//   rank = (pp_index * dp + dp_index) * tp + tp_index
+// Ranks form a grid pp x dp x g (the attention/MoE split comes later), where g is the
+// tensor group: the ranks sharing the same sequences, g = tp, or g = m x n with head x dim
+// slicing. The tensor-group index is fastest, so that a group sits on neighbouring ranks
+// (one node), and the pipeline stage slowest:
+//   rank = (pp_index * dp + dp_index) * g + tp_index
 // e.g. dp=2, tp=2: ranks 0,1 hold sequences 0..B/2-1 with heads split in two; ranks 2,3
 // the other half of the batch. With pp=2 on top, ranks 0-3 hold the first half of the
 // layers and ranks 4-7 the second; stage s gets L/pp layers, the first L%pp stages one more. Expert parallelism spreads experts over `ep` consecutive
 // data-parallel replicas (Megatron's EP inside DP): attention stays data-parallel, tokens
 // travel to their experts with all-to-all-v. With dp=4, ep=4: rank r holds experts
 // [r*E/4, (r+1)*E/4) and sequences [r*B/4, (r+1)*B/4).
+//
+// Head x dim slicing (parallel.head_groups = m, parallel.dim_groups = n), an alternative to
+// tp (tp = 1, ep = 1): the m x n ranks of a tensor group run the same sequences. Index
+// tp_index = head * n + dim (dimension slices of a head on neighbouring ranks: they reduce
+// scores in every layer) holds heads [head*H/m, (head+1)*H/m) (with the kv heads they read,
+// as in TP) and, of each of those heads, RoPE pairs [dim*P/n, (dim+1)*P/n) of the P = hd/2
+// pairs (p, p + hd/2): dimensions p and p + hd/2 together, so that RoPE stays local. Q, K, V
+// and the KV cache hold only those columns; the partial scores q.k over them are summed over
+// the n ranks of the head ("dim" group) before the softmax; each rank weighs its own V
+// columns and multiplies by its rows of wo, a partial sum over the whole group (the "tp"
+// communicator) like TP's. The FFN is split over the m x n ranks too, tokens replicated:
+// dense columns m*n ways; MoE experts over gcd(E, m*n) sets of ranks, each expert's columns
+// over the m*n / gcd(E, m*n) ranks of its set (whole experts when m*n divides E; 16 ranks
+// and 8 experts make 8 sets of 2 ranks, each holding one expert in column halves). Every
+// rank computes its experts' rows of all its tokens; the partial sums of the group add up
+// to the FFN output.
+// E.g. dp=2, m=2, n=2 on 8 ranks: ranks 0-3 hold sequences 0..B/2-1, rank 1 heads
+// [0, H/2) dims of pairs [P/2, P), rank 2 heads [H/2, H) dims of pairs [0, P/2).
 
 #include <string>
 
@@ -22,10 +41,12 @@
 namespace moeproxy::parallel {
 
 struct Coordinates {
-  int dp = 0;  // data-parallel replica (which sequences)
-  int tp = 0;  // tensor-parallel index (which heads and FFN columns)
-  int ep = 0;  // index inside the expert group (which experts)
-  int pp = 0;  // pipeline stage (which layers)
+  int dp = 0;    // data-parallel replica (which sequences)
+  int tp = 0;    // index inside the tensor group (tp or m x n: which heads, FFN columns, experts)
+  int head = 0;  // head slice: tp, or tp / n with head x dim slicing
+  int dim = 0;   // slice of each head's RoPE pairs: tp % n
+  int ep = 0;    // index inside the expert group (which experts)
+  int pp = 0;    // pipeline stage (which layers)
 };
 
 class RankLayout {
@@ -45,16 +66,21 @@ class RankLayout {
   // (its tensor-parallel peers hold copies; earlier stages hold none).
   bool owns_outputs(int rank) const;
   // Colours for MPI_Comm_split: ranks with equal colours form one group.
-  int tp_group(int rank) const { return rank / cfg_.parallel.tp; }
+  int tp_group(int rank) const { return rank / tensor_group(); }
+  int dim_group(int rank) const { return rank / cfg_.parallel.dim_groups; }
   int ep_group(int rank) const;
-  int pp_group(int rank) const { return rank % (cfg_.parallel.dp * cfg_.parallel.tp); }
-  // "dp=4 tp=2 ep=4" style summary, for the report and the HDF5 file.
+  int pp_group(int rank) const { return rank % (cfg_.parallel.dp * tensor_group()); }
+  // "dp=4 tp=2 ep=4" or "dp=2 mxn=2x2" style summary, for the report and the HDF5 file.
   std::string describe() const;
   // One line per rank: what it holds.
   std::string rank_map() const;
 
  private:
   RankLayout(const RunConfig& cfg, int world) : cfg_(cfg), world_(world) {}
+  // Ranks sharing the same sequences: tp x m x n (at most one of tp and m x n exceeds 1).
+  int tensor_group() const {
+    return cfg_.parallel.tp * cfg_.parallel.head_groups * cfg_.parallel.dim_groups;
+  }
   RunConfig cfg_;
   int world_;
 };

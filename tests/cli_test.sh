@@ -21,7 +21,26 @@ expect() {
   echo "ok ($case_name): exit $got"
 }
 
+# Bad input must be refused quickly, before any work, and leave no results file (complete or
+# not) behind: refuse PATTERN... -- COMMAND... expects exit 2 within $limit seconds.
+result=$out/$case_name.h5
+limit=20
+refuse() {
+  local args=()
+  while [ "$1" != "--" ]; do args+=("$1"); shift; done
+  shift
+  rm -f "$result" "$result.partial"
+  local start=$SECONDS
+  expect 2 "${args[@]}" -- timeout -k 5 120 "$@"
+  local took=$((SECONDS - start))
+  [ "$took" -le "$limit" ] || fail "refused after ${took} s, more than $limit s"
+  [ ! -e "$result" ] || fail "$result exists after a refused run"
+  [ ! -e "$result.partial" ] || fail "$result.partial exists after a refused run"
+}
+
 quick=$src/inputs/quickstart.toml
+# The quickstart deck on one rank, writing this case's results file.
+one=(run "$quick" --set parallel.dp=1 --set output.file="$result")
 case $case_name in
   help) expect 0 "run" "check" "info" "--set" "model.layers" -- "$exe" --help ;;
   version) expect 0 "moeproxy 0." -- "$exe" --version ;;
@@ -46,5 +65,64 @@ case $case_name in
     h5dump -a complete "$out/quick.h5" > "$log" 2>&1 || fail "h5dump cannot read the result file"
     grep -q "(0): 1" "$log" || fail "the result file is not marked complete"
     [ ! -e "$out/quick.h5.partial" ] || fail "a .partial file was left behind" ;;
+  layers-zero) refuse "model.layers = 0" "between 1 and" -- "$exe" "${one[@]}" --set model.layers=0 ;;
+  batch-negative)
+    printf '[workload]\nbatch = -3\n[output]\nfile = "%s"\n' "$result" > "$bad"
+    refuse "workload.batch = -3" "$bad:2" "between 1 and" -- "$exe" run "$bad" ;;
+  hidden-absurd) refuse "model.hidden = 99999999999" "between 1 and" -- "$exe" "${one[@]}" --set model.hidden=99999999999 ;;
+  topk-experts)
+    printf '[model]\nexperts = 4\ntop_k = 5\n[output]\nfile = "%s"\n' "$result" > "$bad"
+    refuse "model.top_k = 5" "$bad:3" "model.experts = 4" -- "$exe" run "$bad" ;;
+  dp-batch) refuse "parallel.dp=3" "workload.batch=8" -- "$mpiexec" -n 3 "$exe" run "$quick" --set parallel.dp=3 --set output.file="$result" ;;
+  tp-three) refuse "parallel.tp=3" -- "$mpiexec" -n 3 "$exe" run "$quick" --set parallel.dp=1 --set parallel.tp=3 --set output.file="$result" ;;
+  precision-unknown) refuse "model.precision" "bf16" '"fp32" | "fp16"' -- "$exe" "${one[@]}" --set model.precision=bf16 ;;
+  precision-fp16) refuse 'model.precision = "fp16"' "not implemented" -- "$exe" "${one[@]}" --set model.precision=fp16 ;;
+  verify-file-missing)
+    printf '[verify]\nmode = "file"\n[output]\nfile = "%s"\n' "$result" > "$bad"
+    refuse 'verify.mode = "file"' "$bad:2" "needs verify.file" -- "$exe" run "$bad" ;;
+  checkpoint-missing)
+    refuse "model.checkpoint" "no-such-weights.h5" "no such file" -- \
+      "$exe" "${one[@]}" --set model.checkpoint="$out/no-such-weights.h5" ;;
+  checkpoint-unsupported)
+    : > "$out/empty-weights.h5"
+    refuse "model.checkpoint" "empty-weights.h5" "not implemented" -- \
+      "$exe" "${one[@]}" --set model.checkpoint="$out/empty-weights.h5" ;;
+  output-proc)
+    result=/proc/moeproxy-test/run.h5
+    refuse "output.file" "/proc/moeproxy-test" -- "$exe" "${one[@]}" --set output.file="$result" ;;
+  output-parent-file)
+    : > "$out/regular-file"
+    result=$out/regular-file/run.h5
+    refuse "output.file" "regular-file" "Not a directory" -- "$exe" "${one[@]}" --set output.file="$result" ;;
+  output-directory)
+    mkdir -p "$out/a-directory.h5"
+    refuse "output.file" "is a directory" -- "$exe" "${one[@]}" --set output.file="$out/a-directory.h5"
+    [ -d "$out/a-directory.h5" ] && [ ! -e "$out/a-directory.h5.partial" ] || fail "the directory was touched" ;;
+  output-empty) refuse "output.file" "expected a file name" -- "$exe" "${one[@]}" --set output.file= ;;
+  toml-unterminated)
+    printf '[model]\nlayers = 2\n[output]\nfile = "%s\n' "$result" > "$bad"
+    refuse "$bad:4" "invalid TOML" -- "$exe" run "$bad" ;;
+  toml-binary)
+    printf '\xff\xfe\x00[model]\nlayers = 2\n' > "$bad"
+    refuse "$bad" -- "$exe" run "$bad" --set output.file="$result" ;;
+  toml-header-key)
+    # toml++ 3.3 breaks a precondition of its own on this input (docs/reliability.md).
+    printf '[model]\nlayers = 2\n[=\n' > "$bad"
+    refuse "$bad:3" "invalid TOML" -- "$exe" run "$bad" --set output.file="$result" ;;
+  set-no-equals) refuse "--set" '"foo"' "section.key=value" -- "$exe" "${one[@]}" --set foo ;;
+  set-empty-value) refuse "model.layers" "expected an integer" -- "$exe" "${one[@]}" --set model.layers= ;;
+  set-not-number) refuse "model.layers" '"abc"' "expected an integer" -- "$exe" "${one[@]}" --set model.layers=abc ;;
+  memory-model)
+    refuse "does not fit in host memory" "weights" "model.layers = 1000" "model.hidden = 65536" "--no-preflight" -- \
+      "$mpiexec" -n 2 "$exe" run "$quick" --set parallel.dp=2 --set model.hidden=65536 --set model.layers=1000 \
+      --set output.file="$result" ;;
+  memory-batch)
+    refuse "does not fit in host memory" "KV cache" "workload.batch = 1000000" "parallel.dp" "workload.prompt" -- \
+      "$exe" "${one[@]}" --set workload.batch=1000000 --set workload.prompt=2000 ;;
+  no-preflight)
+    rm -f "$result"
+    expect 0 "^PASS$" -- "$exe" "${one[@]}" --no-preflight
+    ! grep -q "host memory per rank" "$log" || fail "--no-preflight still ran the pre-flight"
+    [ -f "$result" ] || fail "no results file" ;;
   *) echo "unknown case $case_name"; exit 2 ;;
 esac

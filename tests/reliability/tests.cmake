@@ -1,0 +1,21 @@
+# Reliability: bad input refused quickly and cleanly (tests/cli_test.sh), a decode soak
+# without memory growth. Included from tests/CMakeLists.txt.
+
+foreach(case layers-zero batch-negative hidden-absurd topk-experts dp-batch tp-three
+             precision-unknown precision-fp16 verify-file-missing checkpoint-missing
+             checkpoint-unsupported output-proc output-parent-file output-directory output-empty
+             toml-unterminated toml-binary toml-header-key set-no-equals set-empty-value set-not-number
+             memory-model memory-batch no-preflight)
+  add_test(NAME reliability/cli/${case}
+           COMMAND bash ${CMAKE_SOURCE_DIR}/tests/cli_test.sh ${case} $<TARGET_FILE:moeproxy>
+                   ${MPIEXEC_EXECUTABLE} ${CMAKE_SOURCE_DIR} ${CMAKE_CURRENT_BINARY_DIR}/cli-out)
+  set_tests_properties(reliability/cli/${case} PROPERTIES ENVIRONMENT "${MOEPROXY_TEST_ENV}" TIMEOUT 120)
+endforeach()
+
+# 1000 decode steps against 100 on 2 ranks: no memory growth beyond what the longer run
+# allocates by design (tests/reliability/soak_test.sh explains the margin).
+add_test(NAME reliability/soak/decode-1000
+         COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/reliability/soak_test.sh $<TARGET_FILE:moeproxy>
+                 ${MPIEXEC_EXECUTABLE} ${CMAKE_CURRENT_BINARY_DIR}/soak-out)
+set_tests_properties(reliability/soak/decode-1000 PROPERTIES ENVIRONMENT "${MOEPROXY_TEST_ENV}"
+                                                             PROCESSORS 2 TIMEOUT 300)

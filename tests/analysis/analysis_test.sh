@@ -170,6 +170,21 @@ EOF
     [ "$n" -ge 6 ] || fail "only $n files checked"
     ok "$n scripts and specs parse, and the analysis package compiles" ;;
 
+  seed-scripts)
+    # Every seed experiment's script names each of its decks once, sized from the deck.
+    cd "$src"
+    for script in job-scripts/seeds/seed[0-9]*; do
+      seed=$(basename "$script")
+      "$script" --dry-run > "$log" 2>&1 || { cat "$log"; fail "$script --dry-run failed"; }
+      for deck in inputs/seeds/"$seed"-*.toml; do
+        ranks=$(sed -n 's/^# ranks: *\([0-9][0-9]*\).*/\1/p' "$deck" | head -n 1)
+        [ "$(grep -c "run.sbatch $deck\$" "$log")" -eq 1 ] || fail "$script does not submit $deck once"
+        grep -q "$deck on $ranks ranks" "$log" || fail "$script does not size $deck for $ranks ranks"
+      done
+      grep -q "moeproxy-report .*--baseline results/seeds/$seed-baseline" "$log" || fail "$script has no report with a baseline"
+    done
+    ok "each seed script submits its decks and a report" ;;
+
   sweep)
     d=$out/sweep
     rm -rf "$d"; mkdir -p "$d"

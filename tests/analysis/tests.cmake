@@ -20,6 +20,7 @@ foreach(case report report-refuses accept-pass accept-fail accept-usage)
   moeproxy_add_analysis_test(${case} FIXTURES_REQUIRED moeproxy_analysis_runs)
 endforeach()
 moeproxy_add_analysis_test(job-scripts-parse)
+moeproxy_add_analysis_test(seed-scripts)
 moeproxy_add_analysis_test(sweep PROCESSORS 2)
 
 # Exit code 77 (no slurm-wlm/munge, not root, daemons would not start) shows as skipped.

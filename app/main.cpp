@@ -17,6 +17,7 @@
 #include <optional>
 #include <sstream>
 
+#include "fatal_signals.hpp"
 #include "moeproxy/core/reference.hpp"
 #include "moeproxy/io/deck.hpp"
 #include "moeproxy/io/report.hpp"
@@ -553,6 +554,7 @@ int info_command(int argc, char** argv) {
 int main(int argc, char** argv) {
   MPI_Init(&argc, &argv);
   const int rank = world_rank();
+  report_fatal_signals(rank);
 
   CLI::App app{
       "moeproxy: a distributed transformer / Mixture-of-Experts inference proxy.\n"

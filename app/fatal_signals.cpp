@@ -1,0 +1,53 @@
+#include "fatal_signals.hpp"
+
+#include <unistd.h>
+
+#include <csignal>
+#include <cstring>
+#include <string>
+
+namespace moeproxy {
+namespace {
+
+struct Fatal {
+  int signal;
+  const char* name;
+};
+constexpr Fatal fatal_signals[] = {{SIGSEGV, "SIGSEGV (invalid memory access)"},
+                                   {SIGBUS, "SIGBUS (bus error)"},
+                                   {SIGFPE, "SIGFPE (arithmetic exception)"},
+                                   {SIGILL, "SIGILL (illegal instruction)"},
+                                   {SIGABRT, "SIGABRT (abort)"}};
+
+// Formatted before any signal arrives: a handler may only call async-signal-safe functions.
+char prefix[256];
+std::size_t prefix_length = 0;
+
+void on_fatal(int signal) {
+  const char* name = "fatal signal";
+  for (const Fatal& f : fatal_signals)
+    if (f.signal == signal) name = f.name;
+  ssize_t ignored = write(STDERR_FILENO, prefix, prefix_length);
+  ignored = write(STDERR_FILENO, name, std::strlen(name));
+  ignored = write(STDERR_FILENO, "\n", 1);
+  static_cast<void>(ignored);
+  std::signal(signal, SIG_DFL);
+  std::raise(signal);
+}
+
+}  // namespace
+
+void report_fatal_signals(int rank) {
+  char host[128] = "unknown host";
+  gethostname(host, sizeof host - 1);
+  const std::string text =
+      "moeproxy: rank " + std::to_string(rank) + " (pid " + std::to_string(getpid()) + " on " + host + ") died: ";
+  prefix_length = text.copy(prefix, sizeof prefix - 1);
+  struct sigaction action {};
+  action.sa_handler = on_fatal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESETHAND;
+  for (const Fatal& f : fatal_signals) sigaction(f.signal, &action, nullptr);
+}
+
+}  // namespace moeproxy

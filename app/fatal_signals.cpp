@@ -4,6 +4,7 @@
 
 #include <csignal>
 #include <cstring>
+#include <iterator>
 #include <string>
 
 namespace moeproxy {
@@ -22,15 +23,21 @@ constexpr Fatal fatal_signals[] = {{SIGSEGV, "SIGSEGV (invalid memory access)"},
 // Formatted before any signal arrives: a handler may only call async-signal-safe functions.
 char prefix[256];
 std::size_t prefix_length = 0;
+// What handled each signal before us (the default action, a sanitizer, the MPI library's
+// transport): it gets the signal next, so that its report and its way of dying are kept.
+struct sigaction previous[std::size(fatal_signals)];
 
 void on_fatal(int signal) {
-  const char* name = "fatal signal";
-  for (const Fatal& f : fatal_signals)
-    if (f.signal == signal) name = f.name;
+  std::size_t i = 0;
+  while (fatal_signals[i].signal != signal) ++i;
+  const char* name = fatal_signals[i].name;
   ssize_t ignored = write(STDERR_FILENO, prefix, prefix_length);
   ignored = write(STDERR_FILENO, name, std::strlen(name));
   ignored = write(STDERR_FILENO, "\n", 1);
   static_cast<void>(ignored);
+  sigaction(signal, &previous[i], nullptr);
+  std::raise(signal);
+  // The previous handler returned instead of ending the process: the default action does.
   std::signal(signal, SIG_DFL);
   std::raise(signal);
 }
@@ -46,8 +53,7 @@ void report_fatal_signals(int rank) {
   struct sigaction action {};
   action.sa_handler = on_fatal;
   sigemptyset(&action.sa_mask);
-  action.sa_flags = SA_RESETHAND;
-  for (const Fatal& f : fatal_signals) sigaction(f.signal, &action, nullptr);
+  for (std::size_t i = 0; i < std::size(fatal_signals); ++i) sigaction(fatal_signals[i].signal, &action, &previous[i]);
 }
 
 }  // namespace moeproxy

@@ -6,8 +6,9 @@ namespace moeproxy {
 
 // Installs handlers for the signals of a crash (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT)
 // that write "moeproxy: rank R (pid P on HOST) died: SIGNAME" to stderr and re-raise the
-// signal with its default action, so the launcher still sees the crash and ends the job.
-// Call once, after MPI_Init.
+// signal to whatever handled it before (the default action, a sanitizer's or the MPI
+// library's handler), so the launcher still sees the crash and ends the job. Call once,
+// after MPI_Init.
 void report_fatal_signals(int rank);
 
 }  // namespace moeproxy

@@ -207,12 +207,13 @@ Matrix Transformer::attention_block(int l, const Matrix& x, const MicroBatch& mb
   return w.h;
 }
 
-void Transformer::attention_half(int l, const Matrix& x, const MicroBatch& mb, int step, FfnInput& in,
-                                 PhaseTable& timing) {
+void Transformer::attention_half(int l, const Matrix& x, const MicroBatch& mb, int step, std::pair<int, int> share,
+                                 FfnInput& in, PhaseTable& timing) {
   const bool prefill = step < 0;
   const int n = prefill ? workload_.prompt : 1;
-  const Matrix h = attention_block(l, x, mb, n, prefill ? 0 : workload_.prompt + step, timing);
-  const int tokens = static_cast<int>(x.extent(0));
+  const Matrix h = Kokkos::subview(attention_block(l, x, mb, n, prefill ? 0 : workload_.prompt + step, timing),
+                                   share, Kokkos::ALL);
+  const int tokens = share.second - share.first;
   const int routed = cfg_.is_moe() ? tokens * cfg_.top_k : tokens;
   if (static_cast<int>(in.rows_buffer.extent(0)) < routed)
     in.rows_buffer = Matrix("moeproxy::model::ffn_input", routed, cfg_.hidden);
@@ -226,8 +227,8 @@ void Transformer::attention_half(int l, const Matrix& x, const MicroBatch& mb, i
     in.route_w_buffer = Matrix("moeproxy::model::ffn_route_weight", tokens, cfg_.top_k);
   in.route_w = head_rows(in.route_w_buffer, tokens);
   in.counts.assign(cfg_.experts, 0);
-  const int kept = route(l, h, first_token(mb, step), timing, prefill, in.route_w, in.perm, in.counts,
-                         in.rows_buffer);
+  const int kept = route(l, h, first_token(mb, step) + share.first, timing, prefill, in.route_w, in.perm,
+                         in.counts, in.rows_buffer);
   in.rows = head_rows(in.rows_buffer, kept);
 }
 

@@ -136,12 +136,15 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, Communicat
   mem[static_cast<int>(MemoryKind::activations)] = model.activation_bytes();
   mem[static_cast<int>(MemoryKind::high_water)] = host_high_water_bytes();
 
+  // Tensor-parallel peers route the same tokens, except under separation where each routes
+  // its own share: count each token once.
+  const bool routes_own_tokens = out.owns_outputs || layout.separated();
   // Run-wide figures: walls are the slowest rank's; FLOPs and tokens add up.
   double walls[2] = {out.metrics.prefill_seconds, out.metrics.decode_seconds};
   world.allreduce_max(walls, 2);
   double sums[4] = {out.metrics.prefill_flops + out.metrics.decode_flops, device_peak_flops(m.precision),
                     comm_seconds(out.metrics.prefill) + comm_seconds(out.metrics.decode),
-                    out.owns_outputs ? static_cast<double>(model.dropped_slots()) : 0.0};
+                    routes_own_tokens ? static_cast<double>(model.dropped_slots()) : 0.0};
   world.allreduce_sum(sums, 4);
   RunSummary& s = out.summary;
   s.prefill_tokens_per_s = static_cast<double>(w.batch) * w.prompt / walls[0];
@@ -154,9 +157,8 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, Communicat
   s.comm_fraction = sums[2] / world.size() / (walls[0] + walls[1]);
   s.dropped_tokens = static_cast<std::uint64_t>(sums[3]);
 
-  // Tensor-parallel peers route the same tokens: count them once.
   out.expert_tokens = model.expert_tokens();
-  if (!out.owns_outputs) std::fill(out.expert_tokens.begin(), out.expert_tokens.end(), 0);
+  if (!routes_own_tokens) std::fill(out.expert_tokens.begin(), out.expert_tokens.end(), 0);
   if (!out.expert_tokens.empty()) {
     world.allreduce_sum(out.expert_tokens.data(), static_cast<int>(out.expert_tokens.size()));
     for (int l = 0; l < m.layers; ++l) {

@@ -169,12 +169,6 @@ bool RankLayout::owns_outputs(int rank) const {
   return c.tp == 0 && c.pp == cfg_.parallel.pp - 1;
 }
 
-std::vector<int> RankLayout::ffn_clients() const {
-  std::vector<int> ranks;
-  for (int r = 0; r < cfg_.parallel.attn_ranks; r += tensor_group()) ranks.push_back(r);
-  return ranks;
-}
-
 int RankLayout::ep_group(int rank) const {
   // Separation trades rows point to point (separation.cpp), not within an expert group.
   if (separated()) return rank;
@@ -283,9 +277,7 @@ std::string RankLayout::rank_map() const {
         out << ", experts " << s.expert_begin << "-" << s.expert_begin + s.expert_count - 1;
       else
         out << ", ffn columns " << s.ffn_begin << "-" << s.ffn_begin + s.ffn_count - 1;
-      out << ", rows from attention ranks";
-      for (int a : ffn_clients()) out << " " << a;
-      out << "\n";
+      out << ", rows from attention ranks 0-" << cfg_.parallel.attn_ranks - 1 << "\n";
       continue;
     }
     out << "  rank " << r << ": " << (separated() ? "attention, " : "") << "layers " << s.layer_begin << "-" << s.layer_begin + s.layer_count - 1 << ", heads " << s.head_begin << "-"

@@ -1,20 +1,21 @@
 // Attention/MoE separation, one layer of one micro-batch:
 //
-//   attention rank (tp index 0 of a replica)          FFN rank j (experts [j*L, (j+1)*L))
+//   attention rank (its share of the tokens)          FFN rank j (experts [j*L, (j+1)*L))
 //   attention_half: attention, router, permute
 //   rows [kept, d] by global expert, counts[E]
-//   isend counts[j*L, (j+1)*L) and that block ---->  recv every client's counts, then rows
-//   irecv the block's outputs                         [rows by client, then local expert]
+//   isend counts[j*L, (j+1)*L) and that block ---->  recv every attention rank's counts, then rows
+//   irecv the block's outputs                         [rows by source, then local expert]
 //   ... the next micro-batch's attention ...          ffn_rows: the experts on them
-//   wait <------------------------------------------  isend each client its block back
+//   wait <------------------------------------------  isend each attention rank its block
 //   combine with the router weights, reduce over tp, add to the residual
 //
 // A dense model sends every FFN rank all the normed rows (counts = {rows}); each returns the
 // partial sum of its FFN columns and the attention rank adds the F partials. Tensor-parallel
-// peers of the trading rank hold the same rows: they contribute zero to the tp reduction,
-// which hands them the FFN output. Messages between a pair of ranks keep their order (MPI
-// does not overtake), so both sides walk layers and micro-batches in the same order and
-// three tags suffice.
+// peers hold the same rows after attention: each routes and sends a contiguous share of
+// them, combines its share's outputs into rows that are zero elsewhere, and the tp
+// all-reduce of the FFN output assembles the whole. Messages between a pair of ranks keep
+// their order (MPI does not overtake), so both sides walk layers and micro-batches in the
+// same order and three tags suffice.
 #include "moeproxy/parallel/separation.hpp"
 
 #include <algorithm>
@@ -53,8 +54,7 @@ Separation::Separation(const ExecSpace& space, Transformer& model, Communicator&
     : space_(space), model_(model), sep_(sep), tp_(tp), cfg_(cfg), attn_ranks_(cfg.parallel.attn_ranks),
       ffn_ranks_(layout.ffn_ranks()),
       local_experts_(cfg.model.is_moe() ? cfg.model.experts / layout.ffn_ranks() : 1),
-      clients_(layout.ffn_clients()) {
-  client_ = std::find(clients_.begin(), clients_.end(), sep_.rank()) != clients_.end();
+      tp_index_(layout.coordinates(sep.rank()).tp), tp_size_(cfg.parallel.tp) {
   const int sequences = layout.sequences_of(sep_.rank()).count;
   const int per = sequences / cfg.parallel.micro_batches;
   for (int m = 0; m < cfg.parallel.micro_batches; ++m) micro_batches_.push_back(MicroBatch{m * per, per});
@@ -84,8 +84,9 @@ void Separation::run_attention(int step, const Pipeline::Input& input, const Pip
     for (int i = 0; i < mbs; ++i) {
       const Matrix x = rows_of(micro_batches_[i]);
       if (l > 0) finish(l - 1, x, flights_[i], timing);
-      model_.attention_half(l, x, micro_batches_[i], step, flights_[i].in, timing);
-      if (client_) send(l, flights_[i], timing);
+      model_.attention_half(l, x, micro_batches_[i], step, share(static_cast<int>(x.extent(0))), flights_[i].in,
+                            timing);
+      send(l, flights_[i], timing);
     }
   for (int i = 0; i < mbs; ++i) {
     const MicroBatch& mb = micro_batches_[i];
@@ -97,6 +98,12 @@ void Separation::run_attention(int step, const Pipeline::Input& input, const Pip
       std::copy_n(host.data() + (static_cast<std::size_t>(b) * n + n - 1) * d, d,
                   feedback.begin() + static_cast<std::ptrdiff_t>(mb.first + b) * d);
   }
+}
+
+std::pair<int, int> Separation::share(int rows) const {
+  const int per = rows / tp_size_, extra = rows % tp_size_;
+  const int begin = tp_index_ * per + std::min(tp_index_, extra);
+  return {begin, begin + per + (tp_index_ < extra ? 1 : 0)};
 }
 
 void Separation::send(int l, InFlight& f, PhaseTable& timing) {
@@ -130,56 +137,54 @@ void Separation::send(int l, InFlight& f, PhaseTable& timing) {
 
 void Separation::finish(int l, const Matrix& x, InFlight& f, PhaseTable& timing) {
   const int tokens = static_cast<int>(x.extent(0)), d = cfg_.model.hidden;
+  const std::pair<int, int> mine = share(tokens);
+  const int own = mine.second - mine.first;
   reserve(partial_, tokens, d, "moeproxy::sep::partial");
   const Matrix partial = front(partial_, tokens);
-  if (client_) {
-    Kokkos::Timer timer;
-    sep_.wait(f.requests);
-    timing.add(l, Phase::wait, timer.seconds());
-    const bool moe = cfg_.model.is_moe();
-    const int got = moe ? static_cast<int>(f.in.rows.extent(0)) : ffn_ranks_ * tokens;
-    reserve(y_, got, d, "moeproxy::sep::ffn_out");
-    const Matrix y = front(y_, got);
-    timed(space_, timing, l, Phase::dispatch, [&] { Kokkos::deep_copy(y, front(f.received, got)); });
-    timed(space_, timing, l, moe ? Phase::combine : Phase::ffn, [&] {
-      if (moe) {
-        Kokkos::deep_copy(space_, partial, 0.0f);
-        combine(space_, y, f.in.perm.position, f.in.route_w, partial);
-        return;
-      }
-      Kokkos::deep_copy(space_, partial, Kokkos::subview(y, std::make_pair(0, tokens), Kokkos::ALL));
-      for (int j = 1; j < ffn_ranks_; ++j)
-        add_into(space_, Kokkos::subview(y, std::make_pair(j * tokens, (j + 1) * tokens), Kokkos::ALL), partial);
-    });
-  } else {
+  const Matrix partial_own = Kokkos::subview(partial, mine, Kokkos::ALL);
+  Kokkos::Timer timer;
+  sep_.wait(f.requests);
+  timing.add(l, Phase::wait, timer.seconds());
+  const bool moe = cfg_.model.is_moe();
+  const int got = moe ? static_cast<int>(f.in.rows.extent(0)) : ffn_ranks_ * own;
+  reserve(y_, got, d, "moeproxy::sep::ffn_out");
+  const Matrix y = front(y_, got);
+  timed(space_, timing, l, Phase::dispatch, [&] { Kokkos::deep_copy(y, front(f.received, got)); });
+  timed(space_, timing, l, moe ? Phase::combine : Phase::ffn, [&] {
     Kokkos::deep_copy(space_, partial, 0.0f);
-  }
+    if (moe) {
+      combine(space_, y, f.in.perm.position, f.in.route_w, partial_own);
+      return;
+    }
+    for (int j = 0; j < ffn_ranks_; ++j)
+      add_into(space_, Kokkos::subview(y, std::make_pair(j * own, (j + 1) * own), Kokkos::ALL), partial_own);
+  });
   timed(space_, timing, l, Phase::allreduce, [&] { tp_.reduce_partial(space_, partial); });
   timed(space_, timing, l, Phase::combine, [&] { add_into(space_, partial, x); });
 }
 
 // The FFN side serves whatever rows arrive: prefill and decode differ only in their counts.
 void Separation::run_ffn(PhaseTable& timing) {
-  const int d = cfg_.model.hidden, per_client = local_experts_, clients = static_cast<int>(clients_.size());
-  std::vector<int> counts(static_cast<std::size_t>(clients) * per_client), rows(clients), offsets(clients);
+  const int d = cfg_.model.hidden, per_source = local_experts_, sources = attn_ranks_;
+  std::vector<int> counts(static_cast<std::size_t>(sources) * per_source), rows(sources), offsets(sources);
   std::vector<MPI_Request> requests;
   for (int l = 0; l < cfg_.model.layers; ++l)
     for (std::size_t i = 0; i < micro_batches_.size(); ++i) {
-      // Idle until every attention client has sent this micro-batch.
+      // Idle until every attention rank has sent this micro-batch.
       Kokkos::Timer timer;
-      for (int c = 0; c < clients; ++c)
-        requests.push_back(sep_.post_recv(counts.data() + c * per_client, per_client, clients_[c], counts_tag));
+      for (int c = 0; c < sources; ++c)
+        requests.push_back(sep_.post_recv(counts.data() + c * per_source, per_source, c, counts_tag));
       sep_.wait(requests);
       int total = 0;
-      for (int c = 0; c < clients; ++c) {
+      for (int c = 0; c < sources; ++c) {
         offsets[c] = total;
-        rows[c] = std::accumulate(counts.begin() + c * per_client, counts.begin() + (c + 1) * per_client, 0);
+        rows[c] = std::accumulate(counts.begin() + c * per_source, counts.begin() + (c + 1) * per_source, 0);
         total += rows[c];
       }
       reserve(in_host_, total, d, "moeproxy::sep::ffn_in_host");
-      for (int c = 0; c < clients; ++c)
+      for (int c = 0; c < sources; ++c)
         requests.push_back(sep_.post_recv(in_host_.data() + static_cast<std::size_t>(offsets[c]) * d, rows[c] * d,
-                                          clients_[c], rows_tag));
+                                          c, rows_tag));
       sep_.wait(requests);
       timing.add(l, Phase::wait, timer.seconds());
 
@@ -194,9 +199,9 @@ void Separation::run_ffn(PhaseTable& timing) {
       sep_.wait(out_requests_);
       reserve(out_host_, total, d, "moeproxy::sep::ffn_out_host");
       Kokkos::deep_copy(front(out_host_, total), y);
-      for (int c = 0; c < clients; ++c)
+      for (int c = 0; c < sources; ++c)
         out_requests_.push_back(sep_.post_send(out_host_.data() + static_cast<std::size_t>(offsets[c]) * d,
-                                               rows[c] * d, clients_[c], results_tag));
+                                               rows[c] * d, c, results_tag));
       timing.add(l, Phase::send, timer.seconds());
     }
   Kokkos::Timer timer;

@@ -7,6 +7,7 @@
 // matching rows of a single-rank run.
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "moeproxy/core/config.hpp"
@@ -68,8 +69,10 @@ class Transformer {
     Matrix rows_buffer, route_w_buffer;  // rows and route_w are their front rows
   };
   // Layer l's attention and residual add on x, micro-batch mb's rows (step as in
-  // run_layers), then the FFN's input into `in`.
-  void attention_half(int l, const Matrix& x, const MicroBatch& mb, int step, FfnInput& in, PhaseTable& timing);
+  // run_layers), then the FFN's input of x's rows [share.first, share.second) into `in`
+  // (tensor-parallel peers hold the same rows and hand over a share each).
+  void attention_half(int l, const Matrix& x, const MicroBatch& mb, int step, std::pair<int, int> share,
+                      FfnInput& in, PhaseTable& timing);
   // The FFN held here on rows another rank's attention_half produced, `counts[b]` rows per
   // block: MoE block b goes to local expert b % (experts held); dense blocks all go through
   // this rank's FFN columns, a partial sum. Writes y [rows, hidden].

@@ -37,13 +37,12 @@
 // more); they hold no FFN. Ranks [A, world) hold the FFN of every layer: F = world - A
 // expert ranks, expert rank j holding experts [j*E/F, (j+1)*E/F) whole (parallel.ep is
 // derived as F; a deck may state it, then it must equal F), or for a dense model columns
-// [j*f/F, (j+1)*f/F) of the FFN. They run no sequences of their own: the tensor-parallel
-// rank 0 of each attention replica routes its tokens and trades rows with every expert
-// rank every layer (separation.cpp). E.g. 8 ranks, attn_ranks=4, dp=2, tp=2, 8 experts:
+// [j*f/F, (j+1)*f/F) of the FFN. They run no sequences of their own: every attention rank
+// routes its share of its replica's tokens (tensor-parallel peers split them) and trades
+// rows with every FFN rank every layer (separation.cpp). E.g. 8 ranks, attn_ranks=4, dp=2, tp=2, 8 experts:
 // ranks 0-1 sequences 0..B/2-1, ranks 2-3 the rest, rank 4 experts 0-1 ... rank 7 experts 6-7.
 
 #include <string>
-#include <vector>
 
 #include "moeproxy/core/config.hpp"
 #include "moeproxy/core/model.hpp"
@@ -71,8 +70,6 @@ class RankLayout {
   bool ffn_rank(int rank) const { return separated() && rank >= cfg_.parallel.attn_ranks; }
   // Ranks holding the FFN under separation (the expert group, ep).
   int ffn_ranks() const { return world_ - cfg_.parallel.attn_ranks; }
-  // The attention ranks that trade rows with the FFN ranks: tensor-parallel rank 0 of each replica.
-  std::vector<int> ffn_clients() const;
   Coordinates coordinates(int rank) const;
   // Sequences rank `rank` runs.
   SequenceSlice sequences_of(int rank) const;

@@ -6,6 +6,7 @@
 // that while the FFN ranks compute micro-batch i of layer l the attention ranks compute
 // micro-batch i+1 of layer l, or micro-batch i of layer l+1 once its FFN rows are back.
 
+#include <utility>
 #include <vector>
 
 #include "moeproxy/core/exchange.hpp"
@@ -20,7 +21,7 @@ namespace moeproxy::parallel {
 class Separation {
  public:
   // `sep` spans every rank, ranks numbered as in the world; `tp` is the attention rank's
-  // tensor-parallel group (reduce_partial of its FFN outputs).
+  // tensor-parallel group (reduce_partial gathers the peers' shares of the FFN output).
   Separation(const ExecSpace& space, Transformer& model, Communicator& sep, LayerExchange& tp,
              const RankLayout& layout, const RunConfig& cfg);
 
@@ -45,6 +46,8 @@ class Separation {
   void run_ffn(PhaseTable& timing);
   void send(int l, InFlight& f, PhaseTable& timing);
   void finish(int l, const Matrix& x, InFlight& f, PhaseTable& timing);
+  // The rows of a micro-batch's `rows` this rank routes: its tensor-parallel share.
+  std::pair<int, int> share(int rows) const;
 
   ExecSpace space_;
   Transformer& model_;
@@ -52,8 +55,7 @@ class Separation {
   LayerExchange& tp_;
   RunConfig cfg_;
   int attn_ranks_, ffn_ranks_, local_experts_;
-  bool client_;                  // an attention rank trading rows with the FFN ranks
-  std::vector<int> clients_;     // those ranks, for the FFN side
+  int tp_index_, tp_size_;       // attention side: place in the tensor-parallel group
   std::vector<MicroBatch> micro_batches_;
   std::vector<InFlight> flights_;
   Matrix x_, y_, partial_;       // attention: the slice's rows, FFN outputs, FFN sum; FFN: rows in, out

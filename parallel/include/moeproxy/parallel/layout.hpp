@@ -2,7 +2,7 @@
 // The rank layout: which rank does what, derived once from the [parallel] keys and the
 // number of ranks, with every check in one place so that errors name the key to change.
 //
-// Ranks form a grid pp x dp x g (the attention/MoE split comes later), where g is the
+// Ranks form a grid pp x dp x g (separation, below, puts FFN ranks after it), where g is the
 // tensor group: the ranks sharing the same sequences, g = tp, or g = m x n with head x dim
 // slicing. The tensor-group index is fastest, so that a group sits on neighbouring ranks
 // (one node), and the pipeline stage slowest:

@@ -304,7 +304,6 @@ void Transformer::dense_ffn(int l, const Matrix& x, const Matrix& h, PhaseTable&
 // replicated over ranks that split the experts (head x dim slicing), other experts' rows.
 void Transformer::moe(int l, const Matrix& x, const Matrix& h, std::int64_t token0,
                       PhaseTable& timing, bool count_experts) {
-  const LayerWeights& lw = weights_.layers[l - layer_begin_];
   const int tokens = static_cast<int>(x.extent(0));
   Workspace w = rows(tokens);
   Permutation perm;
@@ -314,23 +313,11 @@ void Transformer::moe(int l, const Matrix& x, const Matrix& h, std::int64_t toke
   ExpertRows in;
   timed(space_, timing, l, Phase::dispatch, [&] { in = exchange_->dispatch(space_, head_rows(w.xp, kept), counts); });
   const int received = static_cast<int>(in.x.extent(0));
-  reserve_expert_rows(received);
   // Rows computed where they lie in xp write their outputs straight into yp.
   const Matrix y_in = in.xp_row >= 0
                           ? Matrix(Kokkos::subview(w.yp, std::make_pair(in.xp_row, in.xp_row + received), Kokkos::ALL))
                           : Matrix("moeproxy::model::expert_out", received, cfg_.hidden);
-  timed(space_, timing, l, Phase::expert, [&] {
-    int row = 0;
-    for (std::size_t block = 0; block < in.counts.size(); ++block) {
-      const auto r = std::make_pair(row, row + in.counts[block]);
-      row = r.second;
-      if (r.first == r.second) continue;
-      expert_ffn(lw, static_cast<int>(block % experts_), Kokkos::subview(in.x, r, Kokkos::ALL),
-                 Kokkos::subview(ws_.ffn_a, r, Kokkos::ALL),
-                 ws_.ffn_b.extent(0) > 0 ? Matrix(Kokkos::subview(ws_.ffn_b, r, Kokkos::ALL)) : Matrix(),
-                 Kokkos::subview(y_in, r, Kokkos::ALL));
-    }
-  });
+  ffn_rows(l, in.x, in.counts, y_in, timing);
   timed(space_, timing, l, Phase::dispatch, [&] { exchange_->undispatch(space_, y_in, head_rows(w.yp, kept)); });
   timed(space_, timing, l, Phase::combine, [&] {
     Kokkos::deep_copy(space_, w.partial, 0.0f);

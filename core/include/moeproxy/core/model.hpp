@@ -73,9 +73,10 @@ class Transformer {
   // (tensor-parallel peers hold the same rows and hand over a share each).
   void attention_half(int l, const Matrix& x, const MicroBatch& mb, int step, std::pair<int, int> share,
                       FfnInput& in, PhaseTable& timing);
-  // The FFN held here on rows another rank's attention_half produced, `counts[b]` rows per
-  // block: MoE block b goes to local expert b % (experts held); dense blocks all go through
-  // this rank's FFN columns, a partial sum. Writes y [rows, hidden].
+  // The FFN held here on rows of x, `counts[b]` rows per block (the experts' rows of this
+  // rank's own MoE step, or rows another rank's attention_half produced): MoE block b goes
+  // to local expert b % (experts held); dense blocks all go through this rank's FFN
+  // columns, a partial sum. Writes y [rows, hidden].
   void ffn_rows(int l, const Matrix& x, const std::vector<int>& counts, const Matrix& y, PhaseTable& timing);
 
   // Kept tokens per [layer, expert] during prefill (empty for dense models).

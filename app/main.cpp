@@ -446,8 +446,7 @@ int run_command(const Options& opt, int argc, char** argv) {
   }
   const parallel::RankLayout layout = parallel::RankLayout::build(cfg, world_size);
   std::ostream* progress = world_rank() == 0 ? &std::cout : nullptr;
-  const MemoryEstimate estimate = estimate_memory(cfg.model, cfg.workload, layout.sequences_of(world_rank()).count,
-                                                  layout.shard_of(world_rank()));
+  const MemoryEstimate estimate = layout.memory_of(world_rank());
   if (opt.preflight && !all_ranks_fine(host_preflight(cfg, layout, estimate, progress))) return exit_input;
 
   Kokkos::ScopeGuard kokkos(argc, argv);
@@ -512,12 +511,11 @@ int check_command(const Options& opt) {
   if (world_rank() != 0) return exit_ok;
   try {
     const parallel::RankLayout layout = parallel::RankLayout::build(cfg, opt.ranks);
-    const ModelConfig& m = cfg.model;
     std::cout << "deck " << opt.deck << " is valid for " << opt.ranks << " ranks (" << layout.describe() << ")\n";
     std::cout << "rank map:\n" << layout.rank_map();
     std::cout << "memory estimate per rank (fp32):\n";
     for (int r = 0; r < opt.ranks; ++r) {
-      const MemoryEstimate e = estimate_memory(m, cfg.workload, layout.sequences_of(r).count, layout.shard_of(r));
+      const MemoryEstimate e = layout.memory_of(r);
       std::printf("  rank %d: weights %.1f MiB, kv cache %.1f MiB, activations %.1f MiB, total %.1f MiB\n", r,
                   e.weights / 1048576.0, e.kv_cache / 1048576.0, e.activations / 1048576.0, e.total() / 1048576.0);
     }

@@ -158,3 +158,84 @@ TEST_CASE("layout: head x dim slicing refuses what it cannot run, naming the key
   cfg.model.ffn_hidden = 127;
   CHECK_THROWS_WITH(RankLayout::build(cfg, 4), Catch::Contains("model.ffn_hidden=127"));
 }
+
+TEST_CASE("layout: separation puts attention first and splits the experts over the other ranks", "[layout]") {
+  RunConfig cfg;  // 4 heads, 4 experts, batch 4
+  cfg.parallel.attn_ranks = 4;
+  cfg.parallel.dp = 2;
+  cfg.parallel.tp = 2;
+  const RankLayout layout = RankLayout::build(cfg, 6);
+  CHECK(layout.separated());
+  CHECK(layout.ffn_ranks() == 2);
+  CHECK(layout.describe() == "dp=2 tp=2 attn_ranks=4 ep=2");
+  for (int r = 0; r < 4; ++r) {
+    const ShardSpec s = layout.shard_of(r);
+    CHECK_FALSE(layout.ffn_rank(r));
+    CHECK(s.head_begin == 2 * (r % 2));
+    CHECK(s.head_count == 2);
+    CHECK(s.expert_count == 0);
+    CHECK(s.ffn_count == 0);
+    CHECK(layout.sequences_of(r).begin == 2 * (r / 2));
+    CHECK(layout.owns_outputs(r) == (r % 2 == 0));
+  }
+  for (int r = 4; r < 6; ++r) {
+    const ShardSpec s = layout.shard_of(r);
+    CHECK(layout.ffn_rank(r));
+    CHECK(s.head_count == 0);
+    CHECK(s.expert_begin == 2 * (r - 4));
+    CHECK(s.expert_count == 2);
+    CHECK(layout.sequences_of(r).count == 0);
+    CHECK_FALSE(layout.owns_outputs(r));
+    CHECK(layout.memory_of(r).kv_cache == 0);
+  }
+  CHECK(layout.owner_of_sequence(3) == 2);
+  CHECK_THAT(layout.rank_map(), Catch::Contains("rank 5: FFN, layers 0-1, experts 2-3, rows from attention ranks 0-3"));
+
+  cfg.model.ffn = FfnKind::dense;  // dense: FFN columns over the FFN ranks
+  const ShardSpec s = RankLayout::build(cfg, 6).shard_of(5);
+  CHECK(s.ffn_begin == cfg.model.ffn_hidden / 2);
+  CHECK(s.ffn_count == cfg.model.ffn_hidden / 2);
+
+  cfg.model.heads = 6;  // heads split unevenly: the first 6 % 4 attention ranks hold one more
+  cfg.parallel.dp = 1;
+  cfg.parallel.tp = 4;
+  const RankLayout uneven = RankLayout::build(cfg, 6);
+  for (int r = 0; r < 4; ++r) {
+    CHECK(uneven.shard_of(r).head_count == (r < 2 ? 2 : 1));
+    CHECK(uneven.shard_of(r).head_begin == (r < 2 ? 2 * r : r + 2));
+  }
+}
+
+TEST_CASE("layout: separation refuses what it cannot run, naming the keys", "[layout]") {
+  RunConfig cfg;  // 4 experts
+  cfg.parallel.attn_ranks = 2;
+  cfg.parallel.dp = 2;
+  CHECK_NOTHROW(RankLayout::build(cfg, 4));
+  CHECK_THROWS_WITH(RankLayout::build(cfg, 2), Catch::Contains("parallel.attn_ranks=2") && Catch::Contains("below 2"));
+  CHECK_THROWS_WITH(RankLayout::build(cfg, 5), Catch::Contains("3 FFN ranks") && Catch::Contains("model.experts=4"));
+  cfg.parallel.ep = 3;
+  CHECK_THROWS_WITH(RankLayout::build(cfg, 4), Catch::Contains("parallel.ep=3") && Catch::Contains("parallel.ep = 2"));
+  cfg.parallel.ep = 2;
+  CHECK_NOTHROW(RankLayout::build(cfg, 4));
+  cfg.parallel.dp = 1;
+  CHECK_THROWS_WITH(RankLayout::build(cfg, 4), Catch::Contains("dp x tp = 2") && Catch::Contains("parallel.dp = 2"));
+  cfg.parallel.dp = 2;
+  cfg.parallel.pp = 2;
+  CHECK_THROWS_WITH(RankLayout::build(cfg, 4), Catch::Contains("parallel.pp=2") && Catch::Contains("parallel.pp = 1"));
+  cfg.parallel.pp = 1;
+  cfg.parallel.dp = 1;
+  cfg.parallel.head_groups = 2;
+  CHECK_THROWS_WITH(RankLayout::build(cfg, 4), Catch::Contains("parallel.head_groups=2") && Catch::Contains("dp x tp"));
+  cfg.parallel.head_groups = 1;
+  cfg.parallel.tp = 8;
+  cfg.parallel.attn_ranks = 8;
+  CHECK_THROWS_WITH(RankLayout::build(cfg, 10), Catch::Contains("parallel.tp=8") && Catch::Contains("model.heads=4"));
+  cfg.parallel.tp = 1;
+  cfg.parallel.dp = 3;
+  cfg.parallel.attn_ranks = 3;
+  CHECK_THROWS_WITH(RankLayout::build(cfg, 5), Catch::Contains("parallel.dp=3") && Catch::Contains("workload.batch=4"));
+  cfg.parallel.dp = 2;
+  cfg.parallel.attn_ranks = 2;
+  cfg.parallel.micro_batches = 3;
+  CHECK_THROWS_WITH(RankLayout::build(cfg, 4), Catch::Contains("parallel.micro_batches=3"));
+}

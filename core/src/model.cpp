@@ -131,12 +131,16 @@ void Transformer::run_layers(const Matrix& x, const MicroBatch& mb, int step, Ph
   const bool prefill = step < 0;
   const int n = prefill ? workload_.prompt : 1;
   const int pos0 = prefill ? 0 : workload_.prompt + step;
-  // Global token ids (docs/model.md) of the first row, for synthetic routing.
-  const std::int64_t seq0 = slice_.begin + mb.first;
-  const std::int64_t token0 = prefill ? seq0 * workload_.prompt
-                                      : static_cast<std::int64_t>(slice_.global_batch) * workload_.prompt +
-                                            static_cast<std::int64_t>(step) * slice_.global_batch + seq0;
+  const std::int64_t token0 = first_token(mb, step);
   for (int l = layer_begin_; l < layer_end_; ++l) layer(l, x, mb, n, pos0, token0, timing, prefill);
+}
+
+// Global token ids (docs/model.md) of the first row, for synthetic routing.
+std::int64_t Transformer::first_token(const MicroBatch& mb, int step) const {
+  const std::int64_t seq0 = slice_.begin + mb.first;
+  return step < 0 ? seq0 * workload_.prompt
+                  : static_cast<std::int64_t>(slice_.global_batch) * workload_.prompt +
+                        static_cast<std::int64_t>(step) * slice_.global_batch + seq0;
 }
 
 Matrix Transformer::final_norm(const ConstMatrix& x, PhaseTable& timing) {
@@ -162,6 +166,15 @@ Matrix Transformer::decode_step(const ConstMatrix& x, int step, PhaseTable& timi
 
 void Transformer::layer(int l, const Matrix& x, const MicroBatch& mb, int n, int pos0,
                         std::int64_t token0, PhaseTable& timing, bool count_experts) {
+  const Matrix h = attention_block(l, x, mb, n, pos0, timing);
+  if (cfg_.is_moe())
+    moe(l, x, h, token0, timing, count_experts);
+  else
+    dense_ffn(l, x, h, timing);
+}
+
+Matrix Transformer::attention_block(int l, const Matrix& x, const MicroBatch& mb, int n, int pos0,
+                                    PhaseTable& timing) {
   const LayerWeights& lw = weights_.layers[l - layer_begin_];
   const auto seqs = std::make_pair(mb.first, mb.first + mb.count);
   const Cache k_cache = Kokkos::subview(k_cache_[l - layer_begin_], seqs, Kokkos::ALL, Kokkos::ALL, Kokkos::ALL);
@@ -191,10 +204,56 @@ void Transformer::layer(int l, const Matrix& x, const MicroBatch& mb, int n, int
 
   timed(space_, timing, l, Phase::norm,
         [&] { normalize(space_, cfg_.norm, cfg_.norm_eps, x, lw.ffn_norm, w.h); });
-  if (cfg_.is_moe())
-    moe(l, x, w.h, token0, timing, count_experts);
-  else
-    dense_ffn(l, x, w.h, timing);
+  return w.h;
+}
+
+void Transformer::attention_half(int l, const Matrix& x, const MicroBatch& mb, int step, std::pair<int, int> share,
+                                 FfnInput& in, PhaseTable& timing) {
+  const bool prefill = step < 0;
+  const int n = prefill ? workload_.prompt : 1;
+  const Matrix h = Kokkos::subview(attention_block(l, x, mb, n, prefill ? 0 : workload_.prompt + step, timing),
+                                   share, Kokkos::ALL);
+  const int tokens = share.second - share.first;
+  const int routed = cfg_.is_moe() ? tokens * cfg_.top_k : tokens;
+  if (static_cast<int>(in.rows_buffer.extent(0)) < routed)
+    in.rows_buffer = Matrix("moeproxy::model::ffn_input", routed, cfg_.hidden);
+  if (!cfg_.is_moe()) {
+    in.counts.assign(1, tokens);
+    in.rows = head_rows(in.rows_buffer, tokens);
+    Kokkos::deep_copy(space_, in.rows, h);
+    return;
+  }
+  if (static_cast<int>(in.route_w_buffer.extent(0)) < tokens)
+    in.route_w_buffer = Matrix("moeproxy::model::ffn_route_weight", tokens, cfg_.top_k);
+  in.route_w = head_rows(in.route_w_buffer, tokens);
+  in.counts.assign(cfg_.experts, 0);
+  const int kept = route(l, h, first_token(mb, step) + share.first, timing, prefill, in.route_w, in.perm,
+                         in.counts, in.rows_buffer);
+  in.rows = head_rows(in.rows_buffer, kept);
+}
+
+void Transformer::ffn_rows(int l, const Matrix& x, const std::vector<int>& counts, const Matrix& y,
+                           PhaseTable& timing) {
+  const LayerWeights& lw = weights_.layers[l - layer_begin_];
+  const int rows = static_cast<int>(x.extent(0));
+  reserve_expert_rows(rows);
+  const Matrix b = ws_.ffn_b.extent(0) > 0 ? head_rows(ws_.ffn_b, rows) : Matrix();
+  if (!cfg_.is_moe()) {
+    timed(space_, timing, l, Phase::ffn, [&] { expert_ffn(lw, 0, x, head_rows(ws_.ffn_a, rows), b, y); });
+    return;
+  }
+  timed(space_, timing, l, Phase::expert, [&] {
+    int row = 0;
+    for (std::size_t block = 0; block < counts.size(); ++block) {
+      const auto r = std::make_pair(row, row + counts[block]);
+      row = r.second;
+      if (r.first == r.second) continue;
+      expert_ffn(lw, static_cast<int>(block % experts_), Kokkos::subview(x, r, Kokkos::ALL),
+                 Kokkos::subview(ws_.ffn_a, r, Kokkos::ALL),
+                 b.extent(0) > 0 ? Matrix(Kokkos::subview(b, r, Kokkos::ALL)) : Matrix(),
+                 Kokkos::subview(y, r, Kokkos::ALL));
+    }
+  });
 }
 
 // Causal attention of the layer's queries against the cache. A rank holding a slice of each
@@ -245,9 +304,35 @@ void Transformer::dense_ffn(int l, const Matrix& x, const Matrix& h, PhaseTable&
 // replicated over ranks that split the experts (head x dim slicing), other experts' rows.
 void Transformer::moe(int l, const Matrix& x, const Matrix& h, std::int64_t token0,
                       PhaseTable& timing, bool count_experts) {
-  const LayerWeights& lw = weights_.layers[l - layer_begin_];
   const int tokens = static_cast<int>(x.extent(0));
   Workspace w = rows(tokens);
+  Permutation perm;
+  std::vector<int> counts(cfg_.experts);
+  const int kept = route(l, h, token0, timing, count_experts, w.route_w, perm, counts, w.xp);
+
+  ExpertRows in;
+  timed(space_, timing, l, Phase::dispatch, [&] { in = exchange_->dispatch(space_, head_rows(w.xp, kept), counts); });
+  const int received = static_cast<int>(in.x.extent(0));
+  // Rows computed where they lie in xp write their outputs straight into yp.
+  const Matrix y_in = in.xp_row >= 0
+                          ? Matrix(Kokkos::subview(w.yp, std::make_pair(in.xp_row, in.xp_row + received), Kokkos::ALL))
+                          : Matrix("moeproxy::model::expert_out", received, cfg_.hidden);
+  ffn_rows(l, in.x, in.counts, y_in, timing);
+  timed(space_, timing, l, Phase::dispatch, [&] { exchange_->undispatch(space_, y_in, head_rows(w.yp, kept)); });
+  timed(space_, timing, l, Phase::combine, [&] {
+    Kokkos::deep_copy(space_, w.partial, 0.0f);
+    combine(space_, w.yp, perm.position, w.route_w, w.partial);
+  });
+  timed(space_, timing, l, Phase::allreduce, [&] { exchange_->reduce_partial(space_, w.partial); });
+  timed(space_, timing, l, Phase::combine, [&] { add_into(space_, w.partial, x); });
+}
+
+int Transformer::route(int l, const Matrix& h, std::int64_t token0, PhaseTable& timing, bool count_experts,
+                       const Matrix& route_w, Permutation& perm, std::vector<int>& counts, const Matrix& xp) {
+  const LayerWeights& lw = weights_.layers[l - layer_begin_];
+  const int tokens = static_cast<int>(h.extent(0));
+  Workspace w = rows(tokens);
+  w.route_w = route_w;
   timed(space_, timing, l, Phase::router, [&] {
     if (workload_.routing == RoutingMode::learned) {
       gemm(space_, h, lw.router, w.logits);
@@ -257,45 +342,16 @@ void Transformer::moe(int l, const Matrix& x, const Matrix& h, std::int64_t toke
       route_synthetic(space_, cfg_.seed, l, token0, cfg_.experts, s, w.route_idx, w.route_w);
     }
   });
-  Permutation perm;
-  std::vector<int> counts(cfg_.experts);
   int kept = 0;
   timed(space_, timing, l, Phase::permute, [&] {
     dropped_ += permute(space_, w.route_idx, cfg_.experts, capacity_for(cfg_, tokens), perm);
     auto h_counts = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), perm.counts);
     for (int e = 0; e < cfg_.experts; ++e) kept += (counts[e] = h_counts(e));
-    gather_rows(space_, h, perm.source, head_rows(w.xp, kept));
+    gather_rows(space_, h, perm.source, head_rows(xp, kept));
   });
   if (count_experts)
     for (int e = 0; e < cfg_.experts; ++e) expert_tokens_[static_cast<std::size_t>(l) * cfg_.experts + e] += counts[e];
-
-  ExpertRows in;
-  timed(space_, timing, l, Phase::dispatch, [&] { in = exchange_->dispatch(space_, head_rows(w.xp, kept), counts); });
-  const int received = static_cast<int>(in.x.extent(0));
-  reserve_expert_rows(received);
-  // Rows computed where they lie in xp write their outputs straight into yp.
-  const Matrix y_in = in.xp_row >= 0
-                          ? Matrix(Kokkos::subview(w.yp, std::make_pair(in.xp_row, in.xp_row + received), Kokkos::ALL))
-                          : Matrix("moeproxy::model::expert_out", received, cfg_.hidden);
-  timed(space_, timing, l, Phase::expert, [&] {
-    int row = 0;
-    for (std::size_t block = 0; block < in.counts.size(); ++block) {
-      const auto r = std::make_pair(row, row + in.counts[block]);
-      row = r.second;
-      if (r.first == r.second) continue;
-      expert_ffn(lw, static_cast<int>(block % experts_), Kokkos::subview(in.x, r, Kokkos::ALL),
-                 Kokkos::subview(ws_.ffn_a, r, Kokkos::ALL),
-                 ws_.ffn_b.extent(0) > 0 ? Matrix(Kokkos::subview(ws_.ffn_b, r, Kokkos::ALL)) : Matrix(),
-                 Kokkos::subview(y_in, r, Kokkos::ALL));
-    }
-  });
-  timed(space_, timing, l, Phase::dispatch, [&] { exchange_->undispatch(space_, y_in, head_rows(w.yp, kept)); });
-  timed(space_, timing, l, Phase::combine, [&] {
-    Kokkos::deep_copy(space_, w.partial, 0.0f);
-    combine(space_, w.yp, perm.position, w.route_w, w.partial);
-  });
-  timed(space_, timing, l, Phase::allreduce, [&] { exchange_->reduce_partial(space_, w.partial); });
-  timed(space_, timing, l, Phase::combine, [&] { add_into(space_, w.partial, x); });
+  return kept;
 }
 
 double forward_flops(const ModelConfig& m, int batch, int tokens, int pos0) {

@@ -69,6 +69,7 @@ std::uint64_t ModelWeights::bytes() const {
 
 KvRange kv_heads_of(const ModelConfig& cfg, int head_begin, int head_count) {
   const int group = cfg.heads / cfg.effective_kv_heads();
+  if (head_count == 0) return KvRange{head_begin / group, 0};  // a rank holding no attention
   const int first = head_begin / group, last = (head_begin + head_count - 1) / group;
   return KvRange{first, last - first + 1};
 }

@@ -97,6 +97,39 @@ void Communicator::wait_all() {
   pending_.clear();
 }
 
+MPI_Request Communicator::post_send(const float* data, int count, int dest, int tag) {
+  MPI_Request request;
+  timed("isend", dest == rank_ ? 0 : sizeof(float) * static_cast<std::uint64_t>(count),
+        [&] { MOEPROXY_MPI(MPI_Isend(data, count, MPI_FLOAT, dest, tag, comm_, &request)); });
+  return request;
+}
+
+MPI_Request Communicator::post_send(const int* data, int count, int dest, int tag) {
+  MPI_Request request;
+  timed("isend", dest == rank_ ? 0 : sizeof(int) * static_cast<std::uint64_t>(count),
+        [&] { MOEPROXY_MPI(MPI_Isend(data, count, MPI_INT, dest, tag, comm_, &request)); });
+  return request;
+}
+
+MPI_Request Communicator::post_recv(float* data, int count, int source, int tag) {
+  MPI_Request request;
+  timed("irecv", 0, [&] { MOEPROXY_MPI(MPI_Irecv(data, count, MPI_FLOAT, source, tag, comm_, &request)); });
+  return request;
+}
+
+MPI_Request Communicator::post_recv(int* data, int count, int source, int tag) {
+  MPI_Request request;
+  timed("irecv", 0, [&] { MOEPROXY_MPI(MPI_Irecv(data, count, MPI_INT, source, tag, comm_, &request)); });
+  return request;
+}
+
+void Communicator::wait(std::vector<MPI_Request>& requests) {
+  timed("wait", 0, [&] {
+    MOEPROXY_MPI(MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE));
+  });
+  requests.clear();
+}
+
 void Communicator::alltoall(const int* send, int* recv, int count) {
   timed("alltoall", sizeof(int) * static_cast<std::uint64_t>(count) * (size_ - 1),
         [&] { MOEPROXY_MPI(MPI_Alltoall(send, count, MPI_INT, recv, count, MPI_INT, comm_)); });

@@ -2,10 +2,12 @@
 
 #include "moeproxy/parallel/exchange.hpp"
 #include "moeproxy/parallel/pipeline.hpp"
+#include "moeproxy/parallel/separation.hpp"
 
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <memory>
 #include <numeric>
 #include <string>
 
@@ -56,23 +58,38 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, Communicat
   Communicator tp(tp_comm, "tp"), ep(ep_comm, "ep"), pp(pp_comm, "pp"), dim(dim_comm, "dim");
   LayoutExchange exchange(tp, ep, dim, shard.expert_begin, m.is_moe() ? shard.expert_count : 1);
   Transformer model(space, m, w, out.slice, shard, &exchange);
+  // Decode inputs on the first stage: each sequence's newest final-normed row.
+  std::vector<float> next_input(static_cast<std::size_t>(n) * d);
   const int layer_end = shard.layer_begin + shard.layer_count;
   Pipeline pipeline(space, model, pp, n, cfg.parallel.micro_batches, shard.layer_begin, layer_end);
+  // Attention/MoE separation trades rows between the two sides over a copy of the world.
+  MPI_Comm sep_comm = MPI_COMM_NULL;
+  if (layout.separated()) MOEPROXY_MPI(MPI_Comm_dup(world.handle(), &sep_comm));
+  std::unique_ptr<Communicator> sep;
+  std::unique_ptr<Separation> separation;
+  if (layout.separated()) {
+    sep = std::make_unique<Communicator>(sep_comm, "sep");
+    separation = std::make_unique<Separation>(space, model, *sep, exchange, layout, cfg);
+  }
+  auto pass = [&](int step, const Pipeline::Input& input, const Pipeline::Output& output, PhaseTable& timing) {
+    if (separation)
+      separation->run(step, input, output, next_input, timing);
+    else
+      pipeline.run(step, input, output, next_input, timing);
+  };
   named_fence(space, "moeproxy::engine::weights_ready");
   out.hidden_prefill.resize(static_cast<std::size_t>(n) * w.prompt * d);
   out.hidden_decode.resize(static_cast<std::size_t>(n) * w.decode_steps * d);
-  // Decode inputs on the first stage: each sequence's newest final-normed row.
-  std::vector<float> next_input(static_cast<std::size_t>(n) * d);
 
   world.barrier();
   Kokkos::Timer timer;
   Kokkos::Profiling::pushRegion("moeproxy::prefill");
-  pipeline.run(
+  pass(
       -1, [&](const Transformer::MicroBatch& mb, const Matrix& x) { Kokkos::deep_copy(space, x, model.inputs(mb)); },
       [&](const Transformer::MicroBatch& mb, const Matrix& y) {
         copy_rows_to_host(y, out.hidden_prefill, static_cast<std::size_t>(mb.first) * w.prompt * d);
       },
-      next_input, out.metrics.prefill);
+      out.metrics.prefill);
   named_fence(space, "moeproxy::engine::prefill_end");
   Kokkos::Profiling::popRegion();
   out.metrics.prefill_seconds = timer.seconds();
@@ -86,7 +103,7 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, Communicat
   Kokkos::Profiling::pushRegion("moeproxy::decode");
   const int report_every = std::max(1, w.decode_steps / 10);
   for (int g = 0; g < w.decode_steps; ++g) {
-    pipeline.run(
+    pass(
         g,
         [&](const Transformer::MicroBatch& mb, const Matrix& x) {
           auto host = Kokkos::create_mirror_view(Kokkos::HostSpace(), x);
@@ -100,7 +117,7 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, Communicat
             std::copy_n(step_out.begin() + static_cast<std::ptrdiff_t>(b) * d, d,
                         out.hidden_decode.begin() + (static_cast<std::ptrdiff_t>(mb.first + b) * w.decode_steps + g) * d);
         },
-        next_input, out.metrics.decode);
+        out.metrics.decode);
     if (progress && ((g + 1) % report_every == 0 || g + 1 == w.decode_steps))
       *progress << "[moeproxy] decode step " << g + 1 << "/" << w.decode_steps << "\n" << std::flush;
   }
@@ -119,12 +136,15 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, Communicat
   mem[static_cast<int>(MemoryKind::activations)] = model.activation_bytes();
   mem[static_cast<int>(MemoryKind::high_water)] = host_high_water_bytes();
 
+  // Tensor-parallel peers route the same tokens, except under separation where each routes
+  // its own share: count each token once.
+  const bool routes_own_tokens = out.owns_outputs || layout.separated();
   // Run-wide figures: walls are the slowest rank's; FLOPs and tokens add up.
   double walls[2] = {out.metrics.prefill_seconds, out.metrics.decode_seconds};
   world.allreduce_max(walls, 2);
   double sums[4] = {out.metrics.prefill_flops + out.metrics.decode_flops, device_peak_flops(m.precision),
                     comm_seconds(out.metrics.prefill) + comm_seconds(out.metrics.decode),
-                    out.owns_outputs ? static_cast<double>(model.dropped_slots()) : 0.0};
+                    routes_own_tokens ? static_cast<double>(model.dropped_slots()) : 0.0};
   world.allreduce_sum(sums, 4);
   RunSummary& s = out.summary;
   s.prefill_tokens_per_s = static_cast<double>(w.batch) * w.prompt / walls[0];
@@ -137,9 +157,8 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, Communicat
   s.comm_fraction = sums[2] / world.size() / (walls[0] + walls[1]);
   s.dropped_tokens = static_cast<std::uint64_t>(sums[3]);
 
-  // Tensor-parallel peers route the same tokens: count them once.
   out.expert_tokens = model.expert_tokens();
-  if (!out.owns_outputs) std::fill(out.expert_tokens.begin(), out.expert_tokens.end(), 0);
+  if (!routes_own_tokens) std::fill(out.expert_tokens.begin(), out.expert_tokens.end(), 0);
   if (!out.expert_tokens.empty()) {
     world.allreduce_sum(out.expert_tokens.data(), static_cast<int>(out.expert_tokens.size()));
     for (int l = 0; l < m.layers; ++l) {
@@ -149,9 +168,11 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, Communicat
       if (mean > 0.0) s.expert_imbalance = std::max(s.expert_imbalance, (mx - mean) / mean);
     }
   }
-  for (const Communicator* c : {&tp, &ep, &pp, &dim})
-    for (const CommRecord& r : c->records()) out.metrics.comm.push_back(r);
-  for (MPI_Comm* c : {&tp_comm, &ep_comm, &pp_comm, &dim_comm}) MOEPROXY_MPI(MPI_Comm_free(c));
+  for (const Communicator* c : {&tp, &ep, &pp, &dim, sep.get()})
+    if (c)
+      for (const CommRecord& r : c->records()) out.metrics.comm.push_back(r);
+  for (MPI_Comm* c : {&tp_comm, &ep_comm, &pp_comm, &dim_comm, &sep_comm})
+    if (*c != MPI_COMM_NULL) MOEPROXY_MPI(MPI_Comm_free(c));
   return out;
 }
 

@@ -10,13 +10,6 @@ namespace {
 
 std::string kv(const char* key, int value) { return std::string(key) + "=" + std::to_string(value); }
 
-void not_yet(int value, int neutral, const char* key, const char* what) {
-  if (value != neutral)
-    throw InputError(kv(key, value) + ": " + what + " is not available in this version; set " + key +
-                     " = " + std::to_string(neutral) +
-                     " (data, tensor, pipeline, expert parallelism and head x dim slicing are)");
-}
-
 void must_divide(int degree, const char* degree_key, int value, const char* value_key) {
   if (value % degree != 0)
     throw InputError(kv(degree_key, degree) + " does not divide " + kv(value_key, value) +
@@ -71,16 +64,60 @@ void check_head_dim(const RunConfig& cfg) {
   }
 }
 
+// Attention/MoE separation: ranks [0, attn_ranks) attention (dp x tp), the rest the FFN.
+void check_separation(const RunConfig& cfg, int world_size) {
+  const ParallelConfig& p = cfg.parallel;
+  const ModelConfig& m = cfg.model;
+  const int attn = p.attn_ranks, ffn = world_size - attn;
+  const std::string sep = kv("parallel.attn_ranks", attn);
+  if (ffn < 1)
+    throw InputError(sep + " leaves none of the job's " + std::to_string(world_size) +
+                     " ranks for the FFN/experts: ranks [0, attn_ranks) run attention, the others the FFN; set "
+                     "parallel.attn_ranks below " + std::to_string(world_size) + " or launch more ranks");
+  if (p.pp > 1)
+    throw InputError(kv("parallel.pp", p.pp) + " with " + sep +
+                     ": pipeline parallelism is not available with attention/MoE separation in this version; set "
+                     "parallel.pp = 1");
+  if (p.head_groups * p.dim_groups > 1)
+    throw InputError(mxn(p) + " with " + sep +
+                     ": head x dim slicing of the attention ranks is not available in this version; split them with "
+                     "parallel.dp and parallel.tp (dp x tp = attn_ranks) and set parallel.head_groups = "
+                     "parallel.dim_groups = 1");
+  if (static_cast<long>(p.dp) * p.tp != attn)
+    throw InputError(kv("parallel.dp", p.dp) + " x " + kv("parallel.tp", p.tp) + " = " +
+                     std::to_string(static_cast<long>(p.dp) * p.tp) + " but " + sep +
+                     ": with separation dp x tp arranges the attention ranks; set parallel.dp and parallel.tp so that "
+                     "dp x tp = " + std::to_string(attn) +
+                     (attn % p.tp == 0 ? " (e.g. parallel.dp = " + std::to_string(attn / p.tp) + ")" : std::string()));
+  if (p.ep != 1 && p.ep != ffn)
+    throw InputError(kv("parallel.ep", p.ep) + " but " + sep + " on " + std::to_string(world_size) +
+                     " ranks leaves " + std::to_string(ffn) +
+                     " expert ranks: with separation ep is derived as ranks - attn_ranks; set parallel.ep = " +
+                     std::to_string(ffn) + " or leave it at 1");
+  if (p.tp > m.heads)
+    throw InputError(kv("parallel.tp", p.tp) + " exceeds " + kv("model.heads", m.heads) +
+                     ": every attention rank needs at least one head; choose parallel.tp <= " + std::to_string(m.heads));
+  const int split = m.is_moe() ? m.experts : m.ffn_hidden;
+  if (split % ffn != 0)
+    throw InputError(sep + " on " + std::to_string(world_size) + " ranks leaves " + std::to_string(ffn) +
+                     " FFN ranks, which do not divide " +
+                     (m.is_moe() ? kv("model.experts", m.experts) : kv("model.ffn_hidden", m.ffn_hidden)) +
+                     ": each holds an equal share of the " + (m.is_moe() ? "experts" : "FFN columns") +
+                     "; choose attn_ranks (or the rank count) so that ranks - attn_ranks divides " +
+                     std::to_string(split));
+}
+
 }  // namespace
 
 RankLayout RankLayout::build(const RunConfig& cfg, int world_size) {
   const ParallelConfig& p = cfg.parallel;
   const ModelConfig& m = cfg.model;
-  not_yet(p.attn_ranks, 0, "parallel.attn_ranks", "attention/MoE separation");
+  const bool separated = p.attn_ranks > 0;
+  if (separated) check_separation(cfg, world_size);
   check_head_dim(cfg);
   const bool sliced = p.head_groups * p.dim_groups > 1;
   const long needed = static_cast<long>(p.dp) * p.tp * p.pp * p.head_groups * p.dim_groups;
-  if (needed != world_size)
+  if (!separated && needed != world_size)
     throw InputError("parallel.dp=" + std::to_string(p.dp) + " x parallel.tp=" + std::to_string(p.tp) +
                      " x parallel.pp=" + std::to_string(p.pp) + (sliced ? " x " + mxn(p) : std::string()) +
                      " needs " + std::to_string(needed) + " ranks but the job has " + std::to_string(world_size) +
@@ -98,6 +135,7 @@ RankLayout RankLayout::build(const RunConfig& cfg, int world_size) {
                      std::to_string(per_replica) + " sequences of each data-parallel replica (workload.batch=" +
                      std::to_string(cfg.workload.batch) + " / parallel.dp=" + std::to_string(p.dp) +
                      "); choose a divisor of " + std::to_string(per_replica));
+  if (separated) return RankLayout(cfg, world_size);
   must_divide(p.tp, "parallel.tp", m.heads, "model.heads");
   must_divide(p.tp, "parallel.tp", m.ffn_hidden, "model.ffn_hidden");
   if (p.ep > 1) {
@@ -126,17 +164,21 @@ Coordinates RankLayout::coordinates(int rank) const {
 }
 
 bool RankLayout::owns_outputs(int rank) const {
+  if (ffn_rank(rank)) return false;
   const Coordinates c = coordinates(rank);
   return c.tp == 0 && c.pp == cfg_.parallel.pp - 1;
 }
 
 int RankLayout::ep_group(int rank) const {
+  // Separation trades rows point to point (separation.cpp), not within an expert group.
+  if (separated()) return rank;
   const ParallelConfig& p = cfg_.parallel;
   const Coordinates c = coordinates(rank);
   return (c.pp * (p.dp / p.ep) + c.dp / p.ep) * tensor_group() + c.tp;
 }
 
 SequenceSlice RankLayout::sequences_of(int rank) const {
+  if (ffn_rank(rank)) return SequenceSlice{0, 0, cfg_.workload.batch};
   const int per = cfg_.workload.batch / cfg_.parallel.dp;
   return SequenceSlice{coordinates(rank).dp * per, per, cfg_.workload.batch};
 }
@@ -146,6 +188,28 @@ ShardSpec RankLayout::shard_of(int rank) const {
   const ModelConfig& m = cfg_.model;
   const ParallelConfig& p = cfg_.parallel;
   ShardSpec s;
+  if (separated()) {
+    s.layer_begin = 0;
+    s.layer_count = m.layers;
+    if (ffn_rank(rank)) {
+      const int j = rank - p.attn_ranks, f = ffn_ranks();
+      s.head_count = 0;
+      if (m.is_moe()) {
+        s.expert_count = m.experts / f;
+        s.expert_begin = j * s.expert_count;
+      } else {
+        s.ffn_count = m.ffn_hidden / f;
+        s.ffn_begin = j * s.ffn_count;
+      }
+      return s;
+    }
+    const int per = m.heads / p.tp, extra = m.heads % p.tp;
+    s.head_count = per + (c.tp < extra ? 1 : 0);
+    s.head_begin = c.tp * per + std::min(c.tp, extra);
+    s.ffn_count = 0;
+    s.expert_count = 0;
+    return s;
+  }
   s.head_count = m.heads / (p.tp * p.head_groups);
   s.head_begin = c.head * s.head_count;
   if (p.dim_groups > 1) {
@@ -180,8 +244,25 @@ std::string RankLayout::describe() const {
   if (p.ep > 1) s += " ep=" + std::to_string(p.ep);
   if (p.head_groups * p.dim_groups > 1)
     s += " mxn=" + std::to_string(p.head_groups) + "x" + std::to_string(p.dim_groups);
+  if (separated()) s += " attn_ranks=" + std::to_string(p.attn_ranks) + " ep=" + std::to_string(ffn_ranks());
   if (p.micro_batches > 1) s += " micro_batches=" + std::to_string(p.micro_batches);
   return s;
+}
+
+MemoryEstimate RankLayout::memory_of(int rank) const {
+  const ModelConfig& m = cfg_.model;
+  MemoryEstimate e = estimate_memory(m, cfg_.workload, sequences_of(rank).count, shard_of(rank));
+  if (!ffn_rank(rank)) return e;
+  // One micro-batch of every replica's prompts: rows in and out on the device and their host
+  // staging, plus the FFN's hidden activations (two with SwiGLU).
+  const std::uint64_t tokens = static_cast<std::uint64_t>(cfg_.workload.batch) / cfg_.parallel.micro_batches *
+                               cfg_.workload.prompt;
+  const std::uint64_t rows = m.is_moe() ? tokens * m.top_k / ffn_ranks() : tokens;
+  const ShardSpec s = shard_of(rank);
+  const std::uint64_t columns = s.ffn_count < 0 ? m.ffn_hidden : s.ffn_count;
+  const std::uint64_t hidden_mats = m.activation == Activation::swiglu ? 2 : 1;
+  e.activations += sizeof(float) * rows * (4 * static_cast<std::uint64_t>(m.hidden) + hidden_mats * columns);
+  return e;
 }
 
 std::string RankLayout::rank_map() const {
@@ -190,16 +271,25 @@ std::string RankLayout::rank_map() const {
   for (int r = 0; r < world_; ++r) {
     const SequenceSlice q = sequences_of(r);
     const ShardSpec s = shard_of(r);
-    out << "  rank " << r << ": layers " << s.layer_begin << "-" << s.layer_begin + s.layer_count - 1 << ", heads " << s.head_begin << "-"
+    if (ffn_rank(r)) {
+      out << "  rank " << r << ": FFN, layers 0-" << cfg_.model.layers - 1;
+      if (cfg_.model.is_moe())
+        out << ", experts " << s.expert_begin << "-" << s.expert_begin + s.expert_count - 1;
+      else
+        out << ", ffn columns " << s.ffn_begin << "-" << s.ffn_begin + s.ffn_count - 1;
+      out << ", rows from attention ranks 0-" << cfg_.parallel.attn_ranks - 1 << "\n";
+      continue;
+    }
+    out << "  rank " << r << ": " << (separated() ? "attention, " : "") << "layers " << s.layer_begin << "-" << s.layer_begin + s.layer_count - 1 << ", heads " << s.head_begin << "-"
         << s.head_begin + s.head_count - 1;
     if (s.slices_dims())
       out << " (dims " << s.dim_begin << "-" << s.dim_begin + s.dim_count - 1 << "," << hd / 2 + s.dim_begin << "-"
           << hd / 2 + s.dim_begin + s.dim_count - 1 << " of " << hd << ")";
     else
       out << " (x" << hd << ")";
-    if (cfg_.model.is_moe())
+    if (cfg_.model.is_moe() && !separated())
       out << ", experts " << s.expert_begin << "-" << s.expert_begin + s.expert_count - 1;
-    if (s.ffn_count < cfg_.model.ffn_hidden) out << ", ffn columns " << s.ffn_begin << "-" << s.ffn_begin + s.ffn_count - 1;
+    if (!separated() && s.ffn_count < cfg_.model.ffn_hidden) out << ", ffn columns " << s.ffn_begin << "-" << s.ffn_begin + s.ffn_count - 1;
     out << ", sequences " << q.begin << "-" << q.begin + q.count - 1 << "\n";
   }
   return out.str();

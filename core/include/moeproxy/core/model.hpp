@@ -7,6 +7,7 @@
 // matching rows of a single-rank run.
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "moeproxy/core/config.hpp"
@@ -55,6 +56,29 @@ class Transformer {
   int prompt() const { return workload_.prompt; }
   int hidden() const { return cfg_.hidden; }
 
+  // A layer split where its FFN begins, so that other ranks can run the FFN in between
+  // (attention/MoE separation, parallel/src/separation.cpp). What the first half hands over:
+  // MoE: the routed rows grouped by global expert, counts[e] rows of expert e, and what
+  // combining their outputs needs; dense: the normed rows, counts = {rows}. Buffers are
+  // reused by the next call with the same FfnInput.
+  struct FfnInput {
+    Matrix rows;              // [kept, hidden] (MoE) or [T, hidden] (dense)
+    std::vector<int> counts;  // per global expert (MoE) or {T} (dense)
+    Permutation perm;         // MoE: where each (token, slot) went in rows
+    Matrix route_w;           // MoE: [T, top_k] router weights
+    Matrix rows_buffer, route_w_buffer;  // rows and route_w are their front rows
+  };
+  // Layer l's attention and residual add on x, micro-batch mb's rows (step as in
+  // run_layers), then the FFN's input of x's rows [share.first, share.second) into `in`
+  // (tensor-parallel peers hold the same rows and hand over a share each).
+  void attention_half(int l, const Matrix& x, const MicroBatch& mb, int step, std::pair<int, int> share,
+                      FfnInput& in, PhaseTable& timing);
+  // The FFN held here on rows of x, `counts[b]` rows per block (the experts' rows of this
+  // rank's own MoE step, or rows another rank's attention_half produced): MoE block b goes
+  // to local expert b % (experts held); dense blocks all go through this rank's FFN
+  // columns, a partial sum. Writes y [rows, hidden].
+  void ffn_rows(int l, const Matrix& x, const std::vector<int>& counts, const Matrix& y, PhaseTable& timing);
+
   // Kept tokens per [layer, expert] during prefill (empty for dense models).
   const std::vector<std::uint64_t>& expert_tokens() const { return expert_tokens_; }
   std::uint64_t dropped_slots() const { return dropped_; }
@@ -70,6 +94,13 @@ class Transformer {
   };
   void layer(int l, const Matrix& x, const MicroBatch& mb, int n, int pos0, std::int64_t token0,
              PhaseTable& timing, bool count_experts);
+  // Attention with its residual add on x; returns the FFN input ffn_norm(x).
+  Matrix attention_block(int l, const Matrix& x, const MicroBatch& mb, int n, int pos0, PhaseTable& timing);
+  // Routes h and gathers its rows by expert into xp; returns how many were kept.
+  int route(int l, const Matrix& h, std::int64_t token0, PhaseTable& timing, bool count_experts,
+            const Matrix& route_w, Permutation& perm, std::vector<int>& counts, const Matrix& xp);
+  // Global token id of the first row of micro-batch mb at `step` (docs/model.md).
+  std::int64_t first_token(const MicroBatch& mb, int step) const;
   void attention_core(int l, const Workspace& w, const Cache& k_cache, const Cache& v_cache, int n,
                       int pos0, PhaseTable& timing);
   void moe(int l, const Matrix& x, const Matrix& h, std::int64_t token0, PhaseTable& timing,

@@ -41,6 +41,13 @@ class Communicator {
   // Non-blocking receive, completed (and timed) by wait_all.
   void irecv(float* data, int count, int source, int tag);
   void wait_all();
+  // Non-blocking point-to-point the caller completes with wait(): "isend" records the bytes,
+  // "wait" the time spent blocked on completion.
+  MPI_Request post_send(const float* data, int count, int dest, int tag);
+  MPI_Request post_send(const int* data, int count, int dest, int tag);
+  MPI_Request post_recv(float* data, int count, int source, int tag);
+  MPI_Request post_recv(int* data, int count, int source, int tag);
+  void wait(std::vector<MPI_Request>& requests);
   // Fixed-size exchange: `count` ints to and from every rank.
   void alltoall(const int* send, int* recv, int count);
   // Variable-size exchange of floats; counts and displacements in elements, per rank.

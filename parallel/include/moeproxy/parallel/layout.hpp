@@ -2,7 +2,7 @@
 // The rank layout: which rank does what, derived once from the [parallel] keys and the
 // number of ranks, with every check in one place so that errors name the key to change.
 //
-// Ranks form a grid pp x dp x g (the attention/MoE split comes later), where g is the
+// Ranks form a grid pp x dp x g (separation, below, puts FFN ranks after it), where g is the
 // tensor group: the ranks sharing the same sequences, g = tp, or g = m x n with head x dim
 // slicing. The tensor-group index is fastest, so that a group sits on neighbouring ranks
 // (one node), and the pipeline stage slowest:
@@ -31,6 +31,16 @@
 // to the FFN output.
 // E.g. dp=2, m=2, n=2 on 8 ranks: ranks 0-3 hold sequences 0..B/2-1, rank 1 heads
 // [0, H/2) dims of pairs [P/2, P), rank 2 heads [H/2, H) dims of pairs [0, P/2).
+//
+// Attention/MoE separation (parallel.attn_ranks = A > 0): ranks [0, A) run attention, the
+// grid above with pp = 1 and dp x tp = A (heads may split unevenly: H % tp ranks hold one
+// more); they hold no FFN. Ranks [A, world) hold the FFN of every layer: F = world - A
+// expert ranks, expert rank j holding experts [j*E/F, (j+1)*E/F) whole (parallel.ep is
+// derived as F; a deck may state it, then it must equal F), or for a dense model columns
+// [j*f/F, (j+1)*f/F) of the FFN. They run no sequences of their own: every attention rank
+// routes its share of its replica's tokens (tensor-parallel peers split them) and trades
+// rows with every FFN rank every layer (separation.cpp). E.g. 8 ranks, attn_ranks=4, dp=2, tp=2, 8 experts:
+// ranks 0-1 sequences 0..B/2-1, ranks 2-3 the rest, rank 4 experts 0-1 ... rank 7 experts 6-7.
 
 #include <string>
 
@@ -55,6 +65,11 @@ class RankLayout {
   static RankLayout build(const RunConfig& cfg, int world_size);
 
   int world_size() const { return world_; }
+  // Attention/MoE separation: whether it is on, and whether `rank` holds FFN / experts only.
+  bool separated() const { return cfg_.parallel.attn_ranks > 0; }
+  bool ffn_rank(int rank) const { return separated() && rank >= cfg_.parallel.attn_ranks; }
+  // Ranks holding the FFN under separation (the expert group, ep).
+  int ffn_ranks() const { return world_ - cfg_.parallel.attn_ranks; }
   Coordinates coordinates(int rank) const;
   // Sequences rank `rank` runs.
   SequenceSlice sequences_of(int rank) const;
@@ -66,14 +81,17 @@ class RankLayout {
   // (its tensor-parallel peers hold copies; earlier stages hold none).
   bool owns_outputs(int rank) const;
   // Colours for MPI_Comm_split: ranks with equal colours form one group.
-  int tp_group(int rank) const { return rank / tensor_group(); }
+  int tp_group(int rank) const { return ffn_rank(rank) ? rank : rank / tensor_group(); }
   int dim_group(int rank) const { return rank / cfg_.parallel.dim_groups; }
   int ep_group(int rank) const;
-  int pp_group(int rank) const { return rank % (cfg_.parallel.dp * tensor_group()); }
+  int pp_group(int rank) const { return separated() ? rank : rank % (cfg_.parallel.dp * tensor_group()); }
   // "dp=4 tp=2 ep=4" or "dp=2 mxn=2x2" style summary, for the report and the HDF5 file.
   std::string describe() const;
   // One line per rank: what it holds.
   std::string rank_map() const;
+  // What rank `rank` allocates (estimate_memory), with the rows the FFN ranks of a separated
+  // layout receive (balanced routing, one micro-batch of every replica at a time).
+  MemoryEstimate memory_of(int rank) const;
 
  private:
   RankLayout(const RunConfig& cfg, int world) : cfg_(cfg), world_(world) {}

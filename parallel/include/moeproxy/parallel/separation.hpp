@@ -1,0 +1,66 @@
+#pragma once
+// Attention/MoE separation (layout.hpp): the attention ranks run every layer's attention
+// and router, the FFN ranks its experts (or dense FFN columns); hidden rows go attention ->
+// FFN -> attention every layer with non-blocking point-to-point messages on the "sep"
+// communicator. Micro-batches ping-pong: the attention side runs layer-major over them, so
+// that while the FFN ranks compute micro-batch i of layer l the attention ranks compute
+// micro-batch i+1 of layer l, or micro-batch i of layer l+1 once its FFN rows are back.
+
+#include <utility>
+#include <vector>
+
+#include "moeproxy/core/exchange.hpp"
+#include "moeproxy/core/metrics.hpp"
+#include "moeproxy/core/model.hpp"
+#include "moeproxy/parallel/comm.hpp"
+#include "moeproxy/parallel/layout.hpp"
+#include "moeproxy/parallel/pipeline.hpp"
+
+namespace moeproxy::parallel {
+
+class Separation {
+ public:
+  // `sep` spans every rank, ranks numbered as in the world; `tp` is the attention rank's
+  // tensor-parallel group (reduce_partial gathers the peers' shares of the FFN output).
+  Separation(const ExecSpace& space, Transformer& model, Communicator& sep, LayerExchange& tp,
+             const RankLayout& layout, const RunConfig& cfg);
+
+  // One pass over every micro-batch and layer: the prompts (step < 0) or decode step `step`.
+  // On attention ranks `input` fills each micro-batch's rows, `output` receives its
+  // final-normed rows and `feedback` [sequences, hidden] each sequence's newest row; FFN
+  // ranks serve the attention ranks' rows and call neither.
+  void run(int step, const Pipeline::Input& input, const Pipeline::Output& output, std::vector<float>& feedback,
+           PhaseTable& timing);
+
+ private:
+  using MicroBatch = Transformer::MicroBatch;
+  // One micro-batch's rows on their way to the FFN ranks and back (attention side).
+  struct InFlight {
+    Transformer::FfnInput in;
+    HostMatrix sent, received;           // host staging, alive until the requests complete
+    std::vector<std::vector<int>> counts;  // per FFN rank: its experts' row counts (dense: {rows})
+    std::vector<MPI_Request> requests;
+  };
+  void run_attention(int step, const Pipeline::Input& input, const Pipeline::Output& output,
+                     std::vector<float>& feedback, PhaseTable& timing);
+  void run_ffn(PhaseTable& timing);
+  void send(int l, InFlight& f, PhaseTable& timing);
+  void finish(int l, const Matrix& x, InFlight& f, PhaseTable& timing);
+  // The rows of a micro-batch's `rows` this rank routes: its tensor-parallel share.
+  std::pair<int, int> share(int rows) const;
+
+  ExecSpace space_;
+  Transformer& model_;
+  Communicator& sep_;
+  LayerExchange& tp_;
+  RunConfig cfg_;
+  int attn_ranks_, ffn_ranks_, local_experts_;
+  int tp_index_, tp_size_;       // attention side: place in the tensor-parallel group
+  std::vector<MicroBatch> micro_batches_;
+  std::vector<InFlight> flights_;
+  Matrix x_, y_, partial_;       // attention: the slice's rows, FFN outputs, FFN sum; FFN: rows in, out
+  HostMatrix in_host_, out_host_;  // FFN side staging
+  std::vector<MPI_Request> out_requests_;
+};
+
+}  // namespace moeproxy::parallel

@@ -1,0 +1,212 @@
+// Attention/MoE separation, one layer of one micro-batch:
+//
+//   attention rank (its share of the tokens)          FFN rank j (experts [j*L, (j+1)*L))
+//   attention_half: attention, router, permute
+//   rows [kept, d] by global expert, counts[E]
+//   isend counts[j*L, (j+1)*L) and that block ---->  recv every attention rank's counts, then rows
+//   irecv the block's outputs                         [rows by source, then local expert]
+//   ... the next micro-batch's attention ...          ffn_rows: the experts on them
+//   wait <------------------------------------------  isend each attention rank its block
+//   combine with the router weights, reduce over tp, add to the residual
+//
+// A dense model sends every FFN rank all the normed rows (counts = {rows}); each returns the
+// partial sum of its FFN columns and the attention rank adds the F partials. Tensor-parallel
+// peers hold the same rows after attention: each routes and sends a contiguous share of
+// them, combines its share's outputs into rows that are zero elsewhere, and the tp
+// all-reduce of the FFN output assembles the whole. Messages between a pair of ranks keep
+// their order (MPI does not overtake), so both sides walk layers and micro-batches in the
+// same order and three tags suffice.
+#include "moeproxy/parallel/separation.hpp"
+
+#include <algorithm>
+#include <numeric>
+#include <string>
+
+namespace moeproxy::parallel {
+
+namespace {
+
+constexpr int counts_tag = 40, rows_tag = 41, results_tag = 42;
+
+template <class Work>
+void timed(const ExecSpace& space, PhaseTable& table, int layer, Phase phase, Work&& work) {
+  Kokkos::Timer timer;
+  work();
+  named_fence(space, "moeproxy::sep::phase_end");
+  table.add(layer, phase, timer.seconds());
+}
+
+// Matrix or HostMatrix (the same type on a host build).
+template <class View>
+View front(const View& m, int rows) {
+  return Kokkos::subview(m, std::make_pair(0, rows), Kokkos::ALL);
+}
+
+template <class View>
+void reserve(View& v, int rows, int cols, const std::string& label) {
+  if (static_cast<int>(v.extent(0)) < rows) v = View(label, rows, cols);
+}
+
+}  // namespace
+
+Separation::Separation(const ExecSpace& space, Transformer& model, Communicator& sep, LayerExchange& tp,
+                       const RankLayout& layout, const RunConfig& cfg)
+    : space_(space), model_(model), sep_(sep), tp_(tp), cfg_(cfg), attn_ranks_(cfg.parallel.attn_ranks),
+      ffn_ranks_(layout.ffn_ranks()),
+      local_experts_(cfg.model.is_moe() ? cfg.model.experts / layout.ffn_ranks() : 1),
+      tp_index_(layout.coordinates(sep.rank()).tp), tp_size_(cfg.parallel.tp) {
+  const int sequences = layout.sequences_of(sep_.rank()).count;
+  const int per = sequences / cfg.parallel.micro_batches;
+  for (int m = 0; m < cfg.parallel.micro_batches; ++m) micro_batches_.push_back(MicroBatch{m * per, per});
+  flights_.resize(micro_batches_.size());
+}
+
+void Separation::run(int step, const Pipeline::Input& input, const Pipeline::Output& output,
+                     std::vector<float>& feedback, PhaseTable& timing) {
+  if (sep_.rank() < attn_ranks_)
+    run_attention(step, input, output, feedback, timing);
+  else
+    run_ffn(timing);
+}
+
+void Separation::run_attention(int step, const Pipeline::Input& input, const Pipeline::Output& output,
+                               std::vector<float>& feedback, PhaseTable& timing) {
+  const int n = step < 0 ? cfg_.workload.prompt : 1, d = cfg_.model.hidden, layers = cfg_.model.layers;
+  const int mbs = static_cast<int>(micro_batches_.size());
+  reserve(x_, micro_batches_.back().first * n + micro_batches_.back().count * n, d, "moeproxy::sep::rows");
+  auto rows_of = [&](const MicroBatch& mb) {
+    return Matrix(Kokkos::subview(x_, std::make_pair(mb.first * n, (mb.first + mb.count) * n), Kokkos::ALL));
+  };
+  for (const MicroBatch& mb : micro_batches_) input(mb, rows_of(mb));
+  // Layer-major: micro-batch i's layer l waits only for its own layer l-1 FFN rows, which
+  // the FFN ranks computed while this rank ran the other micro-batches' attention.
+  for (int l = 0; l < layers; ++l)
+    for (int i = 0; i < mbs; ++i) {
+      const Matrix x = rows_of(micro_batches_[i]);
+      if (l > 0) finish(l - 1, x, flights_[i], timing);
+      model_.attention_half(l, x, micro_batches_[i], step, share(static_cast<int>(x.extent(0))), flights_[i].in,
+                            timing);
+      send(l, flights_[i], timing);
+    }
+  for (int i = 0; i < mbs; ++i) {
+    const MicroBatch& mb = micro_batches_[i];
+    finish(layers - 1, rows_of(mb), flights_[i], timing);
+    const Matrix out = model_.final_norm(rows_of(mb), timing);
+    output(mb, out);
+    auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), out);
+    for (int b = 0; b < mb.count; ++b)
+      std::copy_n(host.data() + (static_cast<std::size_t>(b) * n + n - 1) * d, d,
+                  feedback.begin() + static_cast<std::ptrdiff_t>(mb.first + b) * d);
+  }
+}
+
+std::pair<int, int> Separation::share(int rows) const {
+  const int per = rows / tp_size_, extra = rows % tp_size_;
+  const int begin = tp_index_ * per + std::min(tp_index_, extra);
+  return {begin, begin + per + (tp_index_ < extra ? 1 : 0)};
+}
+
+void Separation::send(int l, InFlight& f, PhaseTable& timing) {
+  Kokkos::Timer timer;
+  const bool moe = cfg_.model.is_moe();
+  const int rows = static_cast<int>(f.in.rows.extent(0)), d = cfg_.model.hidden;
+  named_fence(space_, "moeproxy::sep::before_send");
+  reserve(f.sent, rows, d, "moeproxy::sep::sent");
+  reserve(f.received, moe ? rows : ffn_ranks_ * rows, d, "moeproxy::sep::received");
+  Kokkos::deep_copy(front(f.sent, rows), f.in.rows);
+  f.counts.resize(ffn_ranks_);
+  int offset = 0;
+  for (int j = 0; j < ffn_ranks_; ++j) {
+    const int dest = attn_ranks_ + j;
+    if (moe)
+      f.counts[j].assign(f.in.counts.begin() + j * local_experts_, f.in.counts.begin() + (j + 1) * local_experts_);
+    else
+      f.counts[j].assign(1, rows);
+    const int block = std::accumulate(f.counts[j].begin(), f.counts[j].end(), 0);
+    // Experts' rows go to their rank and come back to where they were; every FFN rank gets
+    // all dense rows and returns a partial sum of its own.
+    const std::size_t from = static_cast<std::size_t>(moe ? offset : 0) * d;
+    const std::size_t to = static_cast<std::size_t>(moe ? offset : j * rows) * d;
+    f.requests.push_back(sep_.post_send(f.counts[j].data(), static_cast<int>(f.counts[j].size()), dest, counts_tag));
+    f.requests.push_back(sep_.post_send(f.sent.data() + from, block * d, dest, rows_tag));
+    f.requests.push_back(sep_.post_recv(f.received.data() + to, block * d, dest, results_tag));
+    offset += block;
+  }
+  timing.add(l, Phase::dispatch, timer.seconds());
+}
+
+void Separation::finish(int l, const Matrix& x, InFlight& f, PhaseTable& timing) {
+  const int tokens = static_cast<int>(x.extent(0)), d = cfg_.model.hidden;
+  const std::pair<int, int> mine = share(tokens);
+  const int own = mine.second - mine.first;
+  reserve(partial_, tokens, d, "moeproxy::sep::partial");
+  const Matrix partial = front(partial_, tokens);
+  const Matrix partial_own = Kokkos::subview(partial, mine, Kokkos::ALL);
+  Kokkos::Timer timer;
+  sep_.wait(f.requests);
+  timing.add(l, Phase::wait, timer.seconds());
+  const bool moe = cfg_.model.is_moe();
+  const int got = moe ? static_cast<int>(f.in.rows.extent(0)) : ffn_ranks_ * own;
+  reserve(y_, got, d, "moeproxy::sep::ffn_out");
+  const Matrix y = front(y_, got);
+  timed(space_, timing, l, Phase::dispatch, [&] { Kokkos::deep_copy(y, front(f.received, got)); });
+  timed(space_, timing, l, moe ? Phase::combine : Phase::ffn, [&] {
+    Kokkos::deep_copy(space_, partial, 0.0f);
+    if (moe) {
+      combine(space_, y, f.in.perm.position, f.in.route_w, partial_own);
+      return;
+    }
+    for (int j = 0; j < ffn_ranks_; ++j)
+      add_into(space_, Kokkos::subview(y, std::make_pair(j * own, (j + 1) * own), Kokkos::ALL), partial_own);
+  });
+  timed(space_, timing, l, Phase::allreduce, [&] { tp_.reduce_partial(space_, partial); });
+  timed(space_, timing, l, Phase::combine, [&] { add_into(space_, partial, x); });
+}
+
+// The FFN side serves whatever rows arrive: prefill and decode differ only in their counts.
+void Separation::run_ffn(PhaseTable& timing) {
+  const int d = cfg_.model.hidden, per_source = local_experts_, sources = attn_ranks_;
+  std::vector<int> counts(static_cast<std::size_t>(sources) * per_source), rows(sources), offsets(sources);
+  std::vector<MPI_Request> requests;
+  for (int l = 0; l < cfg_.model.layers; ++l)
+    for (std::size_t i = 0; i < micro_batches_.size(); ++i) {
+      // Idle until every attention rank has sent this micro-batch.
+      Kokkos::Timer timer;
+      for (int c = 0; c < sources; ++c)
+        requests.push_back(sep_.post_recv(counts.data() + c * per_source, per_source, c, counts_tag));
+      sep_.wait(requests);
+      int total = 0;
+      for (int c = 0; c < sources; ++c) {
+        offsets[c] = total;
+        rows[c] = std::accumulate(counts.begin() + c * per_source, counts.begin() + (c + 1) * per_source, 0);
+        total += rows[c];
+      }
+      reserve(in_host_, total, d, "moeproxy::sep::ffn_in_host");
+      for (int c = 0; c < sources; ++c)
+        requests.push_back(sep_.post_recv(in_host_.data() + static_cast<std::size_t>(offsets[c]) * d, rows[c] * d,
+                                          c, rows_tag));
+      sep_.wait(requests);
+      timing.add(l, Phase::wait, timer.seconds());
+
+      reserve(x_, total, d, "moeproxy::sep::ffn_in");
+      reserve(y_, total, d, "moeproxy::sep::ffn_out");
+      const Matrix x = front(x_, total), y = front(y_, total);
+      timed(space_, timing, l, Phase::recv, [&] { Kokkos::deep_copy(x, front(in_host_, total)); });
+      model_.ffn_rows(l, x, cfg_.model.is_moe() ? counts : rows, y, timing);
+
+      // The previous results must have left before their staging buffer is reused.
+      timer.reset();
+      sep_.wait(out_requests_);
+      reserve(out_host_, total, d, "moeproxy::sep::ffn_out_host");
+      Kokkos::deep_copy(front(out_host_, total), y);
+      for (int c = 0; c < sources; ++c)
+        out_requests_.push_back(sep_.post_send(out_host_.data() + static_cast<std::size_t>(offsets[c]) * d,
+                                               rows[c] * d, c, results_tag));
+      timing.add(l, Phase::send, timer.seconds());
+    }
+  Kokkos::Timer timer;
+  sep_.wait(out_requests_);
+  timing.add(cfg_.model.layers - 1, Phase::send, timer.seconds());
+}
+
+}  // namespace moeproxy::parallel

@@ -37,19 +37,21 @@ struct Context {
 };
 
 // Mean seconds of `work` over repetitions filling the budget, after one warm-up; all ranks
-// start together.
+// start together and repeat the same number of times (rank 0's choice), as collectives must.
 template <class Work>
 double time_it(const Context& c, Work&& work) {
+  Kokkos::Timer warm;
   work();
   named_fence(c.space, "moeproxy::calibrate::warm");
+  int reps = std::max(3, static_cast<int>(c.budget / std::max(1e-9, warm.seconds())));
+  reps = std::min(reps, 100000);
+  MPI_Bcast(&reps, 1, MPI_INT, 0, c.world);
   MPI_Barrier(c.world);
   Kokkos::Timer timer;
-  int reps = 0;
-  do {
+  for (int i = 0; i < reps; ++i) {
     work();
     named_fence(c.space, "moeproxy::calibrate::rep");
-    ++reps;
-  } while (timer.seconds() < c.budget || reps < 3);
+  }
   return timer.seconds() / reps;
 }
 

@@ -40,10 +40,14 @@ struct Context {
 // start together and repeat the same number of times (rank 0's choice), as collectives must.
 template <class Work>
 double time_it(const Context& c, Work&& work) {
-  Kokkos::Timer warm;
+  // The first call pays for set-up (connections, first touch); the next few set the count.
   work();
   named_fence(c.space, "moeproxy::calibrate::warm");
-  int reps = std::max(3, static_cast<int>(c.budget / std::max(1e-9, warm.seconds())));
+  constexpr int probe = 5;
+  Kokkos::Timer warm;
+  for (int i = 0; i < probe; ++i) work();
+  named_fence(c.space, "moeproxy::calibrate::warm");
+  int reps = std::max(3, static_cast<int>(c.budget * probe / std::max(1e-9, warm.seconds())));
   reps = std::min(reps, 100000);
   MPI_Bcast(&reps, 1, MPI_INT, 0, c.world);
   MPI_Barrier(c.world);

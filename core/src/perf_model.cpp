@@ -514,17 +514,23 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
     throw InputError(std::to_string(E) + " expert ranks (" + std::to_string(ranks) + " - " + kv("parallel.attn_ranks", A) +
                      ") do not divide " + kv("model.experts", m.experts));
   const int gpn = machine.devices_per_node;
-  // Attention ranks: the deck's tensor group (tp or m x n) replicated data-parallel when that
-  // splits the batch evenly; otherwise the heads spread over all of them, as the seeds do.
+  // Attention ranks: the deck's tensor group (tp or m x n) replicated data-parallel; when the
+  // replicas cannot split the batch evenly and there are no more attention ranks than heads,
+  // the heads spread over all of them, as the seeds do; otherwise the busiest replica holds
+  // ceil(batch / replicas) sequences.
   const int tensor = p.tp * p.head_groups * p.dim_groups;
-  const bool data_parallel = A % tensor == 0 && w.batch % (A / tensor) == 0;
+  const bool even = A % tensor == 0 && w.batch % (A / tensor) == 0;
+  const bool data_parallel = even || A > m.heads;
+  if (data_parallel && A % tensor != 0)
+    throw InputError(kv("parallel.attn_ranks", A) + " is not a multiple of the attention tensor group of " +
+                     std::to_string(tensor) + " ranks (parallel.tp x head_groups x dim_groups)");
   const int attn_dp = data_parallel ? A / tensor : 1;
   const int attn_group = data_parallel ? tensor : A;
-  const int seqs_rank = w.batch / attn_dp;
-  if (seqs_rank % p.micro_batches != 0)
+  const int seqs_rank = (w.batch + attn_dp - 1) / attn_dp;
+  if (even && seqs_rank % p.micro_batches != 0)
     throw InputError(kv("parallel.micro_batches", p.micro_batches) + " does not divide the " + std::to_string(seqs_rank) +
                      " sequences of each attention replica");
-  const int mb = p.micro_batches, seqs = seqs_rank / mb;
+  const int mb = p.micro_batches, seqs = (seqs_rank + mb - 1) / mb;
   Shard attn;
   attn.heads = data_parallel ? m.heads / (p.tp * p.head_groups) : (m.heads + A - 1) / A;
   attn.head_dims = m.effective_head_dim() / (data_parallel ? p.dim_groups : 1);
@@ -553,7 +559,7 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
   auto layer = [&](int n, int pos0, bool last) {
     Layer L;
     const double t = static_cast<double>(seqs) * n;           // one micro-batch of an attention replica
-    const double all = static_cast<double>(seqs) * attn_dp * n;  // one micro-batch, all replicas
+    const double all = static_cast<double>(w.batch) / mb * n;  // one micro-batch, all replicas
     Cost a;
     model.attention(a, attn, ga, seqs, n, pos0);
     a.add(Phase::norm, model.stream(es * 2.0 * t * d));
@@ -645,6 +651,9 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
   out.assumptions.push_back(
       "attention/MoE separation modelled from the deck keys (this version's runtime does not run it yet): "
       "micro-batches circulate attention -> experts -> attention, each side and the link a stage");
+  if (data_parallel && !even)
+    out.assumptions.push_back("the batch does not split evenly over " + std::to_string(attn_dp) +
+                              " attention replicas: the busiest holds " + std::to_string(seqs_rank) + " sequences");
   if (!data_parallel)
     out.assumptions.push_back("heads spread over the " + std::to_string(A) + " attention ranks (at most " +
                               std::to_string(attn.heads) + " each), partial sums all-reduced over them");

@@ -99,7 +99,6 @@ struct Groups {
   GroupShape tensor;  // reduces partial sums after attention and FFN (tp or m x n)
   GroupShape dim;     // sums partial attention scores (n)
   GroupShape expert;  // all-to-all-v of routed rows (ep)
-  int tensor_size_for_flops = 1;
 };
 
 struct CommKey {
@@ -247,9 +246,6 @@ class Model {
   }
 
   double final_norm(double t) const { return stream(es_ * 2.0 * t * m_.hidden); }
-
-  const ModelConfig& model() const { return m_; }
-  const MachineSpec& machine() const { return mc_; }
 
  private:
   ModelConfig m_;
@@ -413,7 +409,6 @@ Prediction predict_grid(const RunConfig& cfg, const MachineSpec& machine, int ra
         model.attention(c, s, g, seqs, n, pos0);
         model.ffn(c, s, g, t, overlap, mb);
         layers.push_back(c);
-        whole.add(c);
       }
       Cost& tail = layers.back();
       if (last) {
@@ -426,7 +421,6 @@ Prediction predict_grid(const RunConfig& cfg, const MachineSpec& machine, int ra
         const double bytes = es * t * d;
         tail.communicate(Phase::send, "send", "pp", p.pp, bytes, sendrecv_seconds(machine, stage_link_inter, bytes));
       }
-      whole = Cost();
       for (const Cost& c : layers) whole.add(c);
     };
     pass(w.prompt, 0, S.layer_prefill, S.prefill_per_mb);

@@ -17,6 +17,7 @@
 #include <optional>
 #include <sstream>
 
+#include "commands.hpp"
 #include "fatal_signals.hpp"
 #include "moeproxy/core/reference.hpp"
 #include "moeproxy/io/deck.hpp"
@@ -578,6 +579,10 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 1 << 20))
       ->capture_default_str();
   auto* info = app.add_subcommand("info", "Print versions, the Kokkos configuration, devices and MPI ranks");
+  app::PredictOptions predict_opt;
+  auto* predict = app::add_predict(app, predict_opt);
+  app::CalibrateOptions calibrate_opt;
+  auto* calibrate = app::add_calibrate(app, calibrate_opt);
   app.footer("Deck keys:\n" + io::deck_keys_help());
 
   int code = exit_ok;
@@ -598,6 +603,8 @@ int main(int argc, char** argv) {
     if (*run) code = run_command(opt, argc, argv);
     else if (*check) code = check_command(opt);
     else if (*info) code = info_command(argc, argv);
+    else if (*predict) code = app::predict_command(predict_opt, argc, argv);
+    else if (*calibrate) code = app::calibrate_command(calibrate_opt, argc, argv);
   } catch (const InputError& e) {
     std::cerr << "moeproxy: input error on rank " << rank << ": " << e.what() << "\n";
     MPI_Abort(MPI_COMM_WORLD, exit_input);

@@ -354,19 +354,6 @@ int Transformer::route(int l, const Matrix& h, std::int64_t token0, PhaseTable& 
   return kept;
 }
 
-double forward_flops(const ModelConfig& m, int batch, int tokens, int pos0) {
-  const double t = static_cast<double>(batch) * tokens;
-  const double d = m.hidden, hd = m.effective_head_dim();
-  const double proj = 2.0 * t * d * (2.0 * m.q_width() + 2.0 * m.kv_width());
-  // Query i attends to pos0 + i + 1 keys: QK^T and PV, 2 FLOPs per multiply-add each.
-  const double keys = tokens * (pos0 + 0.5 * (tokens + 1));
-  const double attn = 4.0 * batch * m.heads * hd * keys;
-  const double mats = m.activation == Activation::swiglu ? 3.0 : 2.0;
-  const double per_token_ffn = 2.0 * mats * d * m.ffn_hidden * (m.is_moe() ? m.top_k : 1);
-  const double router = m.is_moe() ? 2.0 * d * m.experts : 0.0;
-  return m.layers * (proj + attn + t * (per_token_ffn + router));
-}
-
 }  // namespace moeproxy
 
 namespace moeproxy {

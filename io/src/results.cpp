@@ -18,6 +18,7 @@
 #include <optional>
 #include <set>
 #include <stdexcept>
+#include <type_traits>
 #include <utility>
 
 namespace moeproxy::io {
@@ -208,23 +209,29 @@ Shared share_from_root(MPI_Comm comm, const RunConfig& cfg, const RunInfo& info,
 // The union over ranks of "operation@group" keys, and this rank's row of the table.
 struct CommTable {
   std::vector<std::string> keys;  // sorted
-  std::vector<std::uint64_t> calls, bytes;
+  std::vector<std::uint64_t> calls, bytes;  // [local rank, key]
   std::vector<double> seconds;
   std::vector<int> group_size;  // the largest any rank reported, per key
 };
 
-CommTable gather_comm(MPI_Comm comm, const std::vector<CommRecord>& records) {
-  std::map<std::string, CommRecord> mine;  // a key recorded twice on one rank is summed
-  for (const CommRecord& r : records) {
-    CommRecord& sum = mine[r.operation + "@" + r.group];
-    sum.group_size = std::max(sum.group_size, r.group_size);
-    sum.calls += r.calls;
-    sum.bytes += r.bytes;
-    sum.seconds += r.seconds;
-  }
+// The table's rows are those of `locals`, the ranks this process writes (one in a measured
+// run, all of them in a predicted one).
+CommTable gather_comm(MPI_Comm comm, const std::vector<const RankMetrics*>& locals) {
+  std::vector<std::map<std::string, CommRecord>> mine(locals.size());  // a key recorded twice on one rank is summed
+  std::set<std::string> local_keys;
+  for (std::size_t i = 0; i < locals.size(); ++i)
+    for (const CommRecord& r : locals[i]->comm) {
+      const std::string key = r.operation + "@" + r.group;
+      CommRecord& sum = mine[i][key];
+      sum.group_size = std::max(sum.group_size, r.group_size);
+      sum.calls += r.calls;
+      sum.bytes += r.bytes;
+      sum.seconds += r.seconds;
+      local_keys.insert(key);
+    }
   // Keys travel NUL-separated: neither operation nor group names contain NUL.
   std::string packed;
-  for (const auto& entry : mine) packed += entry.first + '\0';
+  for (const std::string& key : local_keys) packed += key + '\0';
   std::set<std::string> keys;
   for (const std::string& from_rank : allgather(comm, packed)) {
     for (std::size_t begin = 0, end; begin < from_rank.size(); begin = end + 1) {
@@ -234,15 +241,17 @@ CommTable gather_comm(MPI_Comm comm, const std::vector<CommRecord>& records) {
   }
   CommTable table;
   table.keys.assign(keys.begin(), keys.end());
-  std::vector<int> local_size;
-  for (const std::string& key : table.keys) {
-    const auto found = mine.find(key);
-    const CommRecord none{};
-    const CommRecord& r = found == mine.end() ? none : found->second;
-    table.calls.push_back(r.calls);
-    table.bytes.push_back(r.bytes);
-    table.seconds.push_back(r.seconds);
-    local_size.push_back(found == mine.end() ? 0 : r.group_size);
+  std::vector<int> local_size(table.keys.size(), 0);
+  for (const auto& rank : mine) {
+    for (std::size_t k = 0; k < table.keys.size(); ++k) {
+      const auto found = rank.find(table.keys[k]);
+      const CommRecord none{};
+      const CommRecord& r = found == rank.end() ? none : found->second;
+      table.calls.push_back(r.calls);
+      table.bytes.push_back(r.bytes);
+      table.seconds.push_back(r.seconds);
+      local_size[k] = std::max(local_size[k], found == rank.end() ? 0 : r.group_size);
+    }
   }
   table.group_size.resize(local_size.size());
   MOEPROXY_MPI(MPI_Allreduce(local_size.data(), table.group_size.data(), static_cast<int>(local_size.size()),
@@ -378,9 +387,12 @@ Handle create_group(hid_t file, const char* name) {
   return Handle(MOEPROXY_H5(H5Gcreate2(file, name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT)), H5Gclose);
 }
 
+// Rows [first_row, first_row + rows) of every [rank, ...] dataset come from this process:
+// its own rank in a measured run, every modelled rank in a predicted one.
 class Writer {
  public:
-  explicit Writer(MPI_Comm comm) : rank_(comm_rank(comm)), size_(comm_size(comm)) {
+  Writer(MPI_Comm comm, int first_row, int rows, int total_rows)
+      : process_(comm_rank(comm)), first_row_(first_row), rows_(rows), size_(total_rows) {
     xfer_ = Handle(MOEPROXY_H5(H5Pcreate(H5P_DATASET_XFER)), H5Pclose);
     MOEPROXY_H5(H5Pset_dxpl_mpio(xfer_.id(), H5FD_MPIO_COLLECTIVE));
     // Every element is written by some rank, so filling datasets first would double the I/O.
@@ -440,17 +452,13 @@ class Writer {
     MOEPROXY_H5(file_space.close());
   }
 
-  // [rank, tail...]: each rank writes its own row.
+  // [rank, tail...]: each process writes its rows, `rows` of them back to back.
   template <class T>
-  void per_rank(hid_t loc, const char* name, const std::vector<T>& row, std::vector<hsize_t> tail, const char* units) {
+  void per_rank(hid_t loc, const char* name, const std::vector<T>& rows, std::vector<hsize_t> tail,
+                const char* units) {
     tail.insert(tail.begin(), static_cast<hsize_t>(size_));
-    write(loc, name, H5Type<T>::file(), H5Type<T>::memory(), tail, row.data(), 1,
-          {{0, static_cast<hsize_t>(rank_), 1}}, units);
-  }
-
-  template <class T>
-  void per_rank(hid_t loc, const char* name, T value, const char* units) {
-    per_rank(loc, name, std::vector<T>{value}, {}, units);
+    write(loc, name, H5Type<T>::file(), H5Type<T>::memory(), tail, rows.data(), static_cast<hsize_t>(rows_),
+          own_rows(), units);
   }
 
   // Identical everywhere: rank 0 writes it all, the others take part with no rows.
@@ -473,17 +481,20 @@ class Writer {
 
   // The string width is agreed beforehand: all ranks must create the same dataset.
   void string_per_rank(hid_t loc, const char* name, const std::string& mine, std::size_t width) {
-    const std::string packed = pack({mine}, width);
+    const std::string packed = pack(std::vector<std::string>(static_cast<std::size_t>(rows_), mine), width);
     Handle type = string_type(width);
-    write(loc, name, type.id(), type.id(), {static_cast<hsize_t>(size_)}, packed.data(), 1,
-          {{0, static_cast<hsize_t>(rank_), 1}}, nullptr);
+    write(loc, name, type.id(), type.id(), {static_cast<hsize_t>(size_)}, packed.data(), static_cast<hsize_t>(rows_),
+          own_rows(), nullptr);
     MOEPROXY_H5(type.close());
   }
 
  private:
-  hsize_t root_rows(const std::vector<hsize_t>& dims) const { return rank_ == 0 ? dims[0] : 0; }
+  std::vector<RowBlock> own_rows() const {
+    return {{0, static_cast<hsize_t>(first_row_), static_cast<hsize_t>(rows_)}};
+  }
+  hsize_t root_rows(const std::vector<hsize_t>& dims) const { return process_ == 0 ? dims[0] : 0; }
   std::vector<RowBlock> root_blocks(const std::vector<hsize_t>& dims) const {
-    if (rank_ != 0) return {};
+    if (process_ != 0) return {};
     return {{0, 0, dims[0]}};
   }
   static std::string pack(const std::vector<std::string>& strings, std::size_t width) {
@@ -492,9 +503,27 @@ class Writer {
     return packed;
   }
 
-  int rank_, size_;
+  int process_, first_row_, rows_, size_;
   Handle xfer_, dcpl_;
 };
+
+// The rows of `locals` back to back: what `row` gives for each (a value or a vector).
+template <class Row>
+auto gather(const std::vector<const RankMetrics*>& locals, Row row) {
+  using Value = std::decay_t<decltype(row(*locals.front()))>;
+  if constexpr (std::is_arithmetic_v<Value>) {
+    std::vector<Value> out;
+    for (const RankMetrics* r : locals) out.push_back(row(*r));
+    return out;
+  } else {
+    Value out;
+    for (const RankMetrics* r : locals) {
+      const Value& v = row(*r);
+      out.insert(out.end(), v.begin(), v.end());
+    }
+    return out;
+  }
+}
 
 std::string check_inputs(const Shared& s, const RankMetrics& local, const ExpertCounts& experts,
                          const HiddenDump* dump, int rank) {
@@ -519,18 +548,21 @@ std::string check_inputs(const Shared& s, const RankMetrics& local, const Expert
   return {};
 }
 
+// `locals` are rows [first_row, first_row + locals.size()) of total_rows.
 void write_file(MPI_Comm comm, const std::string& path, const RunConfig& cfg, const RunInfo& info,
-                const RankMetrics& local, const RunSummary& summary, const ExpertCounts& experts,
-                const HiddenDump* dump) {
+                const std::vector<const RankMetrics*>& locals, int first_row, int total_rows,
+                const RunSummary& summary, const ExpertCounts& experts, const HiddenDump* dump) {
   const int rank = comm_rank(comm);
   const Shared s = share_from_root(comm, cfg, info, summary, experts);
-  const CommTable comm_table = gather_comm(comm, local.comm);
+  const CommTable comm_table = gather_comm(comm, locals);
   const HiddenRows rows = plan_hidden_rows(comm, s.batch, dump);
   std::array<unsigned long, 2> widths{info.host.size() + 1, info.device.size() + 1};
   MOEPROXY_MPI(MPI_Allreduce(MPI_IN_PLACE, widths.data(), 2, MPI_UNSIGNED_LONG, MPI_MAX, comm));
 
   collective_step(comm, "checking the inputs", [&] {
-    const std::string error = rows.error.empty() ? check_inputs(s, local, experts, dump, rank) : rows.error;
+    std::string error = rows.error;
+    for (const RankMetrics* local : locals)
+      if (error.empty()) error = check_inputs(s, *local, experts, dump, rank);
     if (!error.empty()) throw std::runtime_error(error);
   });
 
@@ -552,7 +584,7 @@ void write_file(MPI_Comm comm, const std::string& path, const RunConfig& cfg, co
     MOEPROXY_H5(fapl.close());
     // First, so that a file cut short anywhere below already reads as incomplete.
     write_attribute(file.id(), "complete", 0);
-    writer.emplace(comm);
+    writer.emplace(comm, first_row, static_cast<int>(locals.size()), total_rows);
   });
   Writer& w = *writer;
   const hid_t root = file.id();
@@ -598,10 +630,12 @@ void write_file(MPI_Comm comm, const std::string& path, const RunConfig& cfg, co
     for (int p = 0; p < phase_count; ++p) phases.emplace_back(phase_name(static_cast<Phase>(p)));
     w.strings_from_root(group.id(), "phases", phases);
     const std::vector<hsize_t> tail{static_cast<hsize_t>(s.layers), static_cast<hsize_t>(phase_count)};
-    w.per_rank(group.id(), "prefill", local.prefill.data(), tail, "s");
-    w.per_rank(group.id(), "decode", local.decode.data(), tail, "s");
-    w.per_rank(group.id(), "prefill_wall", local.prefill_seconds, "s");
-    w.per_rank(group.id(), "decode_wall", local.decode_seconds, "s");
+    w.per_rank(group.id(), "prefill", gather(locals, [](const RankMetrics& r) { return r.prefill.data(); }), tail, "s");
+    w.per_rank(group.id(), "decode", gather(locals, [](const RankMetrics& r) { return r.decode.data(); }), tail, "s");
+    w.per_rank(group.id(), "prefill_wall", gather(locals, [](const RankMetrics& r) { return r.prefill_seconds; }), {},
+               "s");
+    w.per_rank(group.id(), "decode_wall", gather(locals, [](const RankMetrics& r) { return r.decode_seconds; }), {},
+               "s");
     MOEPROXY_H5(group.close());
   });
 
@@ -610,15 +644,17 @@ void write_file(MPI_Comm comm, const std::string& path, const RunConfig& cfg, co
     std::vector<std::string> kinds;
     for (int k = 0; k < memory_kind_count; ++k) kinds.emplace_back(memory_kind_name(static_cast<MemoryKind>(k)));
     w.strings_from_root(group.id(), "kinds", kinds);
-    const std::vector<std::uint64_t> bytes(local.memory.begin(), local.memory.end());
+    const std::vector<std::uint64_t> bytes = gather(locals, [](const RankMetrics& r) {
+      return std::vector<std::uint64_t>(r.memory.begin(), r.memory.end());
+    });
     w.per_rank(group.id(), "bytes", bytes, {static_cast<hsize_t>(memory_kind_count)}, "bytes");
     MOEPROXY_H5(group.close());
   });
 
   collective_step(comm, "writing /flops", [&] {
     Handle group = create_group(root, "flops");
-    w.per_rank(group.id(), "prefill", local.prefill_flops, "FLOP");
-    w.per_rank(group.id(), "decode", local.decode_flops, "FLOP");
+    w.per_rank(group.id(), "prefill", gather(locals, [](const RankMetrics& r) { return r.prefill_flops; }), {}, "FLOP");
+    w.per_rank(group.id(), "decode", gather(locals, [](const RankMetrics& r) { return r.decode_flops; }), {}, "FLOP");
     MOEPROXY_H5(group.close());
   });
 
@@ -881,7 +917,24 @@ void write_results(MPI_Comm comm, const std::string& path, const RunConfig& cfg,
                    const HiddenDump* dump) {
   QuietHdf5Errors quiet;
   try {
-    write_file(comm, path, cfg, info, local, summary, experts, dump);
+    write_file(comm, path, cfg, info, {&local}, comm_rank(comm), comm_size(comm), summary, experts, dump);
+  } catch (const std::exception& e) {
+    throw std::runtime_error("cannot write results file " + path + ": " + e.what());
+  }
+}
+
+void write_predicted_results(const std::string& path, const RunConfig& cfg, const RunInfo& info,
+                             const std::vector<RankMetrics>& ranks, const RunSummary& summary,
+                             const ExpertCounts& experts) {
+  QuietHdf5Errors quiet;
+  std::vector<const RankMetrics*> locals;
+  for (const RankMetrics& r : ranks) locals.push_back(&r);
+  RunInfo predicted = info;
+  predicted.predicted = true;
+  try {
+    if (locals.empty()) throw std::runtime_error("no ranks to write");
+    write_file(MPI_COMM_SELF, path, cfg, predicted, locals, 0, static_cast<int>(locals.size()), summary, experts,
+               nullptr);
   } catch (const std::exception& e) {
     throw std::runtime_error("cannot write results file " + path + ": " + e.what());
   }

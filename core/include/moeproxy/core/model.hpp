@@ -14,6 +14,7 @@
 #include "moeproxy/core/exchange.hpp"
 #include "moeproxy/core/kernels.hpp"
 #include "moeproxy/core/metrics.hpp"
+#include "moeproxy/core/perf_model.hpp"  // forward_flops
 #include "moeproxy/core/types.hpp"
 #include "moeproxy/core/weights.hpp"
 
@@ -129,10 +130,6 @@ class Transformer {
   std::uint64_t dropped_ = 0;
 };
 
-// Model FLOPs of one forward over `tokens` new tokens per sequence of `batch` sequences
-// whose queries start at position `pos0` (multiply-add = 2 FLOPs; causal attention counts
-// only the scores it computes).
-double forward_flops(const ModelConfig& model, int batch, int tokens, int pos0);
 
 }  // namespace moeproxy
 

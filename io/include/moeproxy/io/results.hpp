@@ -48,6 +48,13 @@ void write_results(MPI_Comm comm, const std::string& path, const RunConfig& cfg,
                    const RankMetrics& local, const RunSummary& summary, const ExpertCounts& experts,
                    const HiddenDump* dump /* nullptr unless cfg.output.dump_hidden */);
 
+// A modelled run (moeproxy predict), written by one process: `ranks` holds every rank's
+// predicted metrics, in rank order; the file has mpi_size = ranks.size() and predicted = 1
+// whatever info.predicted says. Throws std::runtime_error as write_results does.
+void write_predicted_results(const std::string& path, const RunConfig& cfg, const RunInfo& info,
+                             const std::vector<RankMetrics>& ranks, const RunSummary& summary,
+                             const ExpertCounts& experts);
+
 struct ResultsFile {
   bool complete = false;
   int schema_version = 0;

@@ -1,0 +1,671 @@
+#include "moeproxy/core/perf_model.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <numeric>
+#include <sstream>
+
+namespace moeproxy {
+
+double forward_flops(const ModelConfig& m, int batch, int tokens, int pos0) {
+  const double t = static_cast<double>(batch) * tokens;
+  const double d = m.hidden, hd = m.effective_head_dim();
+  const double proj = 2.0 * t * d * (2.0 * m.q_width() + 2.0 * m.kv_width());
+  // Query i attends to pos0 + i + 1 keys: QK^T and PV, 2 FLOPs per multiply-add each.
+  const double keys = tokens * (pos0 + 0.5 * (tokens + 1));
+  const double attn = 4.0 * batch * m.heads * hd * keys;
+  const double mats = m.activation == Activation::swiglu ? 3.0 : 2.0;
+  const double per_token_ffn = 2.0 * mats * d * m.ffn_hidden * (m.is_moe() ? m.top_k : 1);
+  const double router = m.is_moe() ? 2.0 * d * m.experts : 0.0;
+  return m.layers * (proj + attn + t * (per_token_ffn + router));
+}
+
+double kernel_seconds(const MachineSpec& m, Precision p, KernelKind kind, double flops, double bytes) {
+  const double efficiency = kind == KernelKind::gemm ? m.gemm_efficiency
+                            : kind == KernelKind::attention ? m.attention_efficiency
+                                                            : 1.0;
+  const double compute = flops > 0.0 ? flops / (m.peak_flops(p) * efficiency) : 0.0;
+  const double memory = bytes > 0.0 ? bytes / (m.memory_bandwidth * m.memory_efficiency) : 0.0;
+  return m.kernel_overhead + std::max(compute, memory);
+}
+
+namespace {
+
+const Link& link_of(const MachineSpec& m, bool across_nodes) { return across_nodes ? m.inter : m.intra; }
+double busbw(const Link& l) { return l.bandwidth * l.efficiency; }
+
+}  // namespace
+
+double allreduce_seconds(const MachineSpec& m, const GroupShape& g, double bytes) {
+  if (g.size <= 1) return 0.0;
+  const Link& l = link_of(m, g.crosses_nodes());
+  const double n = g.size;
+  return 2.0 * (n - 1.0) * l.latency + 2.0 * (n - 1.0) / n * bytes / busbw(l);
+}
+
+double alltoallv_seconds(const MachineSpec& m, const GroupShape& g, double bytes) {
+  if (g.size <= 1) return 0.0;
+  const double peers = g.size - 1;
+  const double local_peers = std::min(g.size, g.per_node) - 1;
+  const double intra = bytes * local_peers / peers, inter = bytes - intra;
+  const double alpha = g.crosses_nodes() ? m.inter.latency : m.intra.latency;
+  double move = intra / busbw(m.intra);
+  if (inter > 0.0) move = std::max(move, inter / busbw(m.inter));
+  return alpha + peers * m.peer_overhead + move;
+}
+
+double sendrecv_seconds(const MachineSpec& m, bool across_nodes, double bytes) {
+  const Link& l = link_of(m, across_nodes);
+  return l.latency + bytes / busbw(l);
+}
+
+double pipeline_seconds(const std::vector<double>& stage_seconds, int micro_batches) {
+  if (stage_seconds.empty()) return 0.0;
+  const double sum = std::accumulate(stage_seconds.begin(), stage_seconds.end(), 0.0);
+  const double slowest = *std::max_element(stage_seconds.begin(), stage_seconds.end());
+  return sum + (micro_batches - 1) * slowest;
+}
+
+int deck_ranks(const ParallelConfig& p) {
+  if (p.attn_ranks > 0) return p.attn_ranks + std::max(1, p.ep);
+  return p.dp * p.tp * p.pp * p.head_groups * p.dim_groups;
+}
+
+namespace {
+
+std::string kv(const char* key, int value) { return std::string(key) + "=" + std::to_string(value); }
+
+void must_divide(int degree, const char* degree_key, int value, const char* value_key) {
+  if (degree <= 0 || value % degree != 0)
+    throw InputError(kv(degree_key, degree) + " does not divide " + kv(value_key, value) + "; choose a " +
+                     degree_key + " that divides " + std::to_string(value));
+}
+
+// ---- What one rank holds and runs.
+
+// The part of every layer a rank holds. Attention-less ranks (experts of a separated layout)
+// have heads = 0; FFN-less ranks (attention of a separated layout) have experts = 0.
+struct Shard {
+  int heads = 0, kv_heads = 0, head_dims = 0;
+  int ffn = 0;         // columns of each FFN held
+  int experts = 0;     // local experts (1 for a dense FFN)
+  double rows = 1.0;   // routed rows computed here per token of the rank's routing group
+  bool router = true;  // routes its tokens (MoE)
+};
+
+// Communicators, as placed on the machine.
+struct Groups {
+  GroupShape tensor;  // reduces partial sums after attention and FFN (tp or m x n)
+  GroupShape dim;     // sums partial attention scores (n)
+  GroupShape expert;  // all-to-all-v of routed rows (ep)
+};
+
+struct CommKey {
+  std::string operation, group;
+  bool operator<(const CommKey& o) const { return std::tie(operation, group) < std::tie(o.operation, o.group); }
+};
+
+// Seconds per phase and communication records of one piece of work.
+struct Cost {
+  std::array<double, phase_count> phase{};
+  std::map<CommKey, CommRecord> comm;
+
+  void add(Phase p, double s) { phase[static_cast<int>(p)] += s; }
+  void communicate(Phase p, const char* op, const char* group, int size, double bytes, double s) {
+    add(p, s);
+    CommRecord& r = comm[{op, group}];
+    r.operation = op;
+    r.group = group;
+    r.group_size = size;
+    r.calls += 1;
+    r.bytes += static_cast<std::uint64_t>(bytes);
+    r.seconds += s;
+  }
+  void add(const Cost& o, double times = 1.0) {
+    for (int p = 0; p < phase_count; ++p) phase[p] += times * o.phase[p];
+    for (const auto& [key, r] : o.comm) {
+      CommRecord& mine = comm[key];
+      mine.operation = r.operation;
+      mine.group = r.group;
+      mine.group_size = r.group_size;
+      mine.calls += static_cast<std::uint64_t>(std::llround(times * r.calls));
+      mine.bytes += static_cast<std::uint64_t>(std::llround(times * r.bytes));
+      mine.seconds += times * r.seconds;
+    }
+  }
+  double total() const { return std::accumulate(phase.begin(), phase.end(), 0.0); }
+  double of(std::initializer_list<Phase> ps) const {
+    double s = 0.0;
+    for (Phase p : ps) s += phase[static_cast<int>(p)];
+    return s;
+  }
+};
+
+class Model {
+ public:
+  Model(const RunConfig& cfg, const MachineSpec& machine)
+      : m_(cfg.model), mc_(machine), p_(cfg.model.precision), es_(cfg.model.precision == Precision::fp16 ? 2.0 : 4.0) {}
+
+  double es() const { return es_; }
+
+  double kernel(KernelKind kind, double flops, double bytes, int launches = 1) const {
+    return kernel_seconds(mc_, p_, kind, flops, bytes) + (launches - 1) * mc_.kernel_overhead;
+  }
+  double gemm(double rows, double inner, double cols, double weight_reads = 1.0) const {
+    return kernel(KernelKind::gemm, 2.0 * rows * inner * cols,
+                  es_ * (rows * inner + weight_reads * inner * cols + rows * cols));
+  }
+  double stream(double bytes, int launches = 1) const { return kernel(KernelKind::memory, 0.0, bytes, launches); }
+
+  // Attention half of one layer for `seqs` sequences of `n` new tokens from position pos0,
+  // as Transformer::layer runs it: norm, QKV (+ RoPE, cache store), attention core,
+  // output projection, reduction of the partial sums, residual add.
+  void attention(Cost& c, const Shard& s, const Groups& g, int seqs, int n, int pos0) const {
+    const double t = static_cast<double>(seqs) * n, d = m_.hidden;
+    const double q = s.heads * static_cast<double>(s.head_dims), kvw = s.kv_heads * static_cast<double>(s.head_dims);
+    c.add(Phase::norm, stream(es_ * 2.0 * t * d));
+    const int rope_launches = m_.rope ? 2 : 0;
+    c.add(Phase::attn_qkv, gemm(t, d, q) + 2.0 * gemm(t, d, kvw) +
+                               stream(es_ * t * (2.0 * (m_.rope ? q + kvw : 0.0) + 2.0 * kvw), rope_launches + 1));
+    const double keys = n * (pos0 + 0.5 * (n + 1.0));
+    const double ctx = pos0 + n;
+    const double flops = 4.0 * seqs * s.heads * static_cast<double>(s.head_dims) * keys;
+    const double bytes = es_ * (2.0 * t * q + 2.0 * seqs * ctx * kvw);
+    if (g.dim.size > 1) {
+      // Partial scores [t, heads, ctx], summed over the dimension slices before the softmax.
+      const double scores = es_ * s.heads * keys * seqs;
+      c.add(Phase::attn_core, kernel(KernelKind::attention, flops, bytes + 2.0 * scores, 2));
+      c.communicate(Phase::allreduce, "allreduce", "dim", g.dim.size, scores, allreduce_seconds(mc_, g.dim, scores));
+    } else {
+      c.add(Phase::attn_core, kernel(KernelKind::attention, flops, bytes));
+    }
+    c.add(Phase::attn_out, gemm(t, q, d) + stream(es_ * 3.0 * t * d));
+    reduce(c, g, t);
+  }
+
+  // FFN half: norm, then the dense MLP or route -> permute -> dispatch -> experts ->
+  // undispatch -> combine, then the reduction of the partial sums, for t tokens; the rank
+  // computes the share s.rows of their routed rows.
+  void ffn(Cost& c, const Shard& s, const Groups& g, double t, bool overlap_dispatch, int micro_batches) const {
+    const double d = m_.hidden;
+    const double mats = m_.activation == Activation::swiglu ? 3.0 : 2.0;
+    c.add(Phase::norm, stream(es_ * 2.0 * t * d));
+    if (!m_.is_moe()) {
+      c.add(Phase::ffn, expert_block(t, s.ffn, 1.0, mats) + stream(es_ * 3.0 * t * d));
+      reduce(c, g, t);
+      return;
+    }
+    const double k = m_.top_k, routed = t * k;
+    c.add(Phase::router, gemm(t, d, m_.experts) + stream(es_ * t * m_.experts));
+    // count, scan, scatter, gather of the routed rows
+    c.add(Phase::permute, stream(es_ * 2.0 * routed * d + 8.0 * routed, 4));
+    Cost exchange;
+    if (g.expert.size > 1) {
+      const double leaving = es_ * routed * d * (g.expert.size - 1) / g.expert.size;
+      const double each = alltoallv_seconds(mc_, g.expert, leaving);
+      const double counts = alltoallv_seconds(mc_, g.expert, 4.0 * m_.experts);
+      exchange.communicate(Phase::dispatch, "alltoall", "ep", g.expert.size, 4.0 * m_.experts, counts);
+      exchange.communicate(Phase::dispatch, "alltoallv", "ep", g.expert.size, leaving, each);
+      exchange.communicate(Phase::dispatch, "alltoallv", "ep", g.expert.size, leaving, each);
+    }
+    const double rows = routed * s.rows;
+    const double expert = expert_block(rows, s.ffn, s.experts, mats);
+    c.add(Phase::expert, expert);
+    c.add(Phase::combine, stream(es_ * (routed * d + 3.0 * t * d), 3));
+    if (overlap_dispatch && micro_batches > 1) {
+      // Micro-batch i's routed rows travel while micro-batch i-1's experts compute: two
+      // resources in a pipeline of micro_batches items, the communication exposed per item
+      // is what the compute cannot cover.
+      const double compute = c.total(), comm = exchange.total();
+      const double both = compute + comm + (micro_batches - 1) * std::max(compute, comm);
+      const double exposed = std::max(0.0, both / micro_batches - compute);
+      const double scale = comm > 0.0 ? exposed / comm : 0.0;
+      for (double& x : exchange.phase) x *= scale;
+    }
+    c.add(exchange);
+    reduce(c, g, t);
+  }
+
+  // The experts' GEMMs over `rows` rows spread evenly over `experts` experts of `cols`
+  // columns: every expert with at least one row reads its weights once.
+  double expert_block(double rows, double cols, double experts, double mats) const {
+    if (rows <= 0.0 || experts <= 0.0) return 0.0;
+    const double d = m_.hidden;
+    const double active = experts <= 1.0 ? 1.0 : experts * (1.0 - std::pow(1.0 - 1.0 / experts, rows));
+    const double per = rows / active;
+    // One expert: W1 (and W3), each a roofline of its own, the bandwidth-bound activation, W2.
+    const double one = (mats - 1.0) * gemm(per, d, cols) + stream(es_ * per * cols * mats) + gemm(per, cols, d);
+    return active * one;
+  }
+
+  void reduce(Cost& c, const Groups& g, double t) const {
+    if (g.tensor.size <= 1) return;
+    const double bytes = es_ * t * m_.hidden;
+    c.communicate(Phase::allreduce, "allreduce", "tp", g.tensor.size, bytes, allreduce_seconds(mc_, g.tensor, bytes));
+  }
+
+  double final_norm(double t) const { return stream(es_ * 2.0 * t * m_.hidden); }
+
+ private:
+  ModelConfig m_;
+  MachineSpec mc_;
+  Precision p_;
+  double es_;
+};
+
+// Memory of one rank from the shapes, as estimate_memory counts it (core/src/model.cpp), in
+// the deck's element size.
+std::array<std::uint64_t, memory_kind_count> memory_of(const ModelConfig& m, const WorkloadConfig& w,
+                                                        const Shard& s, int layers, int sequences, double es,
+                                                        double comm_bytes, bool holds_attention) {
+  const double d = m.hidden, q = s.heads * static_cast<double>(s.head_dims);
+  const double kvw = s.kv_heads * static_cast<double>(s.head_dims);
+  const double mats = m.activation == Activation::swiglu ? 3 : 2;
+  const double norms = m.norm == NormKind::layernorm ? 2 : 1;
+  const double attention = holds_attention ? d * (q + 2 * kvw) + q * d + 2 * norms * d : 0.0;
+  const double per_layer = attention + (m.is_moe() && s.router ? d * m.experts : 0.0) + s.experts * mats * d * s.ffn;
+  const double positions = static_cast<double>(w.prompt) + w.decode_steps;
+  const double t = static_cast<double>(sequences) * w.prompt;
+  const double routed = m.is_moe() ? t * m.top_k : t;
+  double floats = holds_attention ? t * (4 * d + 2 * q + 2 * kvw) : 0.0;
+  floats += routed * s.rows * s.ffn * (mats - 1);
+  if (m.is_moe()) floats += t * (m.experts + m.top_k) + 2 * routed * d;
+  std::array<std::uint64_t, memory_kind_count> mem{};
+  auto set = [&](MemoryKind k, double bytes) { mem[static_cast<int>(k)] = static_cast<std::uint64_t>(bytes); };
+  set(MemoryKind::weights, es * (layers * per_layer + norms * d));
+  set(MemoryKind::kv_cache, holds_attention ? es * layers * 2 * sequences * positions * kvw : 0.0);
+  set(MemoryKind::activations, es * floats);
+  set(MemoryKind::comm_buffers, comm_bytes);
+  std::uint64_t sum = 0;
+  for (int k = 0; k < static_cast<int>(MemoryKind::high_water); ++k) sum += mem[k];
+  mem[static_cast<int>(MemoryKind::high_water)] = sum;
+  return mem;
+}
+
+// Ranks of a communicator whose members are `stride` ranks apart, as many as fit on a node.
+GroupShape group_shape(int size, int stride, int per_node) {
+  return GroupShape{size, std::max(1, std::min(size, per_node / std::max(1, stride)))};
+}
+
+int kv_heads_held(const ModelConfig& m, int heads_held) {
+  const int group = m.heads / m.effective_kv_heads();
+  // A shard whose heads straddle kv groups holds both kv heads (parallel/src/layout.cpp).
+  return std::max(1, (heads_held + group - 1) / group);
+}
+
+struct Stage {
+  Cost prefill_per_mb;  // one micro-batch, this stage's layers (and the hand-off)
+  std::vector<Cost> decode_per_mb;  // [step]
+  std::vector<Cost> layer_prefill;  // [layer of the stage], one micro-batch
+  std::vector<std::vector<Cost>> layer_decode;  // [step][layer]
+  int layer_begin = 0, layer_count = 0;
+};
+
+void add_layers(const std::vector<Cost>& layers, int layer_begin, double times, PhaseTable& table) {
+  for (std::size_t i = 0; i < layers.size(); ++i)
+    for (int p = 0; p < phase_count; ++p)
+      if (layers[i].phase[p] != 0.0) table.add(layer_begin + static_cast<int>(i), static_cast<Phase>(p), times * layers[i].phase[p]);
+}
+
+void collect_comm(std::map<CommKey, CommRecord>& into, const Cost& c, double times) {
+  Cost tmp;
+  tmp.comm = into;
+  tmp.add(c, times);
+  into = tmp.comm;
+}
+
+double comm_phase_seconds(const PhaseTable& t) {
+  double s = 0.0;
+  for (int l = 0; l < t.layers(); ++l)
+    for (Phase p : {Phase::allreduce, Phase::dispatch, Phase::send, Phase::recv, Phase::wait}) s += t.at(l, p);
+  return s;
+}
+
+void summarize(const RunConfig& cfg, const MachineSpec& machine, Prediction& out) {
+  const WorkloadConfig& w = cfg.workload;
+  double pre = 0.0, dec = 0.0, flops = 0.0, comm = 0.0;
+  for (const RankMetrics& r : out.per_rank) {
+    pre = std::max(pre, r.prefill_seconds);
+    dec = std::max(dec, r.decode_seconds);
+    flops += r.prefill_flops + r.decode_flops;
+    comm += comm_phase_seconds(r.prefill) + comm_phase_seconds(r.decode);
+  }
+  RunSummary& s = out.summary;
+  s.prefill_tokens_per_s = pre > 0.0 ? static_cast<double>(w.batch) * w.prompt / pre : 0.0;
+  s.ttft_s = pre;
+  s.tpot_s = w.decode_steps > 0 ? dec / w.decode_steps : 0.0;
+  s.decode_tokens_per_s = w.decode_steps > 0 && dec > 0.0 ? static_cast<double>(w.batch) * w.decode_steps / dec : 0.0;
+  s.peak_flops = machine.peak_flops(cfg.model.precision) * out.ranks;
+  s.mfu = s.peak_flops > 0.0 ? flops / (pre + dec) / s.peak_flops : 0.0;
+  s.comm_seconds_raw = comm;
+  s.comm_fraction = comm / out.ranks / (pre + dec);
+  s.verification = "SKIPPED";
+  s.verification_note = "predicted by the performance model for machine " + machine.name + ", not run";
+  if (cfg.model.is_moe()) {
+    const double per = static_cast<double>(w.batch) * w.prompt * cfg.model.top_k / cfg.model.experts;
+    out.expert_tokens.assign(static_cast<std::size_t>(cfg.model.layers) * cfg.model.experts,
+                             static_cast<std::uint64_t>(std::llround(per)));
+  }
+}
+
+// ---- dp x tp x pp x ep x (m x n): the layouts parallel/src/layout.cpp builds.
+
+Prediction predict_grid(const RunConfig& cfg, const MachineSpec& machine, int ranks) {
+  const ParallelConfig& p = cfg.parallel;
+  const ModelConfig& m = cfg.model;
+  const WorkloadConfig& w = cfg.workload;
+  const int group = p.tp * p.head_groups * p.dim_groups;
+  const long needed = static_cast<long>(p.dp) * p.pp * group;
+  if (needed != ranks)
+    throw InputError("parallel.dp=" + std::to_string(p.dp) + " x parallel.tp=" + std::to_string(p.tp) +
+                     " x parallel.pp=" + std::to_string(p.pp) + " x head_groups x dim_groups = " +
+                     std::to_string(needed) + " ranks, but --ranks is " + std::to_string(ranks) +
+                     "; pass --ranks " + std::to_string(needed) + " or change the degrees");
+  must_divide(p.dp, "parallel.dp", w.batch, "workload.batch");
+  must_divide(p.tp * p.head_groups, "parallel.tp x parallel.head_groups", m.heads, "model.heads");
+  if (p.pp > m.layers) throw InputError(kv("parallel.pp", p.pp) + " exceeds " + kv("model.layers", m.layers));
+  const int per_replica = w.batch / p.dp;
+  must_divide(p.micro_batches, "parallel.micro_batches", per_replica, "sequences per data-parallel replica");
+  if (p.ep > 1) {
+    if (!m.is_moe()) throw InputError(kv("parallel.ep", p.ep) + " needs an MoE model");
+    must_divide(p.ep, "parallel.ep", m.experts, "model.experts");
+    must_divide(p.ep, "parallel.ep", p.dp, "parallel.dp");
+  }
+  const int gpn = machine.devices_per_node;
+  const int sets = m.is_moe() ? std::gcd(m.experts, p.head_groups * p.dim_groups) : 1;
+  const int columns = group / sets;
+  Shard s;
+  s.heads = m.heads / (p.tp * p.head_groups);
+  s.head_dims = m.effective_head_dim() / p.dim_groups;
+  s.kv_heads = kv_heads_held(m, s.heads);
+  s.ffn = m.ffn_hidden / columns;
+  s.experts = m.is_moe() ? m.experts / (p.ep * sets) : 1;
+  s.rows = 1.0 / sets;
+  Groups g;
+  g.tensor = group_shape(group, 1, gpn);
+  g.dim = group_shape(p.dim_groups, 1, gpn);
+  g.expert = group_shape(p.ep, group, gpn);
+  const bool overlap = p.ep > 1 && p.micro_batches > 1;
+  const Model model(cfg, machine);
+  const double es = model.es(), d = m.hidden;
+  const int mb = p.micro_batches, seqs = per_replica / mb;
+  const int stride = p.dp * group;  // ranks between neighbouring stages
+  const bool stage_link_inter = stride >= gpn;
+
+  Prediction out;
+  out.ranks = ranks;
+  std::vector<Stage> stages(p.pp);
+  const int per = m.layers / p.pp, extra = m.layers % p.pp;
+  for (int st = 0; st < p.pp; ++st) {
+    Stage& S = stages[st];
+    S.layer_begin = st * per + std::min(st, extra);
+    S.layer_count = per + (st < extra ? 1 : 0);
+    const bool last = st == p.pp - 1;
+    auto pass = [&](int n, int pos0, std::vector<Cost>& layers, Cost& whole) {
+      const double t = static_cast<double>(seqs) * n;
+      for (int l = 0; l < S.layer_count; ++l) {
+        Cost c;
+        model.attention(c, s, g, seqs, n, pos0);
+        model.ffn(c, s, g, t, overlap, mb);
+        layers.push_back(c);
+      }
+      Cost& tail = layers.back();
+      if (last) {
+        tail.add(Phase::norm, model.final_norm(t));
+        if (p.pp > 1) {  // newest rows back to the first stage
+          const double bytes = es * seqs * d;
+          tail.communicate(Phase::send, "send", "pp", p.pp, bytes, sendrecv_seconds(machine, stage_link_inter, bytes));
+        }
+      } else {
+        const double bytes = es * t * d;
+        tail.communicate(Phase::send, "send", "pp", p.pp, bytes, sendrecv_seconds(machine, stage_link_inter, bytes));
+      }
+      for (const Cost& c : layers) whole.add(c);
+    };
+    pass(w.prompt, 0, S.layer_prefill, S.prefill_per_mb);
+    for (int step = 0; step < w.decode_steps; ++step) {
+      S.layer_decode.emplace_back();
+      S.decode_per_mb.emplace_back();
+      pass(1, w.prompt + step, S.layer_decode.back(), S.decode_per_mb.back());
+    }
+  }
+  // Stage s receives what stage s - 1 sends: the transfer shows in its recv phase, with the
+  // time it waits for the pipeline to fill; the first stage waits for the feedback instead.
+  auto stage_times = [&](auto get) {
+    std::vector<double> t;
+    for (const Stage& S : stages) t.push_back(get(S).total());
+    return t;
+  };
+  const double prefill_wall = pipeline_seconds(stage_times([](const Stage& S) -> const Cost& { return S.prefill_per_mb; }), mb);
+  std::vector<double> decode_walls;
+  for (int step = 0; step < w.decode_steps; ++step)
+    decode_walls.push_back(pipeline_seconds(
+        stage_times([step](const Stage& S) -> const Cost& { return S.decode_per_mb[step]; }), mb));
+  const double decode_wall = std::accumulate(decode_walls.begin(), decode_walls.end(), 0.0);
+
+  std::vector<RankMetrics> stage_metrics(p.pp);
+  std::vector<std::map<CommKey, CommRecord>> stage_comm(p.pp);
+  for (int st = 0; st < p.pp; ++st) {
+    const Stage& S = stages[st];
+    RankMetrics& r = stage_metrics[st];
+    r.prefill = PhaseTable(m.layers);
+    r.decode = PhaseTable(m.layers);
+    add_layers(S.layer_prefill, S.layer_begin, mb, r.prefill);
+    collect_comm(stage_comm[st], S.prefill_per_mb, mb);
+    const Phase idle = st == 0 ? Phase::wait : Phase::recv;
+    if (p.pp > 1) r.prefill.add(S.layer_begin, idle, prefill_wall - mb * S.prefill_per_mb.total());
+    for (int step = 0; step < w.decode_steps; ++step) {
+      add_layers(S.layer_decode[step], S.layer_begin, mb, r.decode);
+      collect_comm(stage_comm[st], S.decode_per_mb[step], mb);
+      if (p.pp > 1) r.decode.add(S.layer_begin, idle, decode_walls[step] - mb * S.decode_per_mb[step].total());
+    }
+    r.prefill_seconds = prefill_wall;
+    r.decode_seconds = decode_wall;
+    const double share = static_cast<double>(S.layer_count) / m.layers / (p.tp * p.head_groups * p.dim_groups);
+    r.prefill_flops = share * forward_flops(m, per_replica, w.prompt, 0);
+    for (int step = 0; step < w.decode_steps; ++step) r.decode_flops += share * forward_flops(m, per_replica, 1, w.prompt + step);
+    const double t = static_cast<double>(per_replica) * w.prompt;
+    double comm_bytes = 0.0;
+    if (p.ep > 1) comm_bytes += es * 2.0 * t * m.top_k * d;
+    if (p.pp > 1) comm_bytes += es * static_cast<double>(seqs) * w.prompt * d;
+    r.memory = memory_of(m, w, s, S.layer_count, per_replica, es, comm_bytes, true);
+    for (const auto& entry : stage_comm[st]) r.comm.push_back(entry.second);
+  }
+  for (int rank = 0; rank < ranks; ++rank) {
+    const int st = rank / stride;
+    out.per_rank.push_back(stage_metrics[st]);
+    out.roles.push_back(p.pp > 1 ? "stage " + std::to_string(st) : "all layers");
+  }
+  std::ostringstream layout;
+  layout << "dp=" << p.dp;
+  if (p.tp > 1) layout << " tp=" << p.tp;
+  if (p.pp > 1) layout << " pp=" << p.pp;
+  if (p.ep > 1) layout << " ep=" << p.ep;
+  if (p.head_groups * p.dim_groups > 1) layout << " mxn=" << p.head_groups << "x" << p.dim_groups;
+  if (mb > 1) layout << " micro_batches=" << mb;
+  out.layout = layout.str();
+  if (overlap)
+    out.assumptions.push_back("expert dispatch overlapped with compute across " + std::to_string(mb) +
+                              " micro-batches (the layout's design; this version's runtime does not overlap yet)");
+  return out;
+}
+
+// ---- Attention/MoE separation: ranks [0, attn_ranks) run attention (and route), the rest
+// hold the experts; every layer's routed rows go attention -> experts -> attention.
+
+Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, int ranks) {
+  const ParallelConfig& p = cfg.parallel;
+  const ModelConfig& m = cfg.model;
+  const WorkloadConfig& w = cfg.workload;
+  const int A = p.attn_ranks, E = ranks - A;
+  if (!m.is_moe()) throw InputError(kv("parallel.attn_ranks", A) + " separates attention from the experts: it needs model.ffn = \"moe\"");
+  if (E < 1)
+    throw InputError(kv("parallel.attn_ranks", A) + " leaves no rank for the experts of a " + std::to_string(ranks) +
+                     "-rank job; pass --ranks " + std::to_string(A + std::max(1, p.ep)) + " or lower parallel.attn_ranks");
+  if (p.pp > 1) throw InputError(kv("parallel.pp", p.pp) + " with parallel.attn_ranks is not modelled; set parallel.pp = 1");
+  if (m.experts % E != 0)
+    throw InputError(std::to_string(E) + " expert ranks (" + std::to_string(ranks) + " - " + kv("parallel.attn_ranks", A) +
+                     ") do not divide " + kv("model.experts", m.experts));
+  const int gpn = machine.devices_per_node;
+  // Attention ranks: the deck's tensor group (tp or m x n) replicated data-parallel; when the
+  // replicas cannot split the batch evenly and there are no more attention ranks than heads,
+  // the heads spread over all of them, as the seeds do; otherwise the busiest replica holds
+  // ceil(batch / replicas) sequences.
+  const int tensor = p.tp * p.head_groups * p.dim_groups;
+  const bool even = A % tensor == 0 && w.batch % (A / tensor) == 0;
+  const bool data_parallel = even || A > m.heads;
+  if (data_parallel && A % tensor != 0)
+    throw InputError(kv("parallel.attn_ranks", A) + " is not a multiple of the attention tensor group of " +
+                     std::to_string(tensor) + " ranks (parallel.tp x head_groups x dim_groups)");
+  const int attn_dp = data_parallel ? A / tensor : 1;
+  const int attn_group = data_parallel ? tensor : A;
+  const int seqs_rank = (w.batch + attn_dp - 1) / attn_dp;
+  if (even && seqs_rank % p.micro_batches != 0)
+    throw InputError(kv("parallel.micro_batches", p.micro_batches) + " does not divide the " + std::to_string(seqs_rank) +
+                     " sequences of each attention replica");
+  const int mb = p.micro_batches, seqs = (seqs_rank + mb - 1) / mb;
+  Shard attn;
+  attn.heads = data_parallel ? m.heads / (p.tp * p.head_groups) : (m.heads + A - 1) / A;
+  attn.head_dims = m.effective_head_dim() / (data_parallel ? p.dim_groups : 1);
+  attn.kv_heads = kv_heads_held(m, attn.heads);
+  attn.experts = 0;
+  attn.rows = 0.0;
+  Groups ga;
+  ga.tensor = group_shape(attn_group, 1, gpn);
+  if (data_parallel) ga.dim = group_shape(p.dim_groups, 1, gpn);
+  Shard moe;
+  moe.experts = m.experts / E;
+  moe.ffn = m.ffn_hidden;
+  moe.router = false;
+  Groups none;
+  const Model model(cfg, machine);
+  const double es = model.es(), d = m.hidden, k = m.top_k;
+  const bool across = ranks > gpn;
+  const Link& link = across ? machine.inter : machine.intra;
+
+  struct Layer {
+    Cost attn, moe;
+    double wall = 0.0;
+  };
+  // One layer for all micro-batches of a pass: the two sides and the link form a loop that
+  // micro-batches circulate through; with enough of them the busiest resource paces it.
+  auto layer = [&](int n, int pos0, bool last) {
+    Layer L;
+    const double t = static_cast<double>(seqs) * n;           // one micro-batch of an attention replica
+    const double all = static_cast<double>(w.batch) / mb * n;  // one micro-batch, all replicas
+    Cost a;
+    model.attention(a, attn, ga, seqs, n, pos0);
+    a.add(Phase::norm, model.stream(es * 2.0 * t * d));
+    a.add(Phase::router, model.gemm(t, d, m.experts) + model.stream(es * t * m.experts));
+    a.add(Phase::permute, model.stream(es * 2.0 * t * k * d + 8.0 * t * k, 4));
+    a.add(Phase::combine, model.stream(es * (t * k * d + 3.0 * t * d), 3));
+    if (last) a.add(Phase::norm, model.final_norm(t));
+    // Replicas send their own rows; ranks sharing heads hold every row and send 1/group each.
+    const double sent = es * t * k * d / (data_parallel ? 1.0 : A);
+    const double received = es * all * k * d / E;  // per expert rank
+    const double hop = link.latency + E * machine.peer_overhead + std::max(sent, received) / (link.bandwidth * link.efficiency);
+    Cost e;
+    const double mats = m.activation == Activation::swiglu ? 3.0 : 2.0;
+    e.add(Phase::expert, model.expert_block(all * k / E, m.ffn_hidden, moe.experts, mats));
+    const double work_a = a.total(), work_e = e.total();
+    const double loop = work_a + 2.0 * hop + work_e;
+    L.wall = std::max(loop, mb * std::max({work_a, work_e, hop}));
+    L.attn.add(a, mb);
+    L.attn.communicate(Phase::dispatch, "send", "attn-moe", ranks, sent * mb, hop * mb);
+    L.attn.communicate(Phase::dispatch, "recv", "attn-moe", ranks, sent * mb, hop * mb);
+    L.attn.add(Phase::wait, std::max(0.0, L.wall - L.attn.total()));
+    L.moe.add(e, mb);
+    L.moe.communicate(Phase::dispatch, "recv", "attn-moe", ranks, received * mb, hop * mb);
+    L.moe.communicate(Phase::dispatch, "send", "attn-moe", ranks, received * mb, hop * mb);
+    L.moe.add(Phase::wait, std::max(0.0, L.wall - L.moe.total()));
+    return L;
+  };
+
+  RankMetrics ra, re;
+  ra.prefill = PhaseTable(m.layers);
+  ra.decode = PhaseTable(m.layers);
+  re.prefill = PhaseTable(m.layers);
+  re.decode = PhaseTable(m.layers);
+  std::map<CommKey, CommRecord> ca, ce;
+  auto pass = [&](int n, int pos0, PhaseTable& ta, PhaseTable& te) {
+    double wall = 0.0;
+    for (int l = 0; l < m.layers; ++l) {
+      const Layer L = layer(n, pos0, l == m.layers - 1);
+      add_layers({L.attn}, l, 1.0, ta);
+      add_layers({L.moe}, l, 1.0, te);
+      collect_comm(ca, L.attn, 1.0);
+      collect_comm(ce, L.moe, 1.0);
+      wall += L.wall;
+    }
+    return wall;
+  };
+  const double prefill_wall = pass(w.prompt, 0, ra.prefill, re.prefill);
+  double decode_wall = 0.0;
+  for (int step = 0; step < w.decode_steps; ++step) decode_wall += pass(1, w.prompt + step, ra.decode, re.decode);
+  for (RankMetrics* r : {&ra, &re}) {
+    r->prefill_seconds = prefill_wall;
+    r->decode_seconds = decode_wall;
+  }
+  // Model FLOPs split by where they run: attention (and router) on one side, experts on the other.
+  const double total_pre = forward_flops(m, w.batch, w.prompt, 0);
+  double total_dec = 0.0;
+  for (int step = 0; step < w.decode_steps; ++step) total_dec += forward_flops(m, w.batch, 1, w.prompt + step);
+  const double mats = m.activation == Activation::swiglu ? 3.0 : 2.0;
+  const double expert_pre = m.layers * 2.0 * mats * d * m.ffn_hidden * k * w.batch * w.prompt;
+  const double expert_dec = m.layers * 2.0 * mats * d * m.ffn_hidden * k * w.batch * w.decode_steps;
+  ra.prefill_flops = (total_pre - expert_pre) / A;
+  ra.decode_flops = (total_dec - expert_dec) / A;
+  re.prefill_flops = expert_pre / E;
+  re.decode_flops = expert_dec / E;
+  const double t_rank = static_cast<double>(seqs_rank) * w.prompt;
+  ra.memory = memory_of(m, w, attn, m.layers, seqs_rank, es, es * 2.0 * t_rank * k * d / (data_parallel ? 1.0 : A), true);
+  moe.rows = static_cast<double>(w.batch) / seqs_rank / E;  // routed rows here per token of an attention replica
+  re.memory = memory_of(m, w, moe, m.layers, seqs_rank, es, es * 2.0 * w.batch * w.prompt * k * d / E, false);
+  for (const auto& entry : ca) ra.comm.push_back(entry.second);
+  for (const auto& entry : ce) re.comm.push_back(entry.second);
+
+  Prediction out;
+  out.ranks = ranks;
+  for (int r = 0; r < ranks; ++r) {
+    out.per_rank.push_back(r < A ? ra : re);
+    out.roles.push_back(r < A ? "attention" : "experts");
+  }
+  std::ostringstream layout;
+  layout << "attn=" << A << " experts=" << E;
+  if (data_parallel) {
+    layout << " attn_dp=" << attn_dp;
+    if (p.tp > 1) layout << " tp=" << p.tp;
+    if (p.head_groups * p.dim_groups > 1) layout << " mxn=" << p.head_groups << "x" << p.dim_groups;
+  } else {
+    layout << " heads over " << A;
+  }
+  if (mb > 1) layout << " micro_batches=" << mb;
+  out.layout = layout.str();
+  out.assumptions.push_back(
+      "attention/MoE separation modelled from the deck keys (this version's runtime does not run it yet): "
+      "micro-batches circulate attention -> experts -> attention, each side and the link a stage");
+  if (data_parallel && !even)
+    out.assumptions.push_back("the batch does not split evenly over " + std::to_string(attn_dp) +
+                              " attention replicas: the busiest holds " + std::to_string(seqs_rank) + " sequences");
+  if (!data_parallel)
+    out.assumptions.push_back("heads spread over the " + std::to_string(A) + " attention ranks (at most " +
+                              std::to_string(attn.heads) + " each), partial sums all-reduced over them");
+  return out;
+}
+
+}  // namespace
+
+Prediction predict(const RunConfig& cfg, const MachineSpec& machine, int ranks) {
+  if (ranks < 1) throw InputError("--ranks " + std::to_string(ranks) + ": need at least one rank");
+  if (machine.peak_flops(cfg.model.precision) <= 0.0 || machine.memory_bandwidth <= 0.0 ||
+      machine.intra.bandwidth <= 0.0 || machine.inter.bandwidth <= 0.0 || machine.devices_per_node < 1)
+    throw InputError("machine " + machine.name + " lacks a peak FLOP/s for " + to_string(cfg.model.precision) +
+                     ", a memory bandwidth, link bandwidths or devices_per_node");
+  Prediction out = cfg.parallel.attn_ranks > 0 ? predict_separated(cfg, machine, ranks) : predict_grid(cfg, machine, ranks);
+  summarize(cfg, machine, out);
+  out.assumptions.push_back("uniform routing: every expert gets its even share of the routed rows");
+  return out;
+}
+
+}  // namespace moeproxy

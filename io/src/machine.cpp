@@ -1,0 +1,166 @@
+#include "moeproxy/io/machine.hpp"
+
+#include <toml++/toml.h>
+
+#include <cmath>
+#include <fstream>
+#include <functional>
+#include <iomanip>
+#include <iterator>
+#include <sstream>
+#include <vector>
+
+namespace moeproxy::io {
+namespace {
+
+// One figure of the file: where it lives, its unit's factor to SI, and the field it sets.
+struct Key {
+  const char* section;
+  const char* name;
+  double scale;  // file unit -> SI
+  bool required;
+  std::function<double&(MachineSpec&)> field;
+  const char* meaning;
+};
+
+constexpr double tera = 1e12, giga = 1e9, micro = 1e-6;
+
+const std::vector<Key>& keys() {
+  static const std::vector<Key> table = {
+      {"compute", "peak_tflops_fp16", tera, true, [](MachineSpec& m) -> double& { return m.peak_flops_fp16; },
+       "dense fp16 peak per device, TFLOP/s"},
+      {"compute", "peak_tflops_fp32", tera, true, [](MachineSpec& m) -> double& { return m.peak_flops_fp32; },
+       "dense fp32 peak per device, TFLOP/s"},
+      {"compute", "gemm_efficiency", 1.0, false, [](MachineSpec& m) -> double& { return m.gemm_efficiency; },
+       "fraction of peak large GEMMs reach"},
+      {"compute", "attention_efficiency", 1.0, false,
+       [](MachineSpec& m) -> double& { return m.attention_efficiency; }, "fraction of peak the attention kernel reaches"},
+      {"compute", "kernel_overhead_us", micro, false, [](MachineSpec& m) -> double& { return m.kernel_overhead; },
+       "launch and fence overhead per kernel, microseconds"},
+      {"memory", "bandwidth_gbs", giga, true, [](MachineSpec& m) -> double& { return m.memory_bandwidth; },
+       "device memory bandwidth, GB/s"},
+      {"memory", "efficiency", 1.0, false, [](MachineSpec& m) -> double& { return m.memory_efficiency; },
+       "fraction of the bandwidth streaming kernels reach"},
+      {"memory", "capacity_gb", giga, true, [](MachineSpec& m) -> double& { return m.memory_bytes; },
+       "device memory, GB"},
+      {"intra_node", "bandwidth_gbs", giga, true, [](MachineSpec& m) -> double& { return m.intra.bandwidth; },
+       "per device and direction inside a node, GB/s"},
+      {"intra_node", "latency_us", micro, true, [](MachineSpec& m) -> double& { return m.intra.latency; },
+       "per message inside a node, microseconds"},
+      {"intra_node", "efficiency", 1.0, false, [](MachineSpec& m) -> double& { return m.intra.efficiency; },
+       "bus bandwidth reached / bandwidth_gbs"},
+      {"inter_node", "bandwidth_gbs", giga, true, [](MachineSpec& m) -> double& { return m.inter.bandwidth; },
+       "per device and direction across nodes, GB/s"},
+      {"inter_node", "latency_us", micro, true, [](MachineSpec& m) -> double& { return m.inter.latency; },
+       "per message across nodes, microseconds"},
+      {"inter_node", "efficiency", 1.0, false, [](MachineSpec& m) -> double& { return m.inter.efficiency; },
+       "bus bandwidth reached / bandwidth_gbs"},
+      {"inter_node", "peer_overhead_us", micro, false, [](MachineSpec& m) -> double& { return m.peer_overhead; },
+       "cost per peer of an all-to-all, microseconds"},
+  };
+  return table;
+}
+
+std::string where(const std::string& source, const toml::node& n) {
+  return source + ":" + std::to_string(n.source().begin.line);
+}
+
+std::string valid_keys(const std::string& section) {
+  std::string s;
+  if (section == "machine") return "name, devices_per_node";
+  for (const Key& k : keys())
+    if (section == k.section) s += (s.empty() ? "" : ", ") + std::string(k.name);
+  return s;
+}
+
+bool known_section(const std::string& s) {
+  return s == "machine" || s == "compute" || s == "memory" || s == "intra_node" || s == "inter_node";
+}
+
+}  // namespace
+
+MachineSpec parse_machine(const std::string& text, const std::string& source) {
+  toml::table root;
+  try {
+    root = toml::parse(text, source);
+  } catch (const toml::parse_error& e) {
+    throw InputError(source + ":" + std::to_string(e.source().begin.line) + ":" +
+                     std::to_string(e.source().begin.column) + ": " + std::string(e.description()));
+  }
+  MachineSpec m;
+  bool has_devices = false;
+  for (const auto& [section_key, section_node] : root) {
+    const std::string section(section_key.str());
+    const toml::table* table = section_node.as_table();
+    if (!known_section(section) || !table)
+      throw InputError(where(source, section_node) + ": unknown " + (table ? "section [" : "key ") + section +
+                       (table ? "]" : "") + "; a machine file has [machine], [compute], [memory], [intra_node], "
+                       "[inter_node]");
+    for (const auto& [name_key, node] : *table) {
+      const std::string name(name_key.str()), full = section + "." + name;
+      if (section == "machine" && name == "name") {
+        const auto* s = node.as_string();
+        if (!s) throw InputError(where(source, node) + ": " + full + " must be a string");
+        m.name = s->get();
+        continue;
+      }
+      if (section == "machine" && name == "devices_per_node") {
+        const auto* i = node.as_integer();
+        if (!i || i->get() < 1 || i->get() > (1 << 20))
+          throw InputError(where(source, node) + ": " + full + " must be a positive integer");
+        m.devices_per_node = static_cast<int>(i->get());
+        has_devices = true;
+        continue;
+      }
+      const Key* key = nullptr;
+      for (const Key& k : keys())
+        if (section == k.section && name == k.name) key = &k;
+      if (!key)
+        throw InputError(where(source, node) + ": unknown key " + full + "; valid keys of [" + section + "]: " +
+                         valid_keys(section));
+      double v = 0.0;
+      if (const auto* i = node.as_integer()) v = static_cast<double>(i->get());
+      else if (const auto* d = node.as_floating_point()) v = d->get();
+      else throw InputError(where(source, node) + ": " + full + " must be a number (" + key->meaning + ")");
+      if (!std::isfinite(v) || v < 0.0)
+        throw InputError(where(source, node) + ": " + full + " must be a finite number >= 0 (" + key->meaning + ")");
+      key->field(m) = v * key->scale;
+    }
+  }
+  if (m.name.empty()) throw InputError(source + ": machine.name is missing");
+  if (!has_devices) throw InputError(source + ": machine.devices_per_node is missing");
+  for (const Key& k : keys()) {
+    if (k.required && !root[k.section][k.name])
+      throw InputError(source + ": " + std::string(k.section) + "." + k.name + " is missing (" + k.meaning + ")");
+  }
+  return m;
+}
+
+MachineSpec load_machine(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw InputError("cannot read machine file " + path);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return parse_machine(text, path);
+}
+
+std::string format_machine(const MachineSpec& machine, const std::map<std::string, std::string>& notes) {
+  MachineSpec m = machine;
+  std::ostringstream out;
+  auto note = [&](const std::string& key) {
+    const auto it = notes.find(key);
+    return it == notes.end() ? std::string() : "  # " + it->second;
+  };
+  out << "[machine]\nname = \"" << m.name << "\"" << note("machine.name") << "\n";
+  out << "devices_per_node = " << m.devices_per_node << note("machine.devices_per_node") << "\n";
+  std::string section;
+  for (const Key& k : keys()) {
+    if (section != k.section) {
+      section = k.section;
+      out << "\n[" << section << "]\n";
+    }
+    out << k.name << " = " << std::setprecision(6) << k.field(m) / k.scale << note(section + "." + k.name) << "\n";
+  }
+  return out.str();
+}
+
+}  // namespace moeproxy::io

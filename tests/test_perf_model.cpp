@@ -1,0 +1,186 @@
+// The performance model on cases small enough to check by hand.
+
+#include <catch2/catch.hpp>
+
+#include "moeproxy/core/model.hpp"
+#include "moeproxy/core/perf_model.hpp"
+#include "moeproxy/io/machine.hpp"
+
+using namespace moeproxy;
+
+namespace {
+
+// Compute-bound by construction: memory and links far faster than the arithmetic.
+MachineSpec compute_bound() {
+  MachineSpec m;
+  m.name = "test";
+  m.peak_flops_fp32 = m.peak_flops_fp16 = 100e9;
+  m.gemm_efficiency = 0.5;
+  m.memory_bandwidth = 1e18;
+  m.memory_bytes = 1e12;
+  m.devices_per_node = 4;
+  m.intra = Link{10e9, 1e-6, 1.0};
+  m.inter = Link{1e9, 5e-6, 0.5};
+  return m;
+}
+
+RunConfig dense_one_layer() {
+  RunConfig cfg;
+  cfg.model.layers = 1;
+  cfg.model.hidden = 64;
+  cfg.model.heads = 4;
+  cfg.model.ffn = FfnKind::dense;
+  cfg.model.ffn_hidden = 256;
+  cfg.model.activation = Activation::gelu;
+  cfg.workload.batch = 2;
+  cfg.workload.prompt = 32;
+  cfg.workload.decode_steps = 2;
+  return cfg;
+}
+
+double phase_sum(const PhaseTable& t) {
+  double s = 0.0;
+  for (double x : t.data()) s += x;
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("perf model: a GEMM-bound kernel takes FLOPs / (peak x efficiency)", "[perf]") {
+  const MachineSpec m = compute_bound();
+  const double flops = 2.0 * 512 * 512 * 512;
+  CHECK(kernel_seconds(m, Precision::fp32, KernelKind::gemm, flops, 1e6) == Approx(flops / 50e9));
+  MachineSpec slow_memory = m;
+  slow_memory.memory_bandwidth = 1e9;
+  slow_memory.kernel_overhead = 2e-6;
+  // Bandwidth-bound once the bytes take longer than the FLOPs, plus the launch overhead.
+  CHECK(kernel_seconds(slow_memory, Precision::fp32, KernelKind::memory, 0.0, 4e6) == Approx(4e-3 + 2e-6));
+}
+
+TEST_CASE("perf model: all-reduce time is 2(n-1) alpha + 2(n-1)/n bytes / busbw", "[perf]") {
+  const MachineSpec m = compute_bound();
+  // 4 ranks on one node: intra link, 10 GB/s, 1 us.
+  CHECK(allreduce_seconds(m, GroupShape{4, 4}, 1e6) == Approx(6e-6 + 1.5e6 / 10e9));
+  // 8 ranks over two nodes: the ring crosses the inter link, 1 GB/s at efficiency 0.5, 5 us.
+  CHECK(allreduce_seconds(m, GroupShape{8, 4}, 1e6) == Approx(14 * 5e-6 + 1.75e6 / 0.5e9));
+  CHECK(allreduce_seconds(m, GroupShape{1, 1}, 1e6) == 0.0);
+  // Send/recv: one message, alpha + bytes / bandwidth.
+  CHECK(sendrecv_seconds(m, false, 1e6) == Approx(1e-6 + 1e-4));
+  // All-to-all over 8 ranks, 4 per node: 3/7 of the bytes stay inside the node, 4/7 cross.
+  CHECK(alltoallv_seconds(m, GroupShape{8, 4}, 7e6) == Approx(5e-6 + 4e6 / 0.5e9));
+}
+
+TEST_CASE("perf model: pipeline bubble fraction is (P-1)/(M+P-1)", "[perf]") {
+  const std::vector<double> stages(4, 1.0);
+  const double wall = pipeline_seconds(stages, 8);
+  CHECK(wall == Approx(11.0));
+  CHECK((wall - 8.0) / wall == Approx(3.0 / 11.0));
+  CHECK(pipeline_seconds({1.0, 3.0}, 2) == Approx(7.0));  // the slow stage paces the second micro-batch
+}
+
+TEST_CASE("perf model: a single GEMM-bound dense layer", "[perf]") {
+  const RunConfig cfg = dense_one_layer();
+  const MachineSpec m = compute_bound();
+  const Prediction p = predict(cfg, m, 1);
+  REQUIRE(p.per_rank.size() == 1);
+  const double t = 2.0 * 32, d = 64, f = 256;
+  // W1, W2: 2 x 2 t d f FLOPs at 50 GFLOP/s; the activation and residual add cost nothing here.
+  CHECK(p.per_rank[0].prefill.at(0, Phase::ffn) == Approx(2.0 * 2.0 * t * d * f / 50e9));
+  CHECK(p.per_rank[0].prefill.at(0, Phase::allreduce) == 0.0);
+  // One rank, no pipeline: the wall is the sum of the phases.
+  CHECK(p.per_rank[0].prefill_seconds == Approx(phase_sum(p.per_rank[0].prefill)));
+  CHECK(p.summary.ttft_s == Approx(p.per_rank[0].prefill_seconds));
+  CHECK(p.summary.prefill_tokens_per_s == Approx(2.0 * 32 / p.summary.ttft_s));
+}
+
+TEST_CASE("perf model: tensor parallelism adds an all-reduce of the layer's rows", "[perf]") {
+  RunConfig cfg = dense_one_layer();
+  cfg.parallel.tp = 2;
+  const MachineSpec m = compute_bound();
+  const Prediction p = predict(cfg, m, 2);
+  const double bytes = 4.0 * 2 * 32 * 64;
+  // Two reductions per layer (after attention and after the FFN), on the intra link.
+  CHECK(p.per_rank[1].prefill.at(0, Phase::allreduce) == Approx(2.0 * allreduce_seconds(m, GroupShape{2, 4}, bytes)));
+  REQUIRE_THROWS_AS(predict(cfg, m, 3), InputError);
+}
+
+TEST_CASE("perf model: pipeline stages wait for the fill and drain", "[perf]") {
+  RunConfig cfg = dense_one_layer();
+  cfg.model.layers = 2;
+  cfg.workload.batch = 4;
+  cfg.parallel.pp = 2;
+  cfg.parallel.micro_batches = 4;
+  const Prediction p = predict(cfg, compute_bound(), 2);
+  for (const RankMetrics& r : p.per_rank) {
+    // Every rank's phases, waiting included, add up to the common wall time.
+    CHECK(phase_sum(r.prefill) == Approx(r.prefill_seconds));
+    CHECK(phase_sum(r.decode) == Approx(r.decode_seconds));
+  }
+  CHECK(p.per_rank[0].prefill.at(0, Phase::wait) > 0.0);
+  CHECK(p.per_rank[1].prefill.at(1, Phase::recv) > 0.0);
+}
+
+TEST_CASE("perf model: memory per rank agrees with estimate_memory in fp32", "[perf]") {
+  RunConfig cfg;
+  cfg.model = ModelConfig{};
+  cfg.workload = WorkloadConfig{};
+  const Prediction p = predict(cfg, compute_bound(), 1);
+  const MemoryEstimate e = estimate_memory(cfg.model, cfg.workload, cfg.workload.batch);
+  const auto& mem = p.per_rank[0].memory;
+  CHECK(mem[static_cast<int>(MemoryKind::weights)] == e.weights);
+  CHECK(mem[static_cast<int>(MemoryKind::kv_cache)] == e.kv_cache);
+  // The estimate also counts the router's int indices; the model counts them as floats.
+  CHECK(static_cast<double>(mem[static_cast<int>(MemoryKind::activations)]) == Approx(e.activations).epsilon(0.01));
+}
+
+TEST_CASE("perf model: attention/MoE separation from the deck keys", "[perf]") {
+  RunConfig cfg;
+  cfg.model.layers = 2;
+  cfg.model.hidden = 64;
+  cfg.model.heads = 8;
+  cfg.model.experts = 4;
+  cfg.workload.batch = 12;
+  cfg.parallel.attn_ranks = 3;
+  cfg.parallel.ep = 1;
+  const MachineSpec m = compute_bound();
+  CHECK(deck_ranks(cfg.parallel) == 4);
+  const Prediction p = predict(cfg, m, 7);  // 3 attention ranks, 4 expert ranks
+  REQUIRE(p.roles.size() == 7);
+  CHECK(p.roles[2] == "attention");
+  CHECK(p.roles[3] == "experts");
+  CHECK(p.per_rank[0].prefill.at(0, Phase::expert) == 0.0);
+  CHECK(p.per_rank[3].prefill.at(0, Phase::attn_core) == 0.0);
+  CHECK(p.per_rank[3].prefill.at(0, Phase::expert) > 0.0);
+  REQUIRE_THROWS_AS(predict(cfg, m, 6), InputError);  // 3 expert ranks do not divide 4 experts
+}
+
+TEST_CASE("machine file: figures in human units, unknown keys named with their line", "[perf]") {
+  const std::string text =
+      "[machine]\nname = \"x\"\ndevices_per_node = 4\n[compute]\npeak_tflops_fp16 = 2\npeak_tflops_fp32 = 1\n"
+      "kernel_overhead_us = 3\n[memory]\nbandwidth_gbs = 100\ncapacity_gb = 16\n"
+      "[intra_node]\nbandwidth_gbs = 50\nlatency_us = 2\n[inter_node]\nbandwidth_gbs = 10\nlatency_us = 4\n";
+  const MachineSpec m = io::parse_machine(text, "m.toml");
+  CHECK(m.peak_flops_fp32 == Approx(1e12));
+  CHECK(m.kernel_overhead == Approx(3e-6));
+  CHECK(m.memory_bandwidth == Approx(100e9));
+  CHECK(m.inter.latency == Approx(4e-6));
+  CHECK(m.gemm_efficiency == 1.0);
+  const MachineSpec back = io::parse_machine(io::format_machine(m, {{"memory.capacity_gb", "a note"}}), "back.toml");
+  CHECK(back.memory_bytes == Approx(m.memory_bytes));
+  CHECK(back.intra.bandwidth == Approx(m.intra.bandwidth));
+  try {
+    io::parse_machine(text + "[memory]\n", "m.toml");
+    FAIL("a repeated table was accepted");
+  } catch (const InputError&) {
+  }
+  try {
+    io::parse_machine("[machine]\nname = \"x\"\ndevices_per_node = 1\n[compute]\npeak_tflop = 3\n", "bad.toml");
+    FAIL("an unknown key was accepted");
+  } catch (const InputError& e) {
+    const std::string what = e.what();
+    CHECK(what.find("bad.toml:5") != std::string::npos);
+    CHECK(what.find("compute.peak_tflop") != std::string::npos);
+    CHECK(what.find("peak_tflops_fp16") != std::string::npos);
+  }
+  REQUIRE_THROWS_AS(io::parse_machine("[machine]\nname = \"x\"\ndevices_per_node = 1\n", "short.toml"), InputError);
+}

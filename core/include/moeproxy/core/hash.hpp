@@ -8,26 +8,9 @@
 
 #include <Kokkos_Macros.hpp>
 
-namespace moeproxy {
+#include "moeproxy/core/weight_source.hpp"
 
-enum class TensorKind : std::uint32_t {
-  input = 1,   // prefill hidden states [batch * prompt, hidden] (no vocabulary)
-  norm1_gain,
-  norm1_bias,
-  wq,          // [hidden, heads * head_dim]
-  wk,          // [hidden, kv_heads * head_dim]
-  wv,
-  wo,          // [heads * head_dim, hidden]
-  norm2_gain,
-  norm2_bias,
-  router,      // [hidden, experts]
-  w1,          // [hidden, ffn_hidden] (per expert for MoE)
-  w3,          // [hidden, ffn_hidden] SwiGLU gate
-  w2,          // [ffn_hidden, hidden]
-  final_gain,
-  final_bias,
-  synthetic_routing,  // draws for workload.routing = uniform | zipf
-};
+namespace moeproxy {
 
 KOKKOS_INLINE_FUNCTION std::uint64_t splitmix64(std::uint64_t x) {
   x += 0x9E3779B97F4A7C15ull;

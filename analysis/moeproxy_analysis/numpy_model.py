@@ -141,7 +141,7 @@ def load_checkpoint(path, cfg):
 
 
 def generated_weights(cfg):
-    """docs/model.md's table: offset + scale * u in float32, scale rounded to float32 once."""
+    """docs/model.md's table: offset + s32 * u exactly, rounded to float32 once."""
     d, q, f = cfg.hidden, cfg.heads * cfg.hd, cfg.ffn_hidden
     rule = {"norm1_gain": (0.1, 1.0), "norm2_gain": (0.1, 1.0), "final_gain": (0.1, 1.0),
             "norm1_bias": (0.1, 0.0), "norm2_bias": (0.1, 0.0), "final_bias": (0.1, 0.0),
@@ -153,11 +153,11 @@ def generated_weights(cfg):
     for name, shape in tensor_shapes(cfg).items():
         base = name.split("/")[-1]
         layer = int(name.split("/")[1]) if name.startswith("layers/") else 0
-        scale, offset = np.float32(rule[base][0]), np.float32(rule[base][1])
+        scale, offset = float(np.float32(rule[base][0])), rule[base][1]
 
         def block(expert, rows, cols):
             u = uniform(tensor_stream(cfg.seed, KIND[base], layer, expert), np.arange(rows), np.arange(cols))
-            return offset + scale * u
+            return (offset + scale * u.astype(np.float64)).astype(np.float32)
 
         if len(shape) == 1:
             out[name] = block(0, 1, shape[0])[0]

@@ -14,8 +14,9 @@ void fill_tensor(const ExecSpace& space, const Matrix& m, std::uint64_t seed, Te
       Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0},
                                                         {m.extent(0), m.extent(1)}),
       KOKKOS_LAMBDA(const int i, const int j) {
-        m(i, j) = offset + scale * uniform_at(stream, static_cast<std::uint64_t>(rows(i)),
-                                              static_cast<std::uint64_t>(cols(j)));
+        m(i, j) = scaled_uniform(uniform_at(stream, static_cast<std::uint64_t>(rows(i)),
+                                            static_cast<std::uint64_t>(cols(j))),
+                                 scale, offset);
       });
 }
 
@@ -32,7 +33,7 @@ void fill_tensor(const ExecSpace& space, const Vector& v, std::uint64_t seed, Te
   Kokkos::parallel_for(
       "moeproxy::weights::fill_vector", Kokkos::RangePolicy<ExecSpace>(space, 0, v.extent(0)),
       KOKKOS_LAMBDA(const int j) {
-        v(j) = offset + scale * uniform_at(stream, 0, static_cast<std::uint64_t>(col0 + j));
+        v(j) = scaled_uniform(uniform_at(stream, 0, static_cast<std::uint64_t>(col0 + j)), scale, offset);
       });
 }
 
@@ -69,8 +70,8 @@ void GeneratedWeights::read(const TensorRef& tensor, const IndexSpans& rows, con
     for (std::int64_t i = r.begin; i < r.begin + r.count; ++i)
       for (const IndexSpan& c : cols)
         for (std::int64_t j = c.begin; j < c.begin + c.count; ++j)
-          *out++ = v.offset + v.scale * uniform_at(stream, static_cast<std::uint64_t>(i),
-                                                   static_cast<std::uint64_t>(j));
+          *out++ = scaled_uniform(uniform_at(stream, static_cast<std::uint64_t>(i), static_cast<std::uint64_t>(j)),
+                                  v.scale, v.offset);
 }
 
 std::string GeneratedWeights::describe() const {

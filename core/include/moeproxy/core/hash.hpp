@@ -34,4 +34,11 @@ KOKKOS_INLINE_FUNCTION float uniform_at(std::uint64_t stream, std::uint64_t row,
   return static_cast<float>(static_cast<std::int64_t>(h >> 40) - (1ll << 23)) * (1.0f / (1 << 23));
 }
 
+// offset + scale * u rounded once to float32. The double sum is exact (24-bit factors,
+// |offset| <= 1), so the value is the same whether or not a compiler fuses the multiply-add:
+// the device, the host and a checkpoint written from either agree bit for bit.
+KOKKOS_INLINE_FUNCTION float scaled_uniform(float u, float scale, float offset) {
+  return static_cast<float>(static_cast<double>(offset) + static_cast<double>(scale) * static_cast<double>(u));
+}
+
 }  // namespace moeproxy

@@ -165,15 +165,27 @@ class Hdf5Checkpoint : public WeightSource {
     for (const TensorShape& t : shapes_)
       if (t.ref.kind == tensor.kind && t.ref.layer == tensor.layer) shape = &t;
     if (!shape) throw std::runtime_error(key_of(path_) + ": no tensor of this kind in the model");
-    Handle ds = dataset_handle(H5Dopen2(file_.get(), shape->name.c_str(), H5P_DEFAULT));
+    try {
+      read_block(*shape, tensor.expert, rows, cols, out);
+    } catch (const std::runtime_error& e) {
+      throw std::runtime_error(key_of(path_) + ": reading dataset /" + shape->name + ": " + e.what());
+    }
+  }
+
+  std::string describe() const override { return "checkpoint " + path_; }
+
+ private:
+  void read_block(const TensorShape& shape, int expert, const IndexSpans& rows, const IndexSpans& cols,
+                  float* out) const {
+    Handle ds = dataset_handle(H5Dopen2(file_.get(), shape.name.c_str(), H5P_DEFAULT));
     Handle file_space = space_handle(H5Dget_space(ds.get()));
     MOEPROXY_H5(H5Sselect_none(file_space.get()));
     // Row-major order of the union of blocks = the caller's order, since spans ascend.
     for (const IndexSpan& r : rows)
       for (const IndexSpan& c : cols) {
         std::vector<hsize_t> start, count;
-        if (shape->per_expert) start.push_back(static_cast<hsize_t>(tensor.expert)), count.push_back(1);
-        if (!shape->is_vector()) start.push_back(static_cast<hsize_t>(r.begin)), count.push_back(static_cast<hsize_t>(r.count));
+        if (shape.per_expert) start.push_back(static_cast<hsize_t>(expert)), count.push_back(1);
+        if (!shape.is_vector()) start.push_back(static_cast<hsize_t>(r.begin)), count.push_back(static_cast<hsize_t>(r.count));
         start.push_back(static_cast<hsize_t>(c.begin));
         count.push_back(static_cast<hsize_t>(c.count));
         MOEPROXY_H5(H5Sselect_hyperslab(file_space.get(), H5S_SELECT_OR, start.data(), nullptr, count.data(), nullptr));
@@ -184,9 +196,6 @@ class Hdf5Checkpoint : public WeightSource {
     MOEPROXY_H5(H5Dread(ds.get(), H5T_NATIVE_FLOAT, mem_space.get(), file_space.get(), H5P_DEFAULT, out));
   }
 
-  std::string describe() const override { return "checkpoint " + path_; }
-
- private:
   std::string path_;
   Handle file_;
   std::vector<TensorShape> shapes_;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checkpoints against the independent NumPy model and the converter:
 #   checkpoint_test.sh CASE MOEPROXY SOURCE_DIR OUTDIR
-#   numpy-DECK  export DECK's weights, run moeproxy from them (fp32, hidden states dumped);
+#   numpy-DECK  (or numpy-zipf-capacity: tiny-moe8 with Zipf routing and a capacity factor)
+#               export DECK's weights, run moeproxy from them (fp32, hidden states dumped);
 #               analysis/moeproxy-numpy-model must find the checkpoint equal to docs/model.md's
 #               generated weights and the run's outputs within 1e-4 of its own.
 #   convert     write a tiny Mixtral safetensors file (F32, F16 and BF16 tensors, random
@@ -26,9 +27,14 @@ run_moeproxy() {  # DECK RESULTS CHECKPOINT [--set ...]
 
 case $case_name in
   numpy-*)
-    deck=$src/tests/decks/${case_name#numpy-}.toml
+    deck=$src/tests/decks/${case_name#numpy-}.toml overrides=()
+    if [ "$case_name" = numpy-zipf-capacity ]; then
+      # Synthetic routing and dropped tokens; the reference sees the whole batch as one group.
+      deck=$src/tests/decks/tiny-moe8.toml
+      overrides=(--set workload.routing=zipf:1.5 --set model.capacity_factor=1.0 --set verify.sample=16)
+    fi
     "$exe" export-checkpoint "$deck" --out "$out/weights.h5" || fail "export-checkpoint failed"
-    run_moeproxy "$deck" "$out/run.h5" "$out/weights.h5"
+    run_moeproxy "$deck" "$out/run.h5" "$out/weights.h5" "${overrides[@]}"
     "$py" "$src/analysis/moeproxy-numpy-model" "$out/run.h5" --check-generated --tolerance 1e-4 \
       || fail "the NumPy model disagrees with the run" ;;
   convert)

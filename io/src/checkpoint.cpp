@@ -270,7 +270,7 @@ std::unique_ptr<WeightSource> open_checkpoint(const std::string& path, const Mod
 void write_checkpoint(const std::string& path, const ModelConfig& model, const WeightSource& source) {
   QuietErrors quiet;
   const std::string partial = path + ".partial";
-  {
+  try {
     Handle file = file_handle(H5Fcreate(partial.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT));
     Handle scalar = space_handle(H5Screate(H5S_SCALAR));
     auto put_number = [&](const char* name, hid_t type, const void* v) {
@@ -324,6 +324,10 @@ void write_checkpoint(const std::string& path, const ModelConfig& model, const W
         MOEPROXY_H5(H5Dwrite(ds.get(), H5T_NATIVE_FLOAT, mem.get(), file_space.get(), H5P_DEFAULT, block.data()));
       }
     }
+  } catch (const std::runtime_error& e) {
+    std::error_code ignored;
+    std::filesystem::remove(partial, ignored);
+    throw std::runtime_error("cannot write checkpoint " + path + ": " + e.what());
   }
   std::error_code ec;
   std::filesystem::rename(partial, path, ec);

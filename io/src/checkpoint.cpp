@@ -47,12 +47,8 @@ class Handle {
   herr_t (*close_)(hid_t) = nullptr;
 };
 
-Handle file_handle(hid_t id) { return Handle(MOEPROXY_H5(id), H5Fclose); }
-Handle dataset_handle(hid_t id) { return Handle(MOEPROXY_H5(id), H5Dclose); }
-Handle space_handle(hid_t id) { return Handle(MOEPROXY_H5(id), H5Sclose); }
-Handle attr_handle(hid_t id) { return Handle(MOEPROXY_H5(id), H5Aclose); }
-Handle type_handle(hid_t id) { return Handle(MOEPROXY_H5(id), H5Tclose); }
-Handle plist_handle(hid_t id) { return Handle(MOEPROXY_H5(id), H5Pclose); }
+// The call's text goes into the message when it fails.
+#define MOEPROXY_HANDLE(call, close) Handle(MOEPROXY_H5(call), close)
 
 // HDF5 prints its error stack by default; our messages say what went wrong instead.
 struct QuietErrors {
@@ -88,11 +84,11 @@ bool path_exists(hid_t file, const std::string& path) {
 
 std::optional<std::string> string_attr(hid_t file, const char* name) {
   if (H5Aexists(file, name) <= 0) return std::nullopt;
-  Handle a = attr_handle(H5Aopen(file, name, H5P_DEFAULT));
-  Handle t = type_handle(H5Aget_type(a.get()));
+  Handle a = MOEPROXY_HANDLE(H5Aopen(file, name, H5P_DEFAULT), H5Aclose);
+  Handle t = MOEPROXY_HANDLE(H5Aget_type(a.get()), H5Tclose);
   if (H5Tget_class(t.get()) != H5T_STRING) return std::nullopt;
   if (H5Tis_variable_str(t.get()) > 0) {
-    Handle mem = type_handle(H5Tcopy(H5T_C_S1));
+    Handle mem = MOEPROXY_HANDLE(H5Tcopy(H5T_C_S1), H5Tclose);
     MOEPROXY_H5(H5Tset_size(mem.get(), H5T_VARIABLE));
     MOEPROXY_H5(H5Tset_cset(mem.get(), H5Tget_cset(t.get())));
     char* value = nullptr;
@@ -103,7 +99,7 @@ std::optional<std::string> string_attr(hid_t file, const char* name) {
   }
   const std::size_t n = H5Tget_size(t.get());
   std::vector<char> buf(n + 1, '\0');
-  Handle mem = type_handle(H5Tcopy(H5T_C_S1));
+  Handle mem = MOEPROXY_HANDLE(H5Tcopy(H5T_C_S1), H5Tclose);
   MOEPROXY_H5(H5Tset_size(mem.get(), n + 1));
   MOEPROXY_H5(H5Tset_cset(mem.get(), H5Tget_cset(t.get())));
   MOEPROXY_H5(H5Aread(a.get(), mem.get(), buf.data()));
@@ -114,11 +110,11 @@ std::optional<std::string> string_attr(hid_t file, const char* name) {
 template <class T>
 std::optional<T> number_attr(hid_t file, const char* name, hid_t mem_type) {
   if (H5Aexists(file, name) <= 0) return std::nullopt;
-  Handle a = attr_handle(H5Aopen(file, name, H5P_DEFAULT));
-  Handle t = type_handle(H5Aget_type(a.get()));
+  Handle a = MOEPROXY_HANDLE(H5Aopen(file, name, H5P_DEFAULT), H5Aclose);
+  Handle t = MOEPROXY_HANDLE(H5Aget_type(a.get()), H5Tclose);
   const H5T_class_t c = H5Tget_class(t.get());
   if (c != H5T_INTEGER && c != H5T_FLOAT) return std::nullopt;
-  Handle s = space_handle(H5Aget_space(a.get()));
+  Handle s = MOEPROXY_HANDLE(H5Aget_space(a.get()), H5Sclose);
   if (H5Sget_simple_extent_npoints(s.get()) != 1) return std::nullopt;
   T v{};
   MOEPROXY_H5(H5Aread(a.get(), mem_type, &v));
@@ -177,8 +173,8 @@ class Hdf5Checkpoint : public WeightSource {
  private:
   void read_block(const TensorShape& shape, int expert, const IndexSpans& rows, const IndexSpans& cols,
                   float* out) const {
-    Handle ds = dataset_handle(H5Dopen2(file_.get(), shape.name.c_str(), H5P_DEFAULT));
-    Handle file_space = space_handle(H5Dget_space(ds.get()));
+    Handle ds = MOEPROXY_HANDLE(H5Dopen2(file_.get(), shape.name.c_str(), H5P_DEFAULT), H5Dclose);
+    Handle file_space = MOEPROXY_HANDLE(H5Dget_space(ds.get()), H5Sclose);
     MOEPROXY_H5(H5Sselect_none(file_space.get()));
     // Row-major order of the union of blocks = the caller's order, since spans ascend.
     for (const IndexSpan& r : rows)
@@ -192,7 +188,7 @@ class Hdf5Checkpoint : public WeightSource {
       }
     const hsize_t n = static_cast<hsize_t>(total_count(rows) * total_count(cols));
     if (n == 0) return;
-    Handle mem_space = space_handle(H5Screate_simple(1, &n, nullptr));
+    Handle mem_space = MOEPROXY_HANDLE(H5Screate_simple(1, &n, nullptr), H5Sclose);
     MOEPROXY_H5(H5Dread(ds.get(), H5T_NATIVE_FLOAT, mem_space.get(), file_space.get(), H5P_DEFAULT, out));
   }
 
@@ -213,7 +209,7 @@ std::unique_ptr<WeightSource> open_checkpoint(const std::string& path, const Mod
     throw InputError(key + " is not an HDF5 file (docs/checkpoint.md describes the layout)");
   const hid_t id = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
   if (id < 0) throw InputError(key + ": cannot open the HDF5 file for reading");
-  Handle file = file_handle(id);
+  Handle file = MOEPROXY_HANDLE(id, H5Fclose);
 
   const auto version = number_attr<long long>(file.get(), "format_version", H5T_NATIVE_LLONG);
   if (!version)
@@ -251,11 +247,11 @@ std::unique_ptr<WeightSource> open_checkpoint(const std::string& path, const Mod
   }
   for (const TensorShape& t : weight_tensors(model)) {
     if (!path_exists(file.get(), t.name)) throw InputError(key + ": dataset /" + t.name + " is missing");
-    Handle ds = dataset_handle(H5Dopen2(file.get(), t.name.c_str(), H5P_DEFAULT));
-    Handle type = type_handle(H5Dget_type(ds.get()));
+    Handle ds = MOEPROXY_HANDLE(H5Dopen2(file.get(), t.name.c_str(), H5P_DEFAULT), H5Dclose);
+    Handle type = MOEPROXY_HANDLE(H5Dget_type(ds.get()), H5Tclose);
     if (H5Tget_class(type.get()) != H5T_FLOAT)
       throw InputError(key + ": dataset /" + t.name + " is not floating point (float32 or float16 expected)");
-    Handle space = space_handle(H5Dget_space(ds.get()));
+    Handle space = MOEPROXY_HANDLE(H5Dget_space(ds.get()), H5Sclose);
     const int rank = MOEPROXY_H5(H5Sget_simple_extent_ndims(space.get()));
     std::vector<hsize_t> dims(static_cast<std::size_t>(rank));
     MOEPROXY_H5(H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr));
@@ -271,17 +267,19 @@ void write_checkpoint(const std::string& path, const ModelConfig& model, const W
   QuietErrors quiet;
   const std::string partial = path + ".partial";
   try {
-    Handle file = file_handle(H5Fcreate(partial.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT));
-    Handle scalar = space_handle(H5Screate(H5S_SCALAR));
+    const hid_t file_id = H5Fcreate(partial.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (file_id < 0) throw std::runtime_error("cannot create " + partial);
+    Handle file(file_id, H5Fclose);
+    Handle scalar = MOEPROXY_HANDLE(H5Screate(H5S_SCALAR), H5Sclose);
     auto put_number = [&](const char* name, hid_t type, const void* v) {
-      Handle a = attr_handle(H5Acreate2(file.get(), name, type, scalar.get(), H5P_DEFAULT, H5P_DEFAULT));
+      Handle a = MOEPROXY_HANDLE(H5Acreate2(file.get(), name, type, scalar.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
       MOEPROXY_H5(H5Awrite(a.get(), type, v));
     };
     auto put_string = [&](const char* name, const std::string& v) {
-      Handle t = type_handle(H5Tcopy(H5T_C_S1));
+      Handle t = MOEPROXY_HANDLE(H5Tcopy(H5T_C_S1), H5Tclose);
       MOEPROXY_H5(H5Tset_size(t.get(), H5T_VARIABLE));
       MOEPROXY_H5(H5Tset_cset(t.get(), H5T_CSET_UTF8));
-      Handle a = attr_handle(H5Acreate2(file.get(), name, t.get(), scalar.get(), H5P_DEFAULT, H5P_DEFAULT));
+      Handle a = MOEPROXY_HANDLE(H5Acreate2(file.get(), name, t.get(), scalar.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
       const char* text = v.c_str();
       MOEPROXY_H5(H5Awrite(a.get(), t.get(), &text));
     };
@@ -301,21 +299,21 @@ void write_checkpoint(const std::string& path, const ModelConfig& model, const W
     put_number("norm_eps", H5T_NATIVE_DOUBLE, &model.norm_eps);
     put_string("source", source.describe());
 
-    Handle lcpl = plist_handle(H5Pcreate(H5P_LINK_CREATE));
+    Handle lcpl = MOEPROXY_HANDLE(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
     MOEPROXY_H5(H5Pset_create_intermediate_group(lcpl.get(), 1));
     for (const TensorShape& t : weight_tensors(model)) {
       const std::vector<std::int64_t> stored = t.stored_dims();
       const std::vector<hsize_t> dims(stored.begin(), stored.end());
-      Handle space = space_handle(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr));
-      Handle ds = dataset_handle(H5Dcreate2(file.get(), t.name.c_str(), H5T_IEEE_F32LE, space.get(), lcpl.get(),
-                                            H5P_DEFAULT, H5P_DEFAULT));
+      Handle space = MOEPROXY_HANDLE(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), H5Sclose);
+      Handle ds = MOEPROXY_HANDLE(H5Dcreate2(file.get(), t.name.c_str(), H5T_IEEE_F32LE, space.get(), lcpl.get(),
+                                            H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
       std::vector<float> block(static_cast<std::size_t>(t.rows * t.cols));
       for (std::int64_t e = 0; e < t.experts; ++e) {
         source.read(TensorRef{t.ref.kind, t.ref.layer, static_cast<int>(e)}, {IndexSpan{0, t.rows}},
                     {IndexSpan{0, t.cols}}, block.data());
         const hsize_t n = block.size();
-        Handle mem = space_handle(H5Screate_simple(1, &n, nullptr));
-        Handle file_space = space_handle(H5Dget_space(ds.get()));
+        Handle mem = MOEPROXY_HANDLE(H5Screate_simple(1, &n, nullptr), H5Sclose);
+        Handle file_space = MOEPROXY_HANDLE(H5Dget_space(ds.get()), H5Sclose);
         if (t.per_expert) {
           const hsize_t start[3] = {static_cast<hsize_t>(e), 0, 0};
           const hsize_t count[3] = {1, static_cast<hsize_t>(t.rows), static_cast<hsize_t>(t.cols)};

@@ -14,12 +14,15 @@
 #include <fstream>
 #include <iostream>
 #include <iterator>
+#include <memory>
 #include <optional>
 #include <sstream>
 
 #include "commands.hpp"
 #include "fatal_signals.hpp"
 #include "moeproxy/core/reference.hpp"
+#include "moeproxy/core/weights.hpp"
+#include "moeproxy/io/checkpoint.hpp"
 #include "moeproxy/io/deck.hpp"
 #include "moeproxy/io/report.hpp"
 #include "moeproxy/io/results.hpp"
@@ -131,14 +134,6 @@ std::string check_output_writable(const std::string& path) {
 // Keys the deck accepts for features this version does not have yet: running something else
 // under their name would produce results that look valid and are not.
 std::string check_implemented(const RunConfig& cfg) {
-  if (!cfg.model.checkpoint.empty()) {
-    std::error_code ec;
-    const std::string missing =
-        std::filesystem::exists(cfg.model.checkpoint, ec) ? "" : " (and no such file exists)";
-    return "model.checkpoint = \"" + cfg.model.checkpoint + "\"" + missing +
-           ": loading weights from a checkpoint is not implemented yet; remove model.checkpoint "
-           "(or set it to \"\") to run with generated weights";
-  }
   if (cfg.model.precision == Precision::fp16)
     return "model.precision = \"fp16\": fp16 kernels are not implemented yet; set model.precision = \"fp32\"";
   if (cfg.verify.mode == VerifyMode::file)
@@ -375,7 +370,7 @@ std::string command_line(int argc, char** argv) {
 }
 
 void verify(const RunConfig& cfg, const parallel::RankLayout& layout, const parallel::RunOutput& out,
-            parallel::Communicator& world, RunSummary& s) {
+            parallel::Communicator& world, const WeightSource* weights, RunSummary& s) {
   const VerifyConfig& v = cfg.verify;
   const int sample = std::min(v.sample, cfg.workload.batch);
   s.tolerance = verification_tolerance(cfg.model.precision);
@@ -397,7 +392,7 @@ void verify(const RunConfig& cfg, const parallel::RankLayout& layout, const para
   const parallel::SampleOutputs got = parallel::gather_sample(cfg, layout, out, world, sample);
   double result[2] = {0.0, 0.0};  // max_rel_error, pass
   if (world.rank() == 0) {
-    const ReferenceOutput ref = reference_forward(cfg.model, cfg.workload, 0, sample, cfg.workload.batch);
+    const ReferenceOutput ref = reference_forward(cfg.model, cfg.workload, 0, sample, cfg.workload.batch, weights);
     result[0] = std::max(max_relative_error(got.prefill, ref.prefill), max_relative_error(got.decode, ref.decode));
     result[1] = result[0] <= s.tolerance ? 1.0 : 0.0;
   }
@@ -440,11 +435,21 @@ int run_command(const Options& opt, int argc, char** argv) {
       error = e.what();
     }
   }
+  // The checkpoint is checked whole on rank 0 before anything big is allocated anywhere.
+  if (error.empty() && world_rank() == 0 && !cfg.model.checkpoint.empty()) {
+    try {
+      (void)io::open_checkpoint(cfg.model.checkpoint, cfg.model);
+    } catch (const InputError& e) {
+      error = e.what();
+    }
+  }
   if (error.empty() && world_rank() == 0) error = check_output_writable(cfg.output.file);
   if (!agree(error.empty())) {
     if (world_rank() == 0) std::cerr << "moeproxy: input error: " << error << "\n";
     return exit_input;
   }
+  const std::unique_ptr<WeightSource> weights =
+      cfg.model.checkpoint.empty() ? nullptr : io::open_checkpoint(cfg.model.checkpoint, cfg.model);
   const parallel::RankLayout layout = parallel::RankLayout::build(cfg, world_size);
   std::ostream* progress = world_rank() == 0 ? &std::cout : nullptr;
   const MemoryEstimate estimate = layout.memory_of(world_rank());
@@ -459,8 +464,9 @@ int run_command(const Options& opt, int argc, char** argv) {
     *progress << "[moeproxy] " << cfg.deck_path << ": " << layout.describe() << " on " << world.size()
               << " ranks, " << describe_backend() << "\n" << std::flush;
 
-  parallel::RunOutput out = parallel::run_forward(cfg, layout, world, progress);
-  verify(cfg, layout, out, world, out.summary);
+  if (progress && weights) *progress << "[moeproxy] weights: " << weights->describe() << "\n" << std::flush;
+  parallel::RunOutput out = parallel::run_forward(cfg, layout, world, progress, weights.get());
+  verify(cfg, layout, out, world, weights.get(), out.summary);
   io::ReportInput report = reduce_for_report(out, world);
 
   io::RunInfo info;
@@ -520,6 +526,7 @@ int check_command(const Options& opt) {
       std::printf("  rank %d: weights %.1f MiB, kv cache %.1f MiB, activations %.1f MiB, total %.1f MiB\n", r,
                   e.weights / 1048576.0, e.kv_cache / 1048576.0, e.activations / 1048576.0, e.total() / 1048576.0);
     }
+    if (!cfg.model.checkpoint.empty()) (void)io::open_checkpoint(cfg.model.checkpoint, cfg.model);
     // A deck describing a planned deployment is valid even where this version cannot run it yet.
     if (const std::string e = check_implemented(cfg); !e.empty())
       std::cout << "note: moeproxy run refuses this deck in this version: " << e << "\n";
@@ -527,6 +534,23 @@ int check_command(const Options& opt) {
     std::cerr << "moeproxy: input error: " << e.what() << "\n";
     return exit_input;
   }
+  return exit_ok;
+}
+
+// The deck's generated weights as a checkpoint (docs/checkpoint.md), written by rank 0: a
+// run from it must equal the run from the generated weights bit for bit.
+int export_command(const Options& opt, const std::string& out_path) {
+  RunConfig cfg;
+  if (!load_config(opt, cfg)) return exit_input;
+  if (world_rank() != 0) return exit_ok;
+  if (!cfg.model.checkpoint.empty()) {
+    std::cerr << "moeproxy: input error: export-checkpoint writes generated weights, but the deck sets model.checkpoint = \""
+              << cfg.model.checkpoint << "\"\n";
+    return exit_input;
+  }
+  const GeneratedWeights generated(cfg.model);
+  io::write_checkpoint(out_path, cfg.model, generated);
+  std::cout << "wrote " << out_path << " (" << generated.describe() << ")\n";
   return exit_ok;
 }
 
@@ -583,6 +607,13 @@ int main(int argc, char** argv) {
   auto* predict = app::add_predict(app, predict_opt);
   app::CalibrateOptions calibrate_opt;
   auto* calibrate = app::add_calibrate(app, calibrate_opt);
+  std::string export_path;
+  auto* export_ckpt = app.add_subcommand("export-checkpoint",
+                                         "Write the deck's generated weights as an HDF5 checkpoint "
+                                         "(docs/checkpoint.md) for model.checkpoint");
+  export_ckpt->add_option("deck", opt.deck, "TOML input deck")->required();
+  export_ckpt->add_option("--set", opt.sets, "Override a deck key: --set section.key=value (repeatable)");
+  export_ckpt->add_option("--out", export_path, "Checkpoint file to write")->required();
   app.footer("Deck keys:\n" + io::deck_keys_help());
 
   int code = exit_ok;
@@ -605,6 +636,7 @@ int main(int argc, char** argv) {
     else if (*info) code = info_command(argc, argv);
     else if (*predict) code = app::predict_command(predict_opt, argc, argv);
     else if (*calibrate) code = app::calibrate_command(calibrate_opt, argc, argv);
+    else if (*export_ckpt) code = export_command(opt, export_path);
   } catch (const InputError& e) {
     std::cerr << "moeproxy: input error on rank " << rank << ": " << e.what() << "\n";
     MPI_Abort(MPI_COMM_WORLD, exit_input);

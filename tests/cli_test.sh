@@ -83,10 +83,34 @@ case $case_name in
   checkpoint-missing)
     refuse "model.checkpoint" "no-such-weights.h5" "no such file" -- \
       "$exe" "${one[@]}" --set model.checkpoint="$out/no-such-weights.h5" ;;
-  checkpoint-unsupported)
+  checkpoint-not-hdf5)
     : > "$out/empty-weights.h5"
-    refuse "model.checkpoint" "empty-weights.h5" "not implemented" -- \
+    refuse "model.checkpoint" "empty-weights.h5" "not an HDF5 file" -- \
       "$exe" "${one[@]}" --set model.checkpoint="$out/empty-weights.h5" ;;
+  checkpoint-attribute)
+    # Weights of a 3-layer model for the 2-layer deck.
+    "$exe" export-checkpoint "$quick" --set model.layers=3 --out "$out/three-layers.h5" > "$log" 2>&1 \
+      || fail "export-checkpoint failed"
+    refuse "three-layers.h5" "layers = 3" "model.layers = 2" -- \
+      "$exe" "${one[@]}" --set model.checkpoint="$out/three-layers.h5" ;;
+  checkpoint-shape | checkpoint-dataset-missing)
+    "$exe" export-checkpoint "$quick" --out "$out/$case_name-weights.h5" > "$log" 2>&1 || fail "export-checkpoint failed"
+    /usr/bin/python3 - "$out/$case_name-weights.h5" "$case_name" <<'PY' || fail "could not edit the checkpoint"
+import sys
+import h5py
+import numpy as np
+with h5py.File(sys.argv[1], "r+") as f:
+    del f["layers/1/w3"]
+    if sys.argv[2] == "checkpoint-shape":  # one expert's [d, f] where [E, d, f] is needed
+        f["layers/1/w3"] = np.zeros((128, 256), dtype=np.float32)
+PY
+    if [ "$case_name" = checkpoint-shape ]; then
+      refuse "$case_name-weights.h5" "/layers/1/w3" "shape \[128, 256\]" "\[8, 128, 256\]" -- \
+        "$exe" "${one[@]}" --set model.checkpoint="$out/$case_name-weights.h5"
+    else
+      refuse "$case_name-weights.h5" "/layers/1/w3 is missing" -- \
+        "$exe" "${one[@]}" --set model.checkpoint="$out/$case_name-weights.h5"
+    fi ;;
   output-proc)
     result=/proc/moeproxy-test/run.h5
     refuse "output.file" "/proc/moeproxy-test" -- "$exe" "${one[@]}" --set output.file="$result" ;;

@@ -114,3 +114,109 @@ TEST_CASE("weights: byte counts match the views", "[weights]") {
   const std::uint64_t per_layer = 4 * d * d + 4 * d + d * e + 3 * e * d * f;
   CHECK(w.bytes() == 4 * (cfg.layers * per_layer + 2 * d));
 }
+
+namespace {
+
+// The hash's values through the host read path, as a checkpoint's would come.
+class StagedWeights : public WeightSource {
+ public:
+  explicit StagedWeights(const ModelConfig& cfg) : generated_(cfg) {}
+  void read(const TensorRef& t, const IndexSpans& rows, const IndexSpans& cols, float* out) const override {
+    ++reads;
+    generated_.read(t, rows, cols, out);
+  }
+  std::string describe() const override { return "staged"; }
+  mutable int reads = 0;
+
+ private:
+  GeneratedWeights generated_;
+};
+
+template <class View>
+void require_equal(const View& a, const View& b) {
+  auto ha = to_host(a), hb = to_host(b);
+  REQUIRE(ha.span() == hb.span());
+  for (std::size_t i = 0; i < ha.span(); ++i) REQUIRE(ha.data()[i] == hb.data()[i]);
+}
+
+}  // namespace
+
+TEST_CASE("weights: a source read through host buffers equals the device-generated shard", "[weights]") {
+  ModelConfig cfg;
+  cfg.hidden = 24;
+  cfg.heads = 6;
+  cfg.head_dim = 12;
+  cfg.kv_heads = 2;
+  cfg.ffn_hidden = 20;
+  cfg.experts = 6;
+  cfg.norm = GENERATE(NormKind::rmsnorm, NormKind::layernorm);
+  ExecSpace space;
+  ShardSpec shard;
+  shard.head_begin = 2;
+  shard.head_count = 2;
+  shard.dim_begin = 1;
+  shard.dim_count = 3;
+  shard.expert_begin = 3;
+  shard.expert_count = 2;
+  shard.ffn_begin = 4;
+  shard.ffn_count = 8;
+  const StagedWeights staged(cfg);
+  const ModelWeights generated = make_weights(space, cfg, shard, 1, 2);
+  const ModelWeights loaded = make_weights(space, cfg, shard, 1, 2, &staged);
+  CHECK(staged.reads > 0);
+  const LayerWeights &g = generated.layers[0], &l = loaded.layers[0];
+  require_equal(g.attn_norm.gain, l.attn_norm.gain);
+  require_equal(g.attn_norm.bias, l.attn_norm.bias);
+  require_equal(g.wq, l.wq);
+  require_equal(g.wk, l.wk);
+  require_equal(g.wv, l.wv);
+  require_equal(g.wo, l.wo);
+  require_equal(g.ffn_norm.gain, l.ffn_norm.gain);
+  require_equal(g.router, l.router);
+  require_equal(g.w1, l.w1);
+  require_equal(g.w2, l.w2);
+  require_equal(g.w3, l.w3);
+  require_equal(generated.final_norm.gain, loaded.final_norm.gain);
+  require_equal(generated.final_norm.bias, loaded.final_norm.bias);
+}
+
+TEST_CASE("weights: spans of a head-sliced axis ascend and cover each head's pairs and partners", "[weights]") {
+  const IndexSpans spans = spans_of(AxisMap::head_slice(2, 12, 1, 3), 12);
+  REQUIRE(spans.size() == 4);
+  const std::int64_t want[4][2] = {{25, 3}, {31, 3}, {37, 3}, {43, 3}};
+  for (int i = 0; i < 4; ++i) {
+    CHECK(spans[i].begin == want[i][0]);
+    CHECK(spans[i].count == want[i][1]);
+  }
+  CHECK(total_count(spans) == 12);
+  const IndexSpans whole = spans_of(AxisMap::contiguous(5), 7);
+  REQUIRE(whole.size() == 1);
+  CHECK(whole[0].begin == 5);
+  CHECK(whole[0].count == 7);
+}
+
+TEST_CASE("weights: the catalogue lists every tensor once with docs/checkpoint.md's shapes", "[weights]") {
+  ModelConfig cfg;
+  cfg.layers = 2;
+  cfg.hidden = 16;
+  cfg.heads = 4;
+  cfg.head_dim = 6;
+  cfg.kv_heads = 2;
+  cfg.experts = 3;
+  cfg.ffn_hidden = 10;
+  const std::vector<TensorShape> moe = weight_tensors(cfg);
+  CHECK(moe.size() == 2 * 10 + 1);  // 2 norm gains, wq, wk, wv, wo, router, w1, w3, w2; final gain
+  for (const TensorShape& t : moe) {
+    if (t.name == "layers/1/wk") CHECK(t.stored_dims() == std::vector<std::int64_t>{16, 12});
+    if (t.name == "layers/0/wo") CHECK(t.stored_dims() == std::vector<std::int64_t>{24, 16});
+    if (t.name == "layers/0/w2") CHECK(t.stored_dims() == std::vector<std::int64_t>{3, 10, 16});
+    if (t.name == "final_gain") CHECK(t.stored_dims() == std::vector<std::int64_t>{16});
+  }
+  cfg.ffn = FfnKind::dense;
+  cfg.activation = Activation::gelu;
+  cfg.norm = NormKind::layernorm;
+  const std::vector<TensorShape> dense = weight_tensors(cfg);
+  CHECK(dense.size() == 2 * 10 + 2);  // norm gains and biases, no router, no w3; final gain, bias
+  for (const TensorShape& t : dense)
+    if (t.name == "layers/0/w1") CHECK(t.stored_dims() == std::vector<std::int64_t>{16, 10});
+}

@@ -33,7 +33,7 @@ int capacity_for(const ModelConfig& cfg, int tokens) {
 
 Transformer::Transformer(const ExecSpace& space, const ModelConfig& model,
                          const WorkloadConfig& workload, const SequenceSlice& slice,
-                         const ShardSpec& shard, LayerExchange* exchange)
+                         const ShardSpec& shard, LayerExchange* exchange, const WeightSource* weights)
     : space_(space), cfg_(model), workload_(workload), slice_(slice),
       exchange_(exchange ? exchange : &default_exchange_) {
   head_begin_ = shard.head_begin;
@@ -46,7 +46,7 @@ Transformer::Transformer(const ExecSpace& space, const ModelConfig& model,
   experts_ = cfg_.is_moe() ? (shard.expert_count < 0 ? cfg_.experts : shard.expert_count) : 1;
   layer_begin_ = shard.layer_begin;
   layer_end_ = shard.layer_count < 0 ? cfg_.layers : shard.layer_begin + shard.layer_count;
-  weights_ = make_weights(space_, cfg_, shard, layer_begin_, layer_end_);
+  weights_ = make_weights(space_, cfg_, shard, layer_begin_, layer_end_, weights);
   const int positions = workload_.prompt + workload_.decode_steps;
   for (int l = layer_begin_; l < layer_end_; ++l) {
     k_cache_.emplace_back("moeproxy::model::k_cache", slice_.count, kv_heads_, positions, head_dims_);

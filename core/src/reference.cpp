@@ -8,6 +8,7 @@
 
 #include "moeproxy/core/hash.hpp"
 #include "moeproxy/core/model.hpp"
+#include "moeproxy/core/weights.hpp"
 
 namespace moeproxy {
 
@@ -15,19 +16,24 @@ namespace {
 
 using Rows = std::vector<double>;  // row-major [rows, cols]
 
-double weight(const ModelConfig& c, TensorKind kind, int layer, int expert, std::int64_t row,
-              std::int64_t col, double scale, double offset = 0.0) {
-  return offset + scale * uniform_at(tensor_stream(c.seed, kind, layer, expert),
-                                     static_cast<std::uint64_t>(row), static_cast<std::uint64_t>(col));
+// A prefill input (always generated: a checkpoint holds no inputs).
+double input_value(const ModelConfig& c, std::int64_t row, std::int64_t col) {
+  return uniform_at(tensor_stream(c.seed, TensorKind::input, 0, 0), static_cast<std::uint64_t>(row),
+                    static_cast<std::uint64_t>(col));
 }
 
-// y[t, :] = x[t, :] * W where W(i, j) = weight(kind, layer, expert, i, j) * scale.
-Rows matmul(const ModelConfig& c, const Rows& x, int in, int out, TensorKind kind, int layer,
-            int expert, double scale) {
+// The whole tensor [rows, cols] from the source.
+std::vector<float> whole(const WeightSource& src, TensorKind kind, int layer, int expert, int rows, int cols) {
+  std::vector<float> w(static_cast<std::size_t>(rows) * cols);
+  src.read(TensorRef{kind, layer, expert}, {IndexSpan{0, rows}}, {IndexSpan{0, cols}}, w.data());
+  return w;
+}
+
+// y[t, :] = x[t, :] * W, W [in, out] the tensor (kind, layer, expert).
+Rows matmul(const WeightSource& src, const Rows& x, int in, int out, TensorKind kind, int layer,
+            int expert) {
   const std::size_t tokens = x.size() / in;
-  std::vector<double> w(static_cast<std::size_t>(in) * out);
-  for (int i = 0; i < in; ++i)
-    for (int j = 0; j < out; ++j) w[static_cast<std::size_t>(i) * out + j] = weight(c, kind, layer, expert, i, j, scale);
+  const std::vector<float> w = whole(src, kind, layer, expert, in, out);
   Rows y(tokens * out, 0.0);
   for (std::size_t t = 0; t < tokens; ++t)
     for (int i = 0; i < in; ++i) {
@@ -37,8 +43,11 @@ Rows matmul(const ModelConfig& c, const Rows& x, int in, int out, TensorKind kin
   return y;
 }
 
-Rows norm(const ModelConfig& c, const Rows& x, TensorKind gain, TensorKind bias, int layer) {
+Rows norm(const ModelConfig& c, const WeightSource& src, const Rows& x, TensorKind gain, TensorKind bias,
+         int layer) {
   const int d = c.hidden;
+  const std::vector<float> g = whole(src, gain, layer, 0, 1, d);
+  const std::vector<float> bs = c.norm == NormKind::layernorm ? whole(src, bias, layer, 0, 1, d) : std::vector<float>();
   Rows y(x.size());
   for (std::size_t t = 0; t < x.size() / d; ++t) {
     const double* r = &x[t * d];
@@ -51,8 +60,8 @@ Rows norm(const ModelConfig& c, const Rows& x, TensorKind gain, TensorKind bias,
     for (int j = 0; j < d; ++j) sq += (r[j] - mean) * (r[j] - mean);
     const double inv = 1.0 / std::sqrt(sq / d + c.norm_eps);
     for (int j = 0; j < d; ++j) {
-      double v = (r[j] - mean) * inv * weight(c, gain, layer, 0, 0, j, 0.1, 1.0);
-      if (c.norm == NormKind::layernorm) v += weight(c, bias, layer, 0, 0, j, 0.1);
+      double v = (r[j] - mean) * inv * g[j];
+      if (c.norm == NormKind::layernorm) v += bs[j];
       y[t * d + j] = v;
     }
   }
@@ -78,17 +87,15 @@ double act(Activation a, double v) {
 }
 
 // FFN of one expert (or the dense MLP, expert 0) on rows h.
-Rows expert_ffn(const ModelConfig& c, const Rows& h, int layer, int expert) {
-  const double s_d = 1.0 / std::sqrt(static_cast<double>(c.hidden));
-  Rows a = matmul(c, h, c.hidden, c.ffn_hidden, TensorKind::w1, layer, expert, s_d);
+Rows expert_ffn(const ModelConfig& c, const WeightSource& src, const Rows& h, int layer, int expert) {
+  Rows a = matmul(src, h, c.hidden, c.ffn_hidden, TensorKind::w1, layer, expert);
   if (c.activation == Activation::swiglu) {
-    const Rows g = matmul(c, h, c.hidden, c.ffn_hidden, TensorKind::w3, layer, expert, s_d);
+    const Rows g = matmul(src, h, c.hidden, c.ffn_hidden, TensorKind::w3, layer, expert);
     for (std::size_t i = 0; i < a.size(); ++i) a[i] = act(c.activation, a[i]) * g[i];
   } else {
     for (double& v : a) v = act(c.activation, v);
   }
-  return matmul(c, a, c.ffn_hidden, c.hidden, TensorKind::w2, layer, expert,
-                1.0 / std::sqrt(static_cast<double>(c.ffn_hidden)));
+  return matmul(src, a, c.ffn_hidden, c.hidden, TensorKind::w2, layer, expert);
 }
 
 // Expert choices for one token: learned (softmax, top-k, renormalise) or synthetic.
@@ -140,15 +147,14 @@ struct State {
 };
 
 // One layer over rows x (row r = sequence r / n, position pos0 + r % n), in place.
-void layer(const ModelConfig& c, const WorkloadConfig& w, int l, Rows& x, int n, int pos0,
-           const std::vector<std::int64_t>& token_ids, State& st) {
+void layer(const ModelConfig& c, const WorkloadConfig& w, const WeightSource& src, int l, Rows& x, int n,
+           int pos0, const std::vector<std::int64_t>& token_ids, State& st) {
   const int d = c.hidden, hd = c.effective_head_dim(), H = c.heads, Hkv = c.effective_kv_heads();
   const int tokens = static_cast<int>(x.size() / d);
-  const double s_d = 1.0 / std::sqrt(static_cast<double>(d));
-  Rows h = norm(c, x, TensorKind::norm1_gain, TensorKind::norm1_bias, l);
-  Rows q = matmul(c, h, d, c.q_width(), TensorKind::wq, l, 0, s_d);
-  Rows k = matmul(c, h, d, c.kv_width(), TensorKind::wk, l, 0, s_d);
-  Rows v = matmul(c, h, d, c.kv_width(), TensorKind::wv, l, 0, s_d);
+  Rows h = norm(c, src, x, TensorKind::norm1_gain, TensorKind::norm1_bias, l);
+  Rows q = matmul(src, h, d, c.q_width(), TensorKind::wq, l, 0);
+  Rows k = matmul(src, h, d, c.kv_width(), TensorKind::wk, l, 0);
+  Rows v = matmul(src, h, d, c.kv_width(), TensorKind::wv, l, 0);
   Rows attn(static_cast<std::size_t>(tokens) * c.q_width(), 0.0);
   for (int r = 0; r < tokens; ++r) {
     const int b = r / n, pos = pos0 + r % n;
@@ -188,17 +194,16 @@ void layer(const ModelConfig& c, const WorkloadConfig& w, int l, Rows& x, int n,
       }
     }
   }
-  const Rows o = matmul(c, attn, c.q_width(), d, TensorKind::wo, l, 0,
-                        1.0 / std::sqrt(static_cast<double>(c.q_width())));
+  const Rows o = matmul(src, attn, c.q_width(), d, TensorKind::wo, l, 0);
   for (std::size_t i = 0; i < x.size(); ++i) x[i] += o[i];
 
-  h = norm(c, x, TensorKind::norm2_gain, TensorKind::norm2_bias, l);
+  h = norm(c, src, x, TensorKind::norm2_gain, TensorKind::norm2_bias, l);
   if (!c.is_moe()) {
-    const Rows y = expert_ffn(c, h, l, 0);
+    const Rows y = expert_ffn(c, src, h, l, 0);
     for (std::size_t i = 0; i < x.size(); ++i) x[i] += y[i];
     return;
   }
-  const Rows logits = matmul(c, h, d, c.experts, TensorKind::router, l, 0, s_d);
+  const Rows logits = matmul(src, h, d, c.experts, TensorKind::router, l, 0);
   const int capacity = c.capacity_factor > 0.0
                            ? static_cast<int>(std::ceil(c.capacity_factor * tokens * c.top_k / c.experts))
                            : -1;
@@ -220,7 +225,7 @@ void layer(const ModelConfig& c, const WorkloadConfig& w, int l, Rows& x, int n,
     if (rows_of[e].empty()) continue;
     Rows he;
     for (int t : rows_of[e]) he.insert(he.end(), h.begin() + static_cast<std::ptrdiff_t>(t) * d, h.begin() + static_cast<std::ptrdiff_t>(t + 1) * d);
-    const Rows ye = expert_ffn(c, he, l, e);
+    const Rows ye = expert_ffn(c, src, he, l, e);
     for (std::size_t i = 0; i < rows_of[e].size(); ++i)
       for (int j = 0; j < d; ++j)
         y[static_cast<std::size_t>(rows_of[e][i]) * d + j] += weight_of[e][i] * ye[i * d + j];
@@ -231,7 +236,9 @@ void layer(const ModelConfig& c, const WorkloadConfig& w, int l, Rows& x, int n,
 }  // namespace
 
 ReferenceOutput reference_forward(const ModelConfig& c, const WorkloadConfig& w, int seq_begin,
-                                  int count, int global_batch) {
+                                  int count, int global_batch, const WeightSource* weights) {
+  const GeneratedWeights generated(c);
+  const WeightSource& src = weights ? *weights : generated;
   const int d = c.hidden, S = w.prompt, G = w.decode_steps;
   State st;
   st.k.assign(c.layers, std::vector<Rows>(count));
@@ -242,11 +249,11 @@ ReferenceOutput reference_forward(const ModelConfig& c, const WorkloadConfig& w,
   for (int r = 0; r < count * S; ++r) {
     ids[r] = static_cast<std::int64_t>(seq_begin) * S + r;
     for (int j = 0; j < d; ++j)
-      x[static_cast<std::size_t>(r) * d + j] = weight(c, TensorKind::input, 0, 0, ids[r], j, 1.0);
+      x[static_cast<std::size_t>(r) * d + j] = input_value(c, ids[r], j);
   }
-  for (int l = 0; l < c.layers; ++l) layer(c, w, l, x, S, 0, ids, st);
+  for (int l = 0; l < c.layers; ++l) layer(c, w, src, l, x, S, 0, ids, st);
   ReferenceOutput out;
-  out.prefill = norm(c, x, TensorKind::final_gain, TensorKind::final_bias, 0);
+  out.prefill = norm(c, src, x, TensorKind::final_gain, TensorKind::final_bias, 0);
 
   out.decode.resize(static_cast<std::size_t>(count) * G * d);
   Rows step_in(static_cast<std::size_t>(count) * d);
@@ -256,8 +263,8 @@ ReferenceOutput reference_forward(const ModelConfig& c, const WorkloadConfig& w,
     std::vector<std::int64_t> step_ids(count);
     for (int b = 0; b < count; ++b)
       step_ids[b] = static_cast<std::int64_t>(global_batch) * S + static_cast<std::int64_t>(g) * global_batch + seq_begin + b;
-    for (int l = 0; l < c.layers; ++l) layer(c, w, l, step_in, 1, S + g, step_ids, st);
-    step_in = norm(c, step_in, TensorKind::final_gain, TensorKind::final_bias, 0);
+    for (int l = 0; l < c.layers; ++l) layer(c, w, src, l, step_in, 1, S + g, step_ids, st);
+    step_in = norm(c, src, step_in, TensorKind::final_gain, TensorKind::final_bias, 0);
     for (int b = 0; b < count; ++b)
       std::copy_n(step_in.begin() + static_cast<std::ptrdiff_t>(b) * d, d,
                   out.decode.begin() + (static_cast<std::ptrdiff_t>(b) * G + g) * d);

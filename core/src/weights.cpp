@@ -1,6 +1,7 @@
 #include "moeproxy/core/weights.hpp"
 
 #include <cmath>
+#include <string>
 
 namespace moeproxy {
 
@@ -13,8 +14,9 @@ void fill_tensor(const ExecSpace& space, const Matrix& m, std::uint64_t seed, Te
       Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0},
                                                         {m.extent(0), m.extent(1)}),
       KOKKOS_LAMBDA(const int i, const int j) {
-        m(i, j) = offset + scale * uniform_at(stream, static_cast<std::uint64_t>(rows(i)),
-                                              static_cast<std::uint64_t>(cols(j)));
+        m(i, j) = scaled_uniform(uniform_at(stream, static_cast<std::uint64_t>(rows(i)),
+                                            static_cast<std::uint64_t>(cols(j))),
+                                 scale, offset);
       });
 }
 
@@ -31,7 +33,7 @@ void fill_tensor(const ExecSpace& space, const Vector& v, std::uint64_t seed, Te
   Kokkos::parallel_for(
       "moeproxy::weights::fill_vector", Kokkos::RangePolicy<ExecSpace>(space, 0, v.extent(0)),
       KOKKOS_LAMBDA(const int j) {
-        v(j) = offset + scale * uniform_at(stream, 0, static_cast<std::uint64_t>(col0 + j));
+        v(j) = scaled_uniform(uniform_at(stream, 0, static_cast<std::uint64_t>(col0 + j)), scale, offset);
       });
 }
 
@@ -39,14 +41,82 @@ namespace {
 
 float fan_in_scale(int fan_in) { return static_cast<float>(1.0 / std::sqrt(static_cast<double>(fan_in))); }
 
-NormWeights make_norm(const ExecSpace& space, const ModelConfig& cfg, TensorKind gain_kind,
-                      TensorKind bias_kind, int layer, const char* label) {
+}  // namespace
+
+GeneratedValue generated_value(const ModelConfig& cfg, TensorKind kind) {
+  switch (kind) {
+    case TensorKind::norm1_gain: case TensorKind::norm2_gain: case TensorKind::final_gain:
+      return GeneratedValue{0.1f, 1.0f};
+    case TensorKind::norm1_bias: case TensorKind::norm2_bias: case TensorKind::final_bias:
+      return GeneratedValue{0.1f, 0.0f};
+    case TensorKind::wq: case TensorKind::wk: case TensorKind::wv: case TensorKind::router:
+    case TensorKind::w1: case TensorKind::w3:
+      return GeneratedValue{fan_in_scale(cfg.hidden), 0.0f};
+    case TensorKind::wo:
+      return GeneratedValue{fan_in_scale(cfg.q_width()), 0.0f};
+    case TensorKind::w2:
+      return GeneratedValue{fan_in_scale(cfg.ffn_hidden), 0.0f};
+    case TensorKind::input: case TensorKind::synthetic_routing:
+      break;
+  }
+  return GeneratedValue{};
+}
+
+void GeneratedWeights::read(const TensorRef& tensor, const IndexSpans& rows, const IndexSpans& cols,
+                            float* out) const {
+  const std::uint64_t stream = tensor_stream(cfg_.seed, tensor.kind, tensor.layer, tensor.expert);
+  const GeneratedValue v = generated_value(cfg_, tensor.kind);
+  for (const IndexSpan& r : rows)
+    for (std::int64_t i = r.begin; i < r.begin + r.count; ++i)
+      for (const IndexSpan& c : cols)
+        for (std::int64_t j = c.begin; j < c.begin + c.count; ++j)
+          *out++ = scaled_uniform(uniform_at(stream, static_cast<std::uint64_t>(i), static_cast<std::uint64_t>(j)),
+                                  v.scale, v.offset);
+}
+
+std::string GeneratedWeights::describe() const {
+  return "generated weights (seed " + std::to_string(cfg_.seed) + ")";
+}
+
+IndexSpans spans_of(const AxisMap& axis, std::int64_t n) {
+  if (axis.head_dim == 0) return {IndexSpan{axis.begin, n}};
+  IndexSpans spans;
+  const std::int64_t width = 2 * axis.pairs;
+  for (std::int64_t h = 0; h < n / width; ++h) {
+    const std::int64_t head0 = (axis.begin + h) * axis.head_dim + axis.pair_begin;
+    spans.push_back(IndexSpan{head0, axis.pairs});
+    spans.push_back(IndexSpan{head0 + axis.head_dim / 2, axis.pairs});
+  }
+  return spans;
+}
+
+namespace {
+
+// m = the block (rows, cols) of `tensor`: computed in place on the device for generated
+// weights, else read into a host buffer and copied.
+void load(const ExecSpace& space, const ModelConfig& cfg, const WeightSource* source, const Matrix& m,
+          const TensorRef& tensor, const AxisMap& rows, const AxisMap& cols) {
+  const std::optional<std::uint64_t> seed = source ? source->generated_seed() : cfg.seed;
+  if (seed) {
+    const GeneratedValue v = generated_value(cfg, tensor.kind);
+    fill_tensor(space, m, *seed, tensor.kind, tensor.layer, tensor.expert, rows, cols, v.scale, v.offset);
+    return;
+  }
+  HostMatrix host("moeproxy::weights::staging", m.extent(0), m.extent(1));
+  source->read(tensor, spans_of(rows, m.extent(0)), spans_of(cols, m.extent(1)), host.data());
+  Kokkos::deep_copy(m, host);
+}
+
+NormWeights make_norm(const ExecSpace& space, const ModelConfig& cfg, const WeightSource* source,
+                      TensorKind gain_kind, TensorKind bias_kind, int layer, const char* label) {
+  const AxisMap whole = AxisMap::contiguous(0);
+  auto as_row = [](const Vector& v) { return Matrix(v.data(), 1, v.extent(0)); };
   NormWeights n;
   n.gain = Vector(std::string("moeproxy::weights::") + label + "_gain", cfg.hidden);
-  fill_tensor(space, n.gain, cfg.seed, gain_kind, layer, 0, 0, 0.1f, 1.0f);
+  load(space, cfg, source, as_row(n.gain), TensorRef{gain_kind, layer, 0}, whole, whole);
   if (cfg.norm == NormKind::layernorm) {
     n.bias = Vector(std::string("moeproxy::weights::") + label + "_bias", cfg.hidden);
-    fill_tensor(space, n.bias, cfg.seed, bias_kind, layer, 0, 0, 0.1f);
+    load(space, cfg, source, as_row(n.bias), TensorRef{bias_kind, layer, 0}, whole, whole);
   }
   return n;
 }
@@ -75,7 +145,7 @@ KvRange kv_heads_of(const ModelConfig& cfg, int head_begin, int head_count) {
 }
 
 ModelWeights make_weights(const ExecSpace& space, const ModelConfig& cfg, const ShardSpec& shard,
-                          int layer_begin, int layer_end) {
+                          int layer_begin, int layer_end, const WeightSource* source) {
   const int hd = cfg.effective_head_dim(), dims = shard.head_dims(cfg);
   const int heads = shard.head_count < 0 ? cfg.heads : shard.head_count;
   const KvRange kv = kv_heads_of(cfg, shard.head_begin, heads);
@@ -94,39 +164,37 @@ ModelWeights make_weights(const ExecSpace& space, const ModelConfig& cfg, const 
   ModelWeights w;
   for (int l = layer_begin; l < layer_end; ++l) {
     LayerWeights lw;
-    lw.attn_norm = make_norm(space, cfg, TensorKind::norm1_gain, TensorKind::norm1_bias, l, "attn_norm");
+    lw.attn_norm = make_norm(space, cfg, source, TensorKind::norm1_gain, TensorKind::norm1_bias, l, "attn_norm");
     lw.wq = Matrix("moeproxy::weights::wq", cfg.hidden, heads * dims);
     lw.wk = Matrix("moeproxy::weights::wk", cfg.hidden, kv_heads * dims);
     lw.wv = Matrix("moeproxy::weights::wv", cfg.hidden, kv_heads * dims);
     lw.wo = Matrix("moeproxy::weights::wo", heads * dims, cfg.hidden);
-    const float s_d = fan_in_scale(cfg.hidden);
-    fill_tensor(space, lw.wq, cfg.seed, TensorKind::wq, l, 0, whole, head_axis(shard.head_begin), s_d);
-    fill_tensor(space, lw.wk, cfg.seed, TensorKind::wk, l, 0, whole, head_axis(kv.begin), s_d);
-    fill_tensor(space, lw.wv, cfg.seed, TensorKind::wv, l, 0, whole, head_axis(kv.begin), s_d);
-    fill_tensor(space, lw.wo, cfg.seed, TensorKind::wo, l, 0, head_axis(shard.head_begin), whole,
-                fan_in_scale(cfg.q_width()));
-    lw.ffn_norm = make_norm(space, cfg, TensorKind::norm2_gain, TensorKind::norm2_bias, l, "ffn_norm");
+    load(space, cfg, source, lw.wq, TensorRef{TensorKind::wq, l, 0}, whole, head_axis(shard.head_begin));
+    load(space, cfg, source, lw.wk, TensorRef{TensorKind::wk, l, 0}, whole, head_axis(kv.begin));
+    load(space, cfg, source, lw.wv, TensorRef{TensorKind::wv, l, 0}, whole, head_axis(kv.begin));
+    load(space, cfg, source, lw.wo, TensorRef{TensorKind::wo, l, 0}, head_axis(shard.head_begin), whole);
+    lw.ffn_norm = make_norm(space, cfg, source, TensorKind::norm2_gain, TensorKind::norm2_bias, l, "ffn_norm");
     if (cfg.is_moe()) {
       lw.router = Matrix("moeproxy::weights::router", cfg.hidden, cfg.experts);
-      fill_tensor(space, lw.router, cfg.seed, TensorKind::router, l, 0, 0, 0, s_d);
+      load(space, cfg, source, lw.router, TensorRef{TensorKind::router, l, 0}, whole, whole);
     }
     lw.expert_begin = expert_begin;
     lw.w1 = decltype(lw.w1)("moeproxy::weights::w1", experts, cfg.hidden, f);
     lw.w2 = decltype(lw.w2)("moeproxy::weights::w2", experts, f, cfg.hidden);
     if (cfg.activation == Activation::swiglu)
       lw.w3 = decltype(lw.w3)("moeproxy::weights::w3", experts, cfg.hidden, f);
+    const AxisMap ffn_cols = AxisMap::contiguous(f_begin);
     for (int e = 0; e < experts; ++e) {
       const int ge = expert_begin + e;
       auto sub = [e](const auto& v) { return Matrix(Kokkos::subview(v, e, Kokkos::ALL, Kokkos::ALL)); };
-      fill_tensor(space, sub(lw.w1), cfg.seed, TensorKind::w1, l, ge, 0, f_begin, s_d);
-      fill_tensor(space, sub(lw.w2), cfg.seed, TensorKind::w2, l, ge, f_begin, 0,
-                  fan_in_scale(cfg.ffn_hidden));
+      load(space, cfg, source, sub(lw.w1), TensorRef{TensorKind::w1, l, ge}, whole, ffn_cols);
+      load(space, cfg, source, sub(lw.w2), TensorRef{TensorKind::w2, l, ge}, ffn_cols, whole);
       if (cfg.activation == Activation::swiglu)
-        fill_tensor(space, sub(lw.w3), cfg.seed, TensorKind::w3, l, ge, 0, f_begin, s_d);
+        load(space, cfg, source, sub(lw.w3), TensorRef{TensorKind::w3, l, ge}, whole, ffn_cols);
     }
     w.layers.push_back(lw);
   }
-  w.final_norm = make_norm(space, cfg, TensorKind::final_gain, TensorKind::final_bias, 0, "final_norm");
+  w.final_norm = make_norm(space, cfg, source, TensorKind::final_gain, TensorKind::final_bias, 0, "final_norm");
   return w;
 }
 

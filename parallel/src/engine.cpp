@@ -38,7 +38,7 @@ double comm_seconds(const PhaseTable& t) {
 }  // namespace
 
 RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, Communicator& world,
-                      std::ostream* progress) {
+                      std::ostream* progress, const WeightSource* weights) {
   const ModelConfig& m = cfg.model;
   const WorkloadConfig& w = cfg.workload;
   ExecSpace space;
@@ -57,7 +57,7 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, Communicat
   MOEPROXY_MPI(MPI_Comm_split(world.handle(), layout.dim_group(world.rank()), world.rank(), &dim_comm));
   Communicator tp(tp_comm, "tp"), ep(ep_comm, "ep"), pp(pp_comm, "pp"), dim(dim_comm, "dim");
   LayoutExchange exchange(tp, ep, dim, shard.expert_begin, m.is_moe() ? shard.expert_count : 1);
-  Transformer model(space, m, w, out.slice, shard, &exchange);
+  Transformer model(space, m, w, out.slice, shard, &exchange, weights);
   // Decode inputs on the first stage: each sequence's newest final-normed row.
   std::vector<float> next_input(static_cast<std::size_t>(n) * d);
   const int layer_end = shard.layer_begin + shard.layer_count;

@@ -29,3 +29,13 @@ add_test(NAME analysis/slurm-sweep
                  ${CMAKE_SOURCE_DIR} ${MOEPROXY_ANALYSIS_OUT}/slurm)
 set_tests_properties(analysis/slurm-sweep PROPERTIES ENVIRONMENT "${MOEPROXY_ANALYSIS_ENV}"
                      SKIP_RETURN_CODE 77 TIMEOUT 240 PROCESSORS 2 RESOURCE_LOCK moeproxy_slurm)
+
+# Checkpoints: the NumPy model written from docs/model.md and docs/checkpoint.md alone
+# reproduces runs from exported checkpoints within 1e-4 (fp32), and analysis/convert-checkpoint
+# maps a synthetic Mixtral-style safetensors state dict exactly (tests/analysis/checkpoint_test.sh).
+foreach(case numpy-tiny-moe numpy-tiny-moe8 numpy-tiny-dense numpy-zipf-capacity convert)
+  add_test(NAME analysis/checkpoint/${case}
+           COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/checkpoint_test.sh ${case} $<TARGET_FILE:moeproxy>
+                   ${CMAKE_SOURCE_DIR} ${MOEPROXY_ANALYSIS_OUT}/checkpoint)
+  set_tests_properties(analysis/checkpoint/${case} PROPERTIES ENVIRONMENT "${MOEPROXY_ANALYSIS_ENV}" TIMEOUT 180)
+endforeach()

@@ -3,7 +3,8 @@
 
 foreach(case layers-zero batch-negative hidden-absurd topk-experts dp-batch tp-three
              precision-unknown precision-fp16 verify-file-missing checkpoint-missing
-             checkpoint-unsupported output-proc output-parent-file output-directory output-empty
+             checkpoint-not-hdf5 checkpoint-attribute checkpoint-shape checkpoint-dataset-missing
+             output-proc output-parent-file output-directory output-empty
              toml-unterminated toml-binary toml-header-key set-no-equals set-empty-value set-not-number
              memory-model memory-batch no-preflight)
   add_test(NAME reliability/cli/${case}

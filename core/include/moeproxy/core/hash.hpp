@@ -8,26 +8,9 @@
 
 #include <Kokkos_Macros.hpp>
 
-namespace moeproxy {
+#include "moeproxy/core/weight_source.hpp"
 
-enum class TensorKind : std::uint32_t {
-  input = 1,   // prefill hidden states [batch * prompt, hidden] (no vocabulary)
-  norm1_gain,
-  norm1_bias,
-  wq,          // [hidden, heads * head_dim]
-  wk,          // [hidden, kv_heads * head_dim]
-  wv,
-  wo,          // [heads * head_dim, hidden]
-  norm2_gain,
-  norm2_bias,
-  router,      // [hidden, experts]
-  w1,          // [hidden, ffn_hidden] (per expert for MoE)
-  w3,          // [hidden, ffn_hidden] SwiGLU gate
-  w2,          // [ffn_hidden, hidden]
-  final_gain,
-  final_bias,
-  synthetic_routing,  // draws for workload.routing = uniform | zipf
-};
+namespace moeproxy {
 
 KOKKOS_INLINE_FUNCTION std::uint64_t splitmix64(std::uint64_t x) {
   x += 0x9E3779B97F4A7C15ull;
@@ -49,6 +32,13 @@ KOKKOS_INLINE_FUNCTION float uniform_at(std::uint64_t stream, std::uint64_t row,
                                         std::uint64_t col) {
   const std::uint64_t h = splitmix64(splitmix64(stream ^ row) ^ col);
   return static_cast<float>(static_cast<std::int64_t>(h >> 40) - (1ll << 23)) * (1.0f / (1 << 23));
+}
+
+// offset + scale * u rounded once to float32. The double sum is exact (24-bit factors,
+// |offset| <= 1), so the value is the same whether or not a compiler fuses the multiply-add:
+// the device, the host and a checkpoint written from either agree bit for bit.
+KOKKOS_INLINE_FUNCTION float scaled_uniform(float u, float scale, float offset) {
+  return static_cast<float>(static_cast<double>(offset) + static_cast<double>(scale) * static_cast<double>(u));
 }
 
 }  // namespace moeproxy

@@ -27,13 +27,13 @@ struct SequenceSlice {
 };
 
 // The slice of the model a Transformer holds: heads, FFN columns and experts of every
-// layer (ShardSpec), with `exchange` joining it to the ranks holding the rest. The
-// defaults hold the whole model.
+// layer (ShardSpec), with `exchange` joining it to the ranks holding the rest, its values
+// from `weights` (nullptr: generated from the seed). The defaults hold the whole model.
 class Transformer {
  public:
   Transformer(const ExecSpace& space, const ModelConfig& model, const WorkloadConfig& workload,
               const SequenceSlice& slice, const ShardSpec& shard = ShardSpec{},
-              LayerExchange* exchange = nullptr);
+              LayerExchange* exchange = nullptr, const WeightSource* weights = nullptr);
 
   // Sequences [first, first + count) of this rank's slice, run together.
   struct MicroBatch {

@@ -1,11 +1,12 @@
 #pragma once
-// A deliberately plain forward pass: host loops in double precision, weights regenerated
-// element by element from the hash. It shares no kernel with the Kokkos path, so the two
-// agreeing is evidence that both compute docs/model.md.
+// A deliberately plain forward pass: host loops in double precision, weights read whole from
+// the run's WeightSource (the hash or a checkpoint). It shares no kernel with the Kokkos
+// path, so the two agreeing is evidence that both compute docs/model.md.
 
 #include <vector>
 
 #include "moeproxy/core/config.hpp"
+#include "moeproxy/core/weight_source.hpp"
 
 namespace moeproxy {
 
@@ -15,9 +16,11 @@ struct ReferenceOutput {
 };
 
 // Sequences [seq_begin, seq_begin + count) of a run of global_batch sequences, as one group
-// (capacity-factor drops depend on the group; dropless routing does not).
+// (capacity-factor drops depend on the group; dropless routing does not). Weights from
+// `weights` (nullptr: generated from model.seed).
 ReferenceOutput reference_forward(const ModelConfig& model, const WorkloadConfig& workload,
-                                  int seq_begin, int count, int global_batch);
+                                  int seq_begin, int count, int global_batch,
+                                  const WeightSource* weights = nullptr);
 
 // FLOPs the reference spends on `count` sequences, to decide whether it is affordable.
 double reference_flops(const ModelConfig& model, const WorkloadConfig& workload, int count);

@@ -1,7 +1,8 @@
 #pragma once
-// Model weights: one layer's tensors as Kokkos Views, generated shard by shard from the
-// counter-based hash (hash.hpp). A shard is described by the global rows/columns it covers,
-// so the parallel strategies ask for exactly their slice and never build the whole model.
+// Model weights: one layer's tensors as Kokkos Views, filled shard by shard from a
+// WeightSource (weight_source.hpp): the counter-based hash (hash.hpp) or a checkpoint. A
+// shard is described by the global rows/columns it covers, so the parallel strategies ask
+// for exactly their slice and never build the whole model.
 
 #include <cstdint>
 #include <vector>
@@ -9,6 +10,7 @@
 #include "moeproxy/core/config.hpp"
 #include "moeproxy/core/hash.hpp"
 #include "moeproxy/core/types.hpp"
+#include "moeproxy/core/weight_source.hpp"
 
 namespace moeproxy {
 
@@ -35,6 +37,28 @@ struct AxisMap {
     return (begin + h) * head_dim + dim;
   }
 };
+
+// Generated tensors are offset + scale * uniform (docs/model.md's table).
+struct GeneratedValue {
+  float scale = 1.0f, offset = 0.0f;
+};
+GeneratedValue generated_value(const ModelConfig& cfg, TensorKind kind);
+
+// The hash's weights through the WeightSource interface, evaluated on the host.
+class GeneratedWeights : public WeightSource {
+ public:
+  explicit GeneratedWeights(const ModelConfig& cfg) : cfg_(cfg) {}
+  void read(const TensorRef& tensor, const IndexSpans& rows, const IndexSpans& cols,
+            float* out) const override;
+  std::string describe() const override;
+  std::optional<std::uint64_t> generated_seed() const override { return cfg_.seed; }
+
+ private:
+  ModelConfig cfg_;
+};
+
+// The global indices an AxisMap gives the first n local ones, as ascending spans.
+IndexSpans spans_of(const AxisMap& axis, std::int64_t n);
 
 // m(i, j) = offset + scale * uniform(rows(i), cols(j)) of tensor (kind, layer, expert).
 void fill_tensor(const ExecSpace& space, const Matrix& m, std::uint64_t seed, TensorKind kind,
@@ -94,9 +118,10 @@ struct ModelWeights {
   std::uint64_t bytes() const;
 };
 
-// Generates the weights of `shard` for layers [layer_begin, layer_end).
+// The weights of `shard` for layers [layer_begin, layer_end), from `source` (nullptr: the
+// hash of cfg.seed).
 ModelWeights make_weights(const ExecSpace& space, const ModelConfig& cfg, const ShardSpec& shard,
-                          int layer_begin, int layer_end);
+                          int layer_begin, int layer_end, const WeightSource* source = nullptr);
 
 // Prefill inputs of sequences [seq_begin, seq_begin + count): [count * prompt, hidden].
 Matrix make_inputs(const ExecSpace& space, const ModelConfig& cfg, int seq_begin, int count,

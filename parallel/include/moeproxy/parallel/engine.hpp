@@ -24,8 +24,9 @@ struct RunOutput {
 };
 
 // Collective over `world`. Progress lines go to `progress` (pass nullptr on ranks other than 0).
+// Weights come from `weights` (nullptr: generated from the deck's seed).
 RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, Communicator& world,
-                      std::ostream* progress);
+                      std::ostream* progress, const WeightSource* weights = nullptr);
 
 // The outputs of global sequences [0, count) on rank 0, in the reference's row order
 // (prefill [count * prompt, hidden], decode [count * decode_steps, hidden]); empty elsewhere.

@@ -21,6 +21,8 @@
 #include "moeproxy/io/deck.hpp"
 #include "moeproxy/io/report.hpp"
 #include "moeproxy/io/results.hpp"
+#include "moeproxy/parallel/comm_stats.hpp"
+#include "moeproxy/parallel/device_comm.hpp"
 #include "moeproxy/parallel/engine.hpp"
 #include "moeproxy_version.hpp"
 
@@ -142,8 +144,12 @@ std::string check_implemented(const RunConfig& cfg) {
   if (cfg.verify.mode == VerifyMode::file)
     return "verify.mode = \"file\": comparing with an earlier run's results file is not implemented yet; "
            "use verify.mode = \"reference\" or \"auto\"";
-  if (cfg.parallel.comm == CommBackend::nccl)
-    return "parallel.comm = \"nccl\": the NCCL backend is not implemented yet; use \"auto\" or \"mpi\"";
+  // Whether ranks share GPUs is only known at run time; a build without NCCL is known now.
+  try {
+    (void)parallel::select_comm_backend(cfg.parallel.comm, parallel::nccl_built(), 1);
+  } catch (const InputError& e) {
+    return e.what();
+  }
   return "";
 }
 
@@ -453,12 +459,21 @@ int run_command(const Options& opt, int argc, char** argv) {
 #ifdef KOKKOS_ENABLE_CUDA
   if (opt.preflight && !all_ranks_fine(device_preflight(cfg, layout, estimate, progress))) return exit_input;
 #endif
+  CommBackend comm = CommBackend::mpi;
+  try {  // every rank reaches the same verdict from the same reduced figures
+    comm = parallel::select_comm_backend(cfg.parallel.comm, parallel::nccl_built(),
+                                         parallel::ranks_per_gpu(MPI_COMM_WORLD));
+  } catch (const InputError& e) {
+    if (world_rank() == 0) std::cerr << "moeproxy: input error: " << e.what() << "\n";
+    return exit_input;
+  }
   parallel::Communicator world(MPI_COMM_WORLD, "world");
   if (progress)
     *progress << "[moeproxy] " << cfg.deck_path << ": " << layout.describe() << " on " << world.size()
-              << " ranks, " << describe_backend() << "\n" << std::flush;
+              << " ranks, " << describe_backend() << ", communication " << to_string(comm) << "\n"
+              << std::flush;
 
-  parallel::RunOutput out = parallel::run_forward(cfg, layout, world, progress);
+  parallel::RunOutput out = parallel::run_forward(cfg, layout, comm, world, progress);
   verify(cfg, layout, out, world, out.summary);
   io::ReportInput report = reduce_for_report(out, world);
 
@@ -470,6 +485,7 @@ int run_command(const Options& opt, int argc, char** argv) {
   Kokkos::print_configuration(kokkos_config);
   info.kokkos_config = kokkos_config.str();
   info.layout = layout.describe();
+  info.comm_backend = to_string(out.comm_backend);
   info.host = host_name();
   info.device = describe_backend();
   for (const CommRecord& r : world.records()) out.metrics.comm.push_back(r);
@@ -498,6 +514,7 @@ int run_command(const Options& opt, int argc, char** argv) {
     report.git_sha = MOEPROXY_GIT_SHA;
     report.backend = describe_backend();
     report.layout = layout.describe();
+    report.comm_backend = to_string(out.comm_backend);
     report.output_file = cfg.output.file;
     report.ranks = world.size();
     io::print_report(std::cout, cfg, out.summary, report);

@@ -58,6 +58,8 @@ case $case_name in
     printf '[model\nlayers = 2\n' > "$bad"
     expect 2 "$bad:1" -- "$exe" run "$bad" ;;
   bad-layout) expect 2 "parallel.dp=4" "mpiexec -n 4" -- "$mpiexec" -n 2 "$exe" run "$quick" ;;
+  nccl-on-host) refuse 'parallel.comm = "nccl"' "host (CPU) build" "cmake --preset cuda" -- \
+    "$exe" "${one[@]}" --set parallel.comm=nccl ;;
   run-quickstart)
     rm -f "$out/quick.h5"
     expect 0 "PERFORMANCE prefill_tokens_per_s=" "VERIFICATION PASS" "^PASS$" -- \

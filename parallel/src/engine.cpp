@@ -1,11 +1,13 @@
 #include "moeproxy/parallel/engine.hpp"
 
+#include "moeproxy/parallel/device_comm.hpp"
 #include "moeproxy/parallel/exchange.hpp"
 #include "moeproxy/parallel/pipeline.hpp"
 
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <memory>
 #include <numeric>
 #include <string>
 
@@ -35,7 +37,7 @@ double comm_seconds(const PhaseTable& t) {
 
 }  // namespace
 
-RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, Communicator& world,
+RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, CommBackend comm, Communicator& world,
                       std::ostream* progress) {
   const ModelConfig& m = cfg.model;
   const WorkloadConfig& w = cfg.workload;
@@ -54,10 +56,16 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, Communicat
   MOEPROXY_MPI(MPI_Comm_split(world.handle(), layout.pp_group(world.rank()), world.rank(), &pp_comm));
   MOEPROXY_MPI(MPI_Comm_split(world.handle(), layout.dim_group(world.rank()), world.rank(), &dim_comm));
   Communicator tp(tp_comm, "tp"), ep(ep_comm, "ep"), pp(pp_comm, "pp"), dim(dim_comm, "dim");
-  LayoutExchange exchange(tp, ep, dim, shard.expert_begin, m.is_moe() ? shard.expert_count : 1);
+  // Every rank creates the groups in the same order: NCCL's initialisation is collective.
+  const std::unique_ptr<DeviceComm> tp_data = make_device_comm(comm, tp, space),
+                                    ep_data = make_device_comm(comm, ep, space),
+                                    pp_data = make_device_comm(comm, pp, space),
+                                    dim_data = make_device_comm(comm, dim, space);
+  out.comm_backend = comm;
+  LayoutExchange exchange(*tp_data, *ep_data, *dim_data, shard.expert_begin, m.is_moe() ? shard.expert_count : 1);
   Transformer model(space, m, w, out.slice, shard, &exchange);
   const int layer_end = shard.layer_begin + shard.layer_count;
-  Pipeline pipeline(space, model, pp, n, cfg.parallel.micro_batches, shard.layer_begin, layer_end);
+  Pipeline pipeline(model, *pp_data, n, cfg.parallel.micro_batches, shard.layer_begin, layer_end);
   named_fence(space, "moeproxy::engine::weights_ready");
   out.hidden_prefill.resize(static_cast<std::size_t>(n) * w.prompt * d);
   out.hidden_decode.resize(static_cast<std::size_t>(n) * w.decode_steps * d);
@@ -151,6 +159,9 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, Communicat
   }
   for (const Communicator* c : {&tp, &ep, &pp, &dim})
     for (const CommRecord& r : c->records()) out.metrics.comm.push_back(r);
+  for (const DeviceComm* c : {tp_data.get(), ep_data.get(), pp_data.get(), dim_data.get()})
+    for (const CommRecord& r : c->records()) out.metrics.comm.push_back(r);
+  // The DeviceComms hold their own duplicates (MPI) or NCCL communicators: these can go.
   for (MPI_Comm* c : {&tp_comm, &ep_comm, &pp_comm, &dim_comm}) MOEPROXY_MPI(MPI_Comm_free(c));
   return out;
 }

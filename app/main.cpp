@@ -24,6 +24,7 @@
 #include "moeproxy/parallel/comm_stats.hpp"
 #include "moeproxy/parallel/device_comm.hpp"
 #include "moeproxy/parallel/engine.hpp"
+#include "bench.hpp"
 #include "moeproxy_version.hpp"
 
 #ifdef KOKKOS_ENABLE_CUDA
@@ -595,6 +596,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 1 << 20))
       ->capture_default_str();
   auto* info = app.add_subcommand("info", "Print versions, the Kokkos configuration, devices and MPI ranks");
+  moeproxy::bench::Options bench_opt;
+  auto* bench = moeproxy::bench::add_subcommand(app, bench_opt);
   app.footer("Deck keys:\n" + io::deck_keys_help());
 
   int code = exit_ok;
@@ -615,6 +618,7 @@ int main(int argc, char** argv) {
     if (*run) code = run_command(opt, argc, argv);
     else if (*check) code = check_command(opt);
     else if (*info) code = info_command(argc, argv);
+    else if (*bench) code = moeproxy::bench::run(bench_opt, argc, argv);
   } catch (const InputError& e) {
     std::cerr << "moeproxy: input error on rank " << rank << ": " << e.what() << "\n";
     MPI_Abort(MPI_COMM_WORLD, exit_input);

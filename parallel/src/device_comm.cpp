@@ -1,6 +1,7 @@
 // The shared half of DeviceComm and its MPI backend.
 #include "moeproxy/parallel/device_comm.hpp"
 
+#include <algorithm>
 #include <climits>
 #include <stdexcept>
 

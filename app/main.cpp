@@ -26,7 +26,10 @@
 #include "moeproxy/io/deck.hpp"
 #include "moeproxy/io/report.hpp"
 #include "moeproxy/io/results.hpp"
+#include "moeproxy/parallel/comm_stats.hpp"
+#include "moeproxy/parallel/device_comm.hpp"
 #include "moeproxy/parallel/engine.hpp"
+#include "bench.hpp"
 #include "moeproxy_version.hpp"
 
 #ifdef KOKKOS_ENABLE_CUDA
@@ -139,8 +142,12 @@ std::string check_implemented(const RunConfig& cfg) {
   if (cfg.verify.mode == VerifyMode::file)
     return "verify.mode = \"file\": comparing with an earlier run's results file is not implemented yet; "
            "use verify.mode = \"reference\" or \"auto\"";
-  if (cfg.parallel.comm == CommBackend::nccl)
-    return "parallel.comm = \"nccl\": the NCCL backend is not implemented yet; use \"auto\" or \"mpi\"";
+  // Whether ranks share GPUs is only known at run time; a build without NCCL is known now.
+  try {
+    (void)parallel::select_comm_backend(cfg.parallel.comm, parallel::nccl_built(), 1);
+  } catch (const InputError& e) {
+    return e.what();
+  }
   return "";
 }
 
@@ -464,13 +471,22 @@ int run_command(const Options& opt, int argc, char** argv) {
 #ifdef KOKKOS_ENABLE_CUDA
   if (opt.preflight && !all_ranks_fine(device_preflight(cfg, layout, estimate, progress))) return exit_input;
 #endif
+  CommBackend comm = CommBackend::mpi;
+  try {  // every rank reaches the same verdict from the same reduced figures
+    comm = parallel::select_comm_backend(cfg.parallel.comm, parallel::nccl_built(),
+                                         parallel::ranks_per_gpu(MPI_COMM_WORLD));
+  } catch (const InputError& e) {
+    if (world_rank() == 0) std::cerr << "moeproxy: input error: " << e.what() << "\n";
+    return exit_input;
+  }
   parallel::Communicator world(MPI_COMM_WORLD, "world");
   if (progress)
     *progress << "[moeproxy] " << cfg.deck_path << ": " << layout.describe() << " on " << world.size()
-              << " ranks, " << describe_backend() << "\n" << std::flush;
+              << " ranks, " << describe_backend() << ", communication " << to_string(comm) << "\n"
+              << std::flush;
 
   if (progress && weights) *progress << "[moeproxy] weights: " << weights->describe() << "\n" << std::flush;
-  parallel::RunOutput out = parallel::run_forward(cfg, layout, world, progress, weights.get());
+  parallel::RunOutput out = parallel::run_forward(cfg, layout, comm, world, progress, weights.get());
   verify(cfg, layout, out, world, weights.get(), out.summary);
   io::ReportInput report = reduce_for_report(out, world);
 
@@ -482,6 +498,7 @@ int run_command(const Options& opt, int argc, char** argv) {
   Kokkos::print_configuration(kokkos_config);
   info.kokkos_config = kokkos_config.str();
   info.layout = layout.describe();
+  info.comm_backend = to_string(out.comm_backend);
   info.host = host_name();
   info.device = describe_backend();
   for (const CommRecord& r : world.records()) out.metrics.comm.push_back(r);
@@ -510,6 +527,7 @@ int run_command(const Options& opt, int argc, char** argv) {
     report.git_sha = MOEPROXY_GIT_SHA;
     report.backend = describe_backend();
     report.layout = layout.describe();
+    report.comm_backend = to_string(out.comm_backend);
     report.output_file = cfg.output.file;
     report.ranks = world.size();
     io::print_report(std::cout, cfg, out.summary, report);
@@ -619,6 +637,8 @@ int main(int argc, char** argv) {
   export_ckpt->add_option("deck", opt.deck, "TOML input deck")->required();
   export_ckpt->add_option("--set", opt.sets, "Override a deck key: --set section.key=value (repeatable)");
   export_ckpt->add_option("--out", export_path, "Checkpoint file to write")->required();
+  moeproxy::bench::Options bench_opt;
+  auto* bench = moeproxy::bench::add_subcommand(app, bench_opt);
   app.footer("Deck keys:\n" + io::deck_keys_help());
 
   int code = exit_ok;
@@ -642,6 +662,7 @@ int main(int argc, char** argv) {
     else if (*predict) code = app::predict_command(predict_opt, argc, argv);
     else if (*calibrate) code = app::calibrate_command(calibrate_opt, argc, argv);
     else if (*export_ckpt) code = export_command(opt, export_path);
+    else if (*bench) code = moeproxy::bench::run(bench_opt, argc, argv);
   } catch (const InputError& e) {
     std::cerr << "moeproxy: input error on rank " << rank << ": " << e.what() << "\n";
     MPI_Abort(MPI_COMM_WORLD, exit_input);

@@ -58,6 +58,14 @@ case $case_name in
     printf '[model\nlayers = 2\n' > "$bad"
     expect 2 "$bad:1" -- "$exe" run "$bad" ;;
   bad-layout) expect 2 "parallel.dp=4" "mpiexec -n 4" -- "$mpiexec" -n 2 "$exe" run "$quick" ;;
+  bench-cpu)  # every case runs and prints a row; speed is not asserted
+    expect 0 "of gemm" "^gemm " "^moe-d8192-top1 " "^moe-d4096-top2 " "^attn-32x128 " "^attn-16x512 " \
+      "^model-prefill " "^model-decode " "ms per step" -- "$exe" bench --cpu --scale 64 --warmup 0 --iterations 1 ;;
+  bench-one-case) expect 0 "^gemm " "^attn-16x512 " -- "$exe" bench --cpu --scale 64 --iterations 1 --case attn-16x512
+    if grep -q "^moe-" "$log"; then fail "cases not asked for ran"; fi ;;
+  bench-bad) expect 2 "--case" -- "$exe" bench --case no-such-case ;;
+  nccl-on-host) refuse 'parallel.comm = "nccl"' "host (CPU) build" "cmake --preset cuda" -- \
+    "$exe" "${one[@]}" --set parallel.comm=nccl ;;
   run-quickstart)
     rm -f "$out/quick.h5"
     expect 0 "PERFORMANCE prefill_tokens_per_s=" "VERIFICATION PASS" "^PASS$" -- \

@@ -1,7 +1,11 @@
-// The recorded MPI communicator and the layout checks, on every rank count CTest uses.
+// The recorded MPI communicator, the data-plane DeviceComm through its MPI backend (the
+// logic NCCL shares), the nccl-tests volumes, the backend choice and the layout checks, on
+// every rank count CTest uses.
 #include <catch2/catch.hpp>
 
 #include "moeproxy/parallel/comm.hpp"
+#include "moeproxy/parallel/comm_stats.hpp"
+#include "moeproxy/parallel/device_comm.hpp"
 #include "moeproxy/parallel/layout.hpp"
 
 using namespace moeproxy;
@@ -60,7 +64,176 @@ TEST_CASE("comm: records count calls and bus bytes, self-traffic excluded", "[co
   CHECK(ar.group_size == n);
   CHECK(ar.bytes == static_cast<std::uint64_t>(2 * (2.0 * (n - 1) / n * 8000)));
   CHECK(ar.seconds >= 0.0);
+  CHECK(ar.alg_bytes == 2 * 8000u);
+  CHECK(ar.bus_bytes == ar.bytes);
   CHECK(record(rs, "barrier").calls == 1);
+}
+
+TEST_CASE("comm stats: algbw and busbw bytes follow nccl-tests' definitions", "[comm]") {
+  CHECK(bus_factor(CommOp::allreduce, 4) == 1.5);
+  CHECK(bus_factor(CommOp::allreduce, 8) == 1.75);
+  CHECK(bus_factor(CommOp::allgather, 4) == 0.75);
+  CHECK(bus_factor(CommOp::reduce_scatter, 8) == 0.875);
+  CHECK(bus_factor(CommOp::alltoall, 2) == 0.5);
+  CHECK(bus_factor(CommOp::send, 2) == 1.0);
+  CHECK(bus_factor(CommOp::broadcast, 3) == 1.0);
+  CHECK(bus_factor(CommOp::allreduce, 1) == 0.0);  // one rank moves nothing
+  CHECK(bus_factor(CommOp::barrier, 4) == 0.0);
+
+  const CommVolume ar = collective_volume(CommOp::allreduce, 1000, 4);
+  CHECK(ar.alg == 1000);
+  CHECK(ar.bus == 1500);
+  CHECK(ar.bytes == 1500);
+  const CommVolume ag = collective_volume(CommOp::allgather, 4000, 4);  // 1000 from each rank
+  CHECK(ag.alg == 4000);
+  CHECK(ag.bus == 3000);
+  const CommVolume bc = collective_volume(CommOp::broadcast, 100, 4, true);
+  CHECK(bc.bus == 100);
+  CHECK(bc.bytes == 300);
+  CHECK(collective_volume(CommOp::broadcast, 100, 4, false).bytes == 0);
+
+  // Uneven all-to-all-v from rank 1 of 3: its own block stays out of the bus bytes.
+  const CommVolume a2a = alltoallv_volume({40, 400, 4000}, 1);
+  CHECK(a2a.alg == 4440);
+  CHECK(a2a.bus == 4040);
+  // Even counts give nccl-tests' (n-1)/n.
+  CHECK(alltoallv_volume({100, 100, 100, 100}, 2).bus == static_cast<std::uint64_t>(bus_factor(CommOp::alltoall, 4) * 400));
+  CHECK(send_volume(64, 0, 1).bus == 64);
+  CHECK(send_volume(64, 1, 1).bus == 0);
+  CHECK(send_volume(64, 1, 1).alg == 64);
+  CHECK(recv_volume(64, 0, 1).bytes == 0);
+  CHECK(recv_volume(64, 0, 1).bus == 64);
+  CHECK(displacements({3, 0, 2, 5}) == std::vector<int>{0, 3, 3, 5});
+
+  CommLog log("ep", 4);
+  log.add(CommOp::alltoallv, a2a, 2.0);
+  log.add(CommOp::alltoallv, a2a, 1.0);
+  const auto rs = log.records();
+  REQUIRE(rs.size() == 1);
+  CHECK(rs[0].operation == "alltoallv");
+  CHECK(rs[0].group == "ep");
+  CHECK(rs[0].group_size == 4);
+  CHECK(rs[0].calls == 2);
+  CHECK(rs[0].alg_bytes == 2 * 4440u);
+  CHECK(rs[0].bus_bytes == 2 * 4040u);
+  CHECK(rs[0].seconds == 3.0);
+}
+
+TEST_CASE("comm backend: auto picks NCCL only where it is built and every rank has its own GPU", "[comm]") {
+  CHECK(select_comm_backend(CommBackend::automatic, true, 1) == CommBackend::nccl);
+  CHECK(select_comm_backend(CommBackend::automatic, true, 2) == CommBackend::mpi);
+  CHECK(select_comm_backend(CommBackend::automatic, true, 0) == CommBackend::mpi);
+  CHECK(select_comm_backend(CommBackend::automatic, false, 1) == CommBackend::mpi);
+  CHECK(select_comm_backend(CommBackend::mpi, true, 1) == CommBackend::mpi);
+  CHECK(select_comm_backend(CommBackend::nccl, true, 1) == CommBackend::nccl);
+  CHECK_THROWS_AS(select_comm_backend(CommBackend::nccl, false, 1), InputError);
+  CHECK_THROWS_WITH(select_comm_backend(CommBackend::nccl, false, 1),
+                    Catch::Contains("parallel.comm = \"nccl\"") && Catch::Contains("host (CPU) build") &&
+                        Catch::Contains("cmake --preset cuda"));
+  CHECK_THROWS_WITH(select_comm_backend(CommBackend::nccl, true, 2),
+                    Catch::Contains("2 ranks share one GPU") && Catch::Contains("one rank per GPU"));
+  CHECK_THROWS_WITH(select_comm_backend(CommBackend::nccl, true, 0), Catch::Contains("no GPU"));
+  // This binary: the host build has no NCCL, and its ranks see no GPU.
+#ifdef KOKKOS_ENABLE_CUDA
+  CHECK(nccl_built());
+#else
+  CHECK_FALSE(nccl_built());
+  CHECK(ranks_per_gpu(MPI_COMM_WORLD) == 0);
+#endif
+}
+
+namespace {
+// A device buffer of `values`, and its contents back on the host.
+Kokkos::View<float*, MemSpace> to_device(const std::vector<float>& values) {
+  Kokkos::View<float*, MemSpace> d("test::buffer", values.size());
+  auto h = Kokkos::create_mirror_view(d);
+  std::copy(values.begin(), values.end(), h.data());
+  Kokkos::deep_copy(d, h);
+  return d;
+}
+std::vector<float> to_host(const Kokkos::View<float*, MemSpace>& d) {
+  auto h = Kokkos::create_mirror_view(d);
+  Kokkos::deep_copy(h, d);
+  return std::vector<float>(h.data(), h.data() + h.size());
+}
+}  // namespace
+
+TEST_CASE("device comm (MPI backend): every operation the strategies use gives the right values", "[comm]") {
+  Communicator world(MPI_COMM_WORLD, "world");
+  const ExecSpace space;
+  const auto comm = make_device_comm(CommBackend::mpi, world, space);
+  CHECK(comm->backend() == CommBackend::mpi);
+  const int n = comm->size(), r = comm->rank();
+
+  auto sum = to_device({float(r), 1.0f, 2.0f});
+  comm->allreduce_sum(sum.data(), 3);
+  CHECK(to_host(sum) == std::vector<float>{n * (n - 1) / 2.0f, float(n), 2.0f * n});
+
+  auto mine = to_device({float(r), float(10 * r)});
+  Kokkos::View<float*, MemSpace> all("test::all", 2 * n);
+  comm->allgather(mine.data(), all.data(), 2);
+  const std::vector<float> gathered = to_host(all);
+  for (int i = 0; i < n; ++i) {
+    CHECK(gathered[2 * i] == float(i));
+    CHECK(gathered[2 * i + 1] == 10.0f * i);
+  }
+
+  // Block b of every rank's input is b + rank: rank b receives n * b + n(n-1)/2.
+  std::vector<float> blocks;
+  for (int b = 0; b < n; ++b) blocks.insert(blocks.end(), {float(b + r), 1.0f});
+  auto scatter_in = to_device(blocks);
+  Kokkos::View<float*, MemSpace> scatter_out("test::scatter_out", 2);
+  comm->reduce_scatter_sum(scatter_in.data(), scatter_out.data(), 2);
+  CHECK(to_host(scatter_out) == std::vector<float>{float(n * r + n * (n - 1) / 2), float(n)});
+
+  // All-to-all-v: rank r sends d + 1 floats of value 100 r + d to rank d, self included.
+  std::vector<int> send_counts(n), recv_counts(n, r + 1);
+  std::vector<float> send_values;
+  for (int d = 0; d < n; ++d) {
+    send_counts[d] = d + 1;
+    send_values.insert(send_values.end(), d + 1, float(100 * r + d));
+  }
+  const std::vector<int> send_displs = displacements(send_counts), recv_displs = displacements(recv_counts);
+  auto send = to_device(send_values);
+  Kokkos::View<float*, MemSpace> recv("test::recv", static_cast<std::size_t>(n) * (r + 1));
+  comm->alltoallv(send.data(), send_counts, send_displs, recv.data(), recv_counts, recv_displs);
+  const std::vector<float> received = to_host(recv);
+  for (int s = 0; s < n; ++s)
+    for (int i = 0; i < r + 1; ++i) CHECK(received[s * (r + 1) + i] == float(100 * s + r));
+
+  // A ring of send/recv, even ranks first so that no two ranks wait on each other.
+  if (n > 1) {
+    auto out = to_device({float(r), 0.5f});
+    Kokkos::View<float*, MemSpace> in("test::in", 2);
+    const int next = (r + 1) % n, prev = (r + n - 1) % n;
+    if (r % 2 == 0) {
+      comm->send(out.data(), 2, next);
+      comm->recv(in.data(), 2, prev);
+    } else {
+      comm->recv(in.data(), 2, prev);
+      comm->send(out.data(), 2, next);
+    }
+    CHECK(to_host(in) == std::vector<float>{float(prev), 0.5f});
+  }
+  comm->barrier();
+
+  const auto rs = comm->records();
+  const CommRecord& a2a = record(rs, "alltoallv");
+  CHECK(a2a.group == "world");
+  CHECK(a2a.calls == 1);
+  CHECK(a2a.alg_bytes == sizeof(float) * static_cast<std::uint64_t>(n * (n + 1) / 2));
+  CHECK(a2a.bus_bytes == a2a.alg_bytes - sizeof(float) * (r + 1));
+  CHECK(record(rs, "allreduce").alg_bytes == 3 * sizeof(float));
+  CHECK(record(rs, "allgather").alg_bytes == 2 * sizeof(float) * n);
+  CHECK(record(rs, "reducescatter").bus_bytes ==
+        static_cast<std::uint64_t>(bus_factor(CommOp::reduce_scatter, n) * 2 * sizeof(float) * n));
+  if (n > 1) {
+    CHECK(record(rs, "send").bus_bytes == 2 * sizeof(float));
+    CHECK(record(rs, "recv").bus_bytes == 2 * sizeof(float));
+  }
+  CHECK(record(rs, "barrier").calls == 1);
+  // The data plane keeps its own records: the control plane saw none of this.
+  CHECK(world.records().empty());
 }
 
 TEST_CASE("layout: dp must match the ranks and divide the batch, with a helpful message", "[layout]") {

@@ -84,6 +84,7 @@ io::RunInfo make_info(int rank) {
   info.command_line = "moeproxy run --set parallel.dp=4 deck.toml";
   info.kokkos_config = "Kokkos 3.4.1, Serial";
   info.layout = "dp=" + std::to_string(world_size());
+  info.comm_backend = "nccl";
   info.host = host_of(rank);
   info.device = device_of(rank);
   return info;
@@ -114,9 +115,11 @@ std::uint64_t memory_bytes(int rank, int kind) { return (1ull << 36) + rank * 10
 
 // Known comm records: allreduce@tp everywhere (twice on rank 0, to be summed), alltoallv@ep
 // on even ranks, send@pp on the last rank only.
+// The allreduce's nccl-tests bytes make algbw 4 and busbw 6 B/s on every rank but rank 0.
 std::vector<CommRecord> make_comm(int rank, int size) {
-  std::vector<CommRecord> records{{"allreduce", "tp", size, 10ull + rank, (1ull << 33) + rank, 0.5 * rank}};
-  if (rank == 0) records.push_back({"allreduce", "tp", size, 5, 7, 0.25});
+  std::vector<CommRecord> records{{"allreduce", "tp", size, 10ull + rank, (1ull << 33) + rank, 0.5 * rank,
+                                   2ull * rank, 3ull * rank}};
+  if (rank == 0) records.push_back({"allreduce", "tp", size, 5, 7, 0.25, 1, 2});
   if (rank % 2 == 0) records.push_back({"alltoallv", "ep", 2, 3, 1000ull * rank, 1.0 + rank});
   if (rank == size - 1 && size > 1) records.push_back({"send", "pp", 2, 1, 64, 0.125});
   return records;
@@ -204,6 +207,7 @@ TEST_CASE("write_results writes every rank's values where read_results finds the
   CHECK(f.command_line == "moeproxy run --set parallel.dp=4 deck.toml");
   CHECK(f.kokkos_config == "Kokkos 3.4.1, Serial");
   CHECK(f.layout == "dp=" + std::to_string(size));
+  CHECK(f.comm_backend == "nccl");
   CHECK_FALSE(f.predicted);
   REQUIRE(f.hosts.size() == static_cast<std::size_t>(size));
   REQUIRE(f.devices.size() == static_cast<std::size_t>(size));
@@ -272,6 +276,8 @@ TEST_CASE("write_results writes every rank's values where read_results finds the
   REQUIRE(f.comm_calls.size() == size * nk);
   REQUIRE(f.comm_bytes.size() == size * nk);
   REQUIRE(f.comm_seconds.size() == size * nk);
+  REQUIRE(f.comm_algbw.size() == size * nk);
+  REQUIRE(f.comm_busbw.size() == size * nk);
   CHECK(f.comm_group_size[0] == size);
   CHECK(f.comm_group_size[1] == 2);
   if (size > 1) CHECK(f.comm_group_size[2] == 2);
@@ -280,6 +286,8 @@ TEST_CASE("write_results writes every rank's values where read_results finds the
     CHECK(f.comm_calls[row] == 10ull + r + (r == 0 ? 5 : 0));
     CHECK(f.comm_bytes[row] == (1ull << 33) + r + (r == 0 ? 7 : 0));
     CHECK(f.comm_seconds[row] == 0.5 * r + (r == 0 ? 0.25 : 0.0));
+    CHECK(f.comm_algbw[row] == 4.0);
+    CHECK(f.comm_busbw[row] == (r == 0 ? 8.0 : 6.0));
     const bool even = r % 2 == 0;
     CHECK(f.comm_calls[row + 1] == (even ? 3u : 0u));
     CHECK(f.comm_bytes[row + 1] == (even ? 1000ull * r : 0u));

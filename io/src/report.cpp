@@ -40,7 +40,8 @@ void print_report(std::ostream& out, const RunConfig& cfg, const RunSummary& s, 
   out << " " << to_string(m.activation) << ", " << to_string(m.norm) << ", " << to_string(m.precision) << "\n";
   out << "  workload  " << w.batch << " sequences x " << w.prompt << " prompt tokens, " << w.decode_steps
       << " decode steps, routing " << to_string(w.routing, w.zipf_exponent) << "\n";
-  out << "  layout    " << in.layout << " on " << in.ranks << " ranks, " << in.backend << "\n";
+  out << "  layout    " << in.layout << " on " << in.ranks << " ranks, " << in.backend << ", communication "
+      << in.comm_backend << "\n";
   phase_table(out, "prefill", in.prefill);
   phase_table(out, "decode", in.decode);
   out << "  memory (largest rank):";

@@ -179,7 +179,7 @@ std::vector<std::string> allgather(MPI_Comm comm, const std::string& mine) {
 // Rank 0's copy of everything written as attributes or by rank 0 alone: HDF5 requires
 // identical metadata from all ranks, and a caller bug must not corrupt the file.
 struct Shared {
-  std::string deck, app_version, git_sha, command_line, kokkos_config, layout;
+  std::string deck, app_version, git_sha, command_line, kokkos_config, layout, comm_backend;
   int predicted = 0;
   int layers = 0, batch = 0, prompt = 0, decode_steps = 0, hidden = 0;
   int expert_layers = 0, experts = 0;
@@ -189,9 +189,11 @@ struct Shared {
 Shared share_from_root(MPI_Comm comm, const RunConfig& cfg, const RunInfo& info, const RunSummary& summary,
                        const ExpertCounts& experts) {
   Shared s{cfg.deck_text, info.app_version, info.git_sha, info.command_line, info.kokkos_config, info.layout,
+           info.comm_backend,
            info.predicted ? 1 : 0, cfg.model.layers, cfg.workload.batch, cfg.workload.prompt,
            cfg.workload.decode_steps, cfg.model.hidden, experts.layers, experts.experts, summary};
   for (std::string* text : {&s.deck, &s.app_version, &s.git_sha, &s.command_line, &s.kokkos_config, &s.layout,
+                            &s.comm_backend,
                             &s.summary.verification, &s.summary.verification_note})
     bcast(comm, *text);
   for (int* value : {&s.predicted, &s.layers, &s.batch, &s.prompt, &s.decode_steps, &s.hidden, &s.expert_layers,
@@ -211,6 +213,7 @@ struct CommTable {
   std::vector<std::string> keys;  // sorted
   std::vector<std::uint64_t> calls, bytes;  // [local rank, key]
   std::vector<double> seconds;
+  std::vector<double> algbw, busbw;  // bytes/s, 0 for a key this rank spent no time in
   std::vector<int> group_size;  // the largest any rank reported, per key
 };
 
@@ -226,6 +229,8 @@ CommTable gather_comm(MPI_Comm comm, const std::vector<const RankMetrics*>& loca
       sum.group_size = std::max(sum.group_size, r.group_size);
       sum.calls += r.calls;
       sum.bytes += r.bytes;
+      sum.alg_bytes += r.alg_bytes;
+      sum.bus_bytes += r.bus_bytes;
       sum.seconds += r.seconds;
       local_keys.insert(key);
     }
@@ -250,6 +255,8 @@ CommTable gather_comm(MPI_Comm comm, const std::vector<const RankMetrics*>& loca
       table.calls.push_back(r.calls);
       table.bytes.push_back(r.bytes);
       table.seconds.push_back(r.seconds);
+      table.algbw.push_back(r.seconds > 0.0 ? static_cast<double>(r.alg_bytes) / r.seconds : 0.0);
+      table.busbw.push_back(r.seconds > 0.0 ? static_cast<double>(r.bus_bytes) / r.seconds : 0.0);
       local_size[k] = std::max(local_size[k], found == rank.end() ? 0 : r.group_size);
     }
   }
@@ -597,6 +604,7 @@ void write_file(MPI_Comm comm, const std::string& path, const RunConfig& cfg, co
     write_attribute(root, "command_line", s.command_line);
     write_attribute(root, "kokkos_config", s.kokkos_config);
     write_attribute(root, "layout", s.layout);
+    write_attribute(root, "comm_backend", s.comm_backend);
     write_attribute(root, "mpi_size", w.size());
     write_attribute(root, "predicted", s.predicted);
     w.string_per_rank(root, "hosts", info.host, widths[0]);
@@ -675,6 +683,8 @@ void write_file(MPI_Comm comm, const std::string& path, const RunConfig& cfg, co
     w.per_rank(group.id(), "calls", comm_table.calls, {keys}, "calls");
     w.per_rank(group.id(), "bytes", comm_table.bytes, {keys}, "bytes");
     w.per_rank(group.id(), "seconds", comm_table.seconds, {keys}, "s");
+    w.per_rank(group.id(), "algbw", comm_table.algbw, {keys}, "B/s");
+    w.per_rank(group.id(), "busbw", comm_table.busbw, {keys}, "B/s");
     MOEPROXY_H5(group.close());
   });
 
@@ -827,6 +837,8 @@ ResultsFile read_file(const std::string& path) {
   out.command_line = read_attribute<std::string>(root, "command_line");
   out.kokkos_config = read_attribute<std::string>(root, "kokkos_config");
   out.layout = read_attribute<std::string>(root, "layout");
+  // Files from before the NCCL backend have no record of it.
+  if (MOEPROXY_H5(H5Aexists(root, "comm_backend")) > 0) out.comm_backend = read_attribute<std::string>(root, "comm_backend");
   out.ranks = read_attribute<int>(root, "mpi_size");
   out.predicted = read_attribute<int>(root, "predicted") != 0;
   const auto ranks = static_cast<hsize_t>(out.ranks);
@@ -893,6 +905,10 @@ ResultsFile read_file(const std::string& path) {
     out.comm_calls = read_dataset<std::uint64_t>(group.id(), "calls", {ranks, keys});
     out.comm_bytes = read_dataset<std::uint64_t>(group.id(), "bytes", {ranks, keys});
     out.comm_seconds = read_dataset<double>(group.id(), "seconds", {ranks, keys});
+    if (has_link(group.id(), "algbw")) {
+      out.comm_algbw = read_dataset<double>(group.id(), "algbw", {ranks, keys});
+      out.comm_busbw = read_dataset<double>(group.id(), "busbw", {ranks, keys});
+    }
     MOEPROXY_H5(group.close());
   }
   if (has_link(root, "output")) {

@@ -1,5 +1,6 @@
 #include "moeproxy/parallel/engine.hpp"
 
+#include "moeproxy/parallel/device_comm.hpp"
 #include "moeproxy/parallel/exchange.hpp"
 #include "moeproxy/parallel/pipeline.hpp"
 #include "moeproxy/parallel/separation.hpp"
@@ -37,7 +38,7 @@ double comm_seconds(const PhaseTable& t) {
 
 }  // namespace
 
-RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, Communicator& world,
+RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, CommBackend comm, Communicator& world,
                       std::ostream* progress, const WeightSource* weights) {
   const ModelConfig& m = cfg.model;
   const WorkloadConfig& w = cfg.workload;
@@ -56,12 +57,18 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, Communicat
   MOEPROXY_MPI(MPI_Comm_split(world.handle(), layout.pp_group(world.rank()), world.rank(), &pp_comm));
   MOEPROXY_MPI(MPI_Comm_split(world.handle(), layout.dim_group(world.rank()), world.rank(), &dim_comm));
   Communicator tp(tp_comm, "tp"), ep(ep_comm, "ep"), pp(pp_comm, "pp"), dim(dim_comm, "dim");
-  LayoutExchange exchange(tp, ep, dim, shard.expert_begin, m.is_moe() ? shard.expert_count : 1);
+  // Every rank creates the groups in the same order: NCCL's initialisation is collective.
+  const std::unique_ptr<DeviceComm> tp_data = make_device_comm(comm, tp, space),
+                                    ep_data = make_device_comm(comm, ep, space),
+                                    pp_data = make_device_comm(comm, pp, space),
+                                    dim_data = make_device_comm(comm, dim, space);
+  out.comm_backend = comm;
+  LayoutExchange exchange(*tp_data, *ep_data, *dim_data, shard.expert_begin, m.is_moe() ? shard.expert_count : 1);
   Transformer model(space, m, w, out.slice, shard, &exchange, weights);
   // Decode inputs on the first stage: each sequence's newest final-normed row.
   std::vector<float> next_input(static_cast<std::size_t>(n) * d);
   const int layer_end = shard.layer_begin + shard.layer_count;
-  Pipeline pipeline(space, model, pp, n, cfg.parallel.micro_batches, shard.layer_begin, layer_end);
+  Pipeline pipeline(model, *pp_data, n, cfg.parallel.micro_batches, shard.layer_begin, layer_end);
   // Attention/MoE separation trades rows between the two sides over a copy of the world.
   MPI_Comm sep_comm = MPI_COMM_NULL;
   if (layout.separated()) MOEPROXY_MPI(MPI_Comm_dup(world.handle(), &sep_comm));
@@ -171,6 +178,9 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, Communicat
   for (const Communicator* c : {&tp, &ep, &pp, &dim, sep.get()})
     if (c)
       for (const CommRecord& r : c->records()) out.metrics.comm.push_back(r);
+  for (const DeviceComm* c : {tp_data.get(), ep_data.get(), pp_data.get(), dim_data.get()})
+    for (const CommRecord& r : c->records()) out.metrics.comm.push_back(r);
+  // The DeviceComms hold their own duplicates (MPI) or NCCL communicators: these can go.
   for (MPI_Comm* c : {&tp_comm, &ep_comm, &pp_comm, &dim_comm, &sep_comm})
     if (*c != MPI_COMM_NULL) MOEPROXY_MPI(MPI_Comm_free(c));
   return out;

@@ -19,16 +19,6 @@
 
 namespace moeproxy::parallel {
 
-namespace {
-
-std::vector<int> exclusive_scan(const std::vector<int>& counts) {
-  std::vector<int> displs(counts.size(), 0);
-  for (std::size_t i = 1; i < counts.size(); ++i) displs[i] = displs[i - 1] + counts[i - 1];
-  return displs;
-}
-
-}  // namespace
-
 ExpertRows LayoutExchange::dispatch(const ExecSpace& space, const Matrix& xp, const std::vector<int>& counts) {
   if (ep_.size() == 1) {
     const auto first = counts.begin() + expert_begin_, last = first + local_experts_;
@@ -38,7 +28,7 @@ ExpertRows LayoutExchange::dispatch(const ExecSpace& space, const Matrix& xp, co
   }
   const int ranks = ep_.size(), local = local_experts_, d = static_cast<int>(xp.extent(1));
   std::vector<int> counts_in(static_cast<std::size_t>(ranks) * local, 0);
-  ep_.alltoall(counts.data(), counts_in.data(), local);
+  ep_.host().alltoall(counts.data(), counts_in.data(), local);
 
   send_counts_.assign(ranks, 0);
   recv_counts_.assign(ranks, 0);
@@ -47,16 +37,12 @@ ExpertRows LayoutExchange::dispatch(const ExecSpace& space, const Matrix& xp, co
       send_counts_[r] += counts[r * local + e] * d;
       recv_counts_[r] += counts_in[r * local + e] * d;
     }
-  send_displs_ = exclusive_scan(send_counts_);
-  recv_displs_ = exclusive_scan(recv_counts_);
+  send_displs_ = displacements(send_counts_);
+  recv_displs_ = displacements(recv_counts_);
   const int received = (recv_displs_.back() + recv_counts_.back()) / d;
 
-  named_fence(space, "moeproxy::ep::before_dispatch");
-  auto send = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), xp);
-  HostMatrix recv("moeproxy::ep::dispatch_recv", received, d);
-  ep_.alltoallv(send.data(), send_counts_, send_displs_, recv.data(), recv_counts_, recv_displs_);
-  Matrix x_in("moeproxy::ep::expert_in", received, d);
-  Kokkos::deep_copy(space, x_in, recv);
+  Matrix x_in(Kokkos::view_alloc(space, "moeproxy::ep::expert_in"), received, d);
+  ep_.alltoallv(xp.data(), send_counts_, send_displs_, x_in.data(), recv_counts_, recv_displs_);
   return ExpertRows{x_in, counts_in, -1};
 }
 
@@ -67,11 +53,7 @@ void LayoutExchange::undispatch(const ExecSpace& space, const Matrix& y_in, cons
     Kokkos::deep_copy(space, Kokkos::subview(yp, std::make_pair(local_rows_.second, kept), Kokkos::ALL), 0.0f);
     return;
   }
-  named_fence(space, "moeproxy::ep::before_undispatch");
-  auto send = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), y_in);
-  auto recv = Kokkos::create_mirror_view(Kokkos::HostSpace(), yp);
-  ep_.alltoallv(send.data(), recv_counts_, recv_displs_, recv.data(), send_counts_, send_displs_);
-  Kokkos::deep_copy(space, yp, recv);
+  ep_.alltoallv(y_in.data(), recv_counts_, recv_displs_, yp.data(), send_counts_, send_displs_);
 }
 
 }  // namespace moeproxy::parallel

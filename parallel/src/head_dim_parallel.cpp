@@ -10,10 +10,8 @@ namespace moeproxy::parallel {
 
 void LayoutExchange::reduce_scores(const ExecSpace& space, const Scores& scores) {
   if (dim_.size() == 1) return;
-  named_fence(space, "moeproxy::dim::before_allreduce");
-  auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), scores);
-  dim_.allreduce_sum(host.data(), static_cast<int>(host.span()));
-  Kokkos::deep_copy(space, scores, host);
+  (void)space;  // the DeviceComm runs on the same execution space
+  dim_.allreduce_sum(scores.data(), scores.span());
 }
 
 }  // namespace moeproxy::parallel

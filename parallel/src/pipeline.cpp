@@ -3,28 +3,15 @@
 namespace moeproxy::parallel {
 
 namespace {
-// Tags keep the forward stream and the feedback stream apart; MPI keeps each in order.
-constexpr int forward_tag = 0;
+// The feedback's tag on the control plane (the forward rows travel on the DeviceComm).
 constexpr int feedback_tag = 1;
 }  // namespace
 
-Pipeline::Pipeline(const ExecSpace& space, Transformer& model, Communicator& stages, int sequences,
+Pipeline::Pipeline(Transformer& model, DeviceComm& stages, int sequences,
                    int micro_batches, int layer_begin, int layer_end)
-    : space_(space), model_(model), stages_(stages), layer_begin_(layer_begin), layer_end_(layer_end) {
+    : model_(model), stages_(stages), layer_begin_(layer_begin), layer_end_(layer_end) {
   const int per = sequences / micro_batches;
   for (int m = 0; m < micro_batches; ++m) micro_batches_.push_back(MicroBatch{m * per, per});
-}
-
-void Pipeline::send_rows(const Matrix& rows, int dest, int tag) {
-  named_fence(space_, "moeproxy::pp::before_send");
-  auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), rows);
-  stages_.send(host.data(), static_cast<int>(host.span()), dest, tag);
-}
-
-void Pipeline::recv_rows(const Matrix& rows, int source, int tag) {
-  auto host = Kokkos::create_mirror_view(Kokkos::HostSpace(), rows);
-  stages_.recv(host.data(), static_cast<int>(host.span()), source, tag);
-  Kokkos::deep_copy(space_, rows, host);
 }
 
 void Pipeline::run(int step, const Input& input, const Output& output, std::vector<float>& feedback,
@@ -36,7 +23,7 @@ void Pipeline::run(int step, const Input& input, const Output& output, std::vect
   // can never wait on a first stage that is itself blocked sending the next micro-batch.
   if (first_stage() && !last_stage())
     for (const MicroBatch& mb : micro_batches_)
-      stages_.irecv(feedback.data() + static_cast<std::size_t>(mb.first) * d, mb.count * d, last, feedback_tag);
+      stages_.host().irecv(feedback.data() + static_cast<std::size_t>(mb.first) * d, mb.count * d, last, feedback_tag);
 
   for (const MicroBatch& mb : micro_batches_) {
     const int rows = mb.count * n;
@@ -46,13 +33,13 @@ void Pipeline::run(int step, const Input& input, const Output& output, std::vect
     if (first_stage()) {
       input(mb, x);
     } else {
-      recv_rows(x, stage - 1, forward_tag);
+      stages_.recv(x.data(), x.span(), stage - 1);
       timing.add(layer_begin_, Phase::recv, timer.seconds());
     }
     model_.run_layers(x, mb, step, timing);
     if (!last_stage()) {
       timer.reset();
-      send_rows(x, stage + 1, forward_tag);
+      stages_.send(x.data(), x.span(), stage + 1);
       timing.add(layer_end_ - 1, Phase::send, timer.seconds());
       continue;
     }
@@ -67,12 +54,12 @@ void Pipeline::run(int step, const Input& input, const Output& output, std::vect
     if (first_stage())
       std::copy(newest.begin(), newest.end(), feedback.begin() + static_cast<std::ptrdiff_t>(mb.first) * d);
     else
-      stages_.send(newest.data(), static_cast<int>(newest.size()), 0, feedback_tag);
+      stages_.host().send(newest.data(), static_cast<int>(newest.size()), 0, feedback_tag);
     timing.add(layer_end_ - 1, Phase::send, timer.seconds());
   }
   if (first_stage() && !last_stage()) {
     Kokkos::Timer timer;
-    stages_.wait_all();
+    stages_.host().wait_all();
     timing.add(layer_begin_, Phase::wait, timer.seconds());
   }
 }

@@ -7,10 +7,8 @@ namespace moeproxy::parallel {
 
 void LayoutExchange::reduce_partial(const ExecSpace& space, const Matrix& partial) {
   if (tp_.size() == 1) return;
-  named_fence(space, "moeproxy::tp::before_allreduce");
-  auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), partial);
-  tp_.allreduce_sum(host.data(), static_cast<int>(host.span()));
-  Kokkos::deep_copy(space, partial, host);
+  (void)space;  // the DeviceComm runs on the same execution space
+  tp_.allreduce_sum(partial.data(), partial.span());
 }
 
 }  // namespace moeproxy::parallel

@@ -60,6 +60,10 @@ struct CommRecord {
   std::uint64_t calls = 0;
   std::uint64_t bytes = 0;  // payload bytes leaving this rank, self-traffic excluded
   double seconds = 0.0;
+  // nccl-tests' figures (parallel/comm_stats.hpp): algbw = alg_bytes / seconds,
+  // busbw = bus_bytes / seconds.
+  std::uint64_t alg_bytes = 0;
+  std::uint64_t bus_bytes = 0;
 };
 
 // Everything one rank measured.

@@ -19,6 +19,7 @@ struct PhaseStats {
 
 struct ReportInput {
   std::string app_version, git_sha, backend, layout, output_file;
+  std::string comm_backend;  // "mpi" or "nccl": what moved the layers' data
   int ranks = 1;
   PhaseStats prefill, decode;
   std::uint64_t max_memory[memory_kind_count] = {};  // largest over ranks, per kind

@@ -20,6 +20,7 @@ constexpr int results_schema_version = 1;
 struct RunInfo {
   std::string app_version, git_sha, command_line, kokkos_config;
   std::string layout;  // human-readable, e.g. "dp=4"
+  std::string comm_backend;  // "mpi" or "nccl": what moved the layers' data
   std::string host, device;  // this rank's
   bool predicted = false;
 };
@@ -70,9 +71,10 @@ struct ResultsFile {
   std::vector<std::string> comm_keys;  // "operation@group", sorted
   std::vector<std::uint64_t> comm_calls, comm_bytes;  // [rank, key]
   std::vector<double> comm_seconds;                   // [rank, key]
+  std::vector<double> comm_algbw, comm_busbw;         // [rank, key] bytes/s, nccl-tests' definitions
 
   // The rest of the file, for analysis and tests.
-  std::string app_version, git_sha, command_line, kokkos_config, layout;
+  std::string app_version, git_sha, command_line, kokkos_config, layout, comm_backend;
   bool predicted = false;
   std::vector<std::string> hosts, devices;  // [rank]
   std::vector<double> prefill_wall, decode_wall, prefill_flops, decode_flops;  // [rank]

@@ -1,17 +1,17 @@
 #pragma once
-// Communication with every call recorded: operation, group, bytes leaving this rank
-// (self-traffic excluded) and seconds. This is the MPI backend; data given to it lives on
-// the host (device buffers are staged by the caller after a named fence).
+// MPI on host buffers, every call recorded (comm_stats.hpp): the control plane of a run
+// (counts, metrics, verification samples, the pipeline's feedback rows) and the transport
+// under the MPI backend of DeviceComm (device_comm.hpp), which moves the layers' data.
 
 #include <mpi.h>
 
 #include <cstdint>
-#include <map>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "moeproxy/core/metrics.hpp"
+#include "moeproxy/parallel/comm_stats.hpp"
 
 namespace moeproxy::parallel {
 
@@ -57,18 +57,19 @@ class Communicator {
   std::vector<double> gather(const std::vector<double>& local, int root);
 
   // Accumulated records, one per operation on this group.
-  std::vector<CommRecord> records() const;
+  std::vector<CommRecord> records() const { return log_.records(); }
 
  private:
   template <class Call>
-  void timed(const char* op, std::uint64_t bytes, Call&& call);
+  void timed(CommOp op, const CommVolume& volume, Call&& call);
 
   MPI_Comm comm_;
   std::string name_;
   int rank_ = 0;
   int size_ = 1;
-  std::map<std::string, CommRecord> records_;
+  CommLog log_;
   std::vector<MPI_Request> pending_;
+  CommVolume pending_volume_;  // of the receives wait_all completes
 };
 
 }  // namespace moeproxy::parallel

@@ -21,11 +21,13 @@ struct RunOutput {
   bool owns_outputs = true;                 // false on tensor-parallel peers holding copies
   std::vector<float> hidden_prefill;        // [slice.count, prompt, hidden] final-normed
   std::vector<float> hidden_decode;         // [slice.count, decode_steps, hidden]
+  CommBackend comm_backend = CommBackend::mpi;  // what moved the layers' data
 };
 
-// Collective over `world`. Progress lines go to `progress` (pass nullptr on ranks other than 0).
+// Collective over `world`. `comm` is the backend select_comm_backend chose (not automatic).
+// Progress lines go to `progress` (pass nullptr on ranks other than 0).
 // Weights come from `weights` (nullptr: generated from the deck's seed).
-RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, Communicator& world,
+RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, CommBackend comm, Communicator& world,
                       std::ostream* progress, const WeightSource* weights = nullptr);
 
 // The outputs of global sequences [0, count) on rank 0, in the reference's row order

@@ -1,14 +1,14 @@
 #pragma once
-// The MPI side of a layer (core/exchange.hpp): tensor-parallel reductions
+// The communicating side of a layer (core/exchange.hpp): tensor-parallel reductions
 // (tensor_parallel.cpp), the score reductions of head x dim slicing (head_dim_parallel.cpp)
-// and the experts' rows (expert_parallel.cpp). Buffers are staged through host memory after
-// a named fence unless the data already lives there (no CUDA-aware MPI assumed).
+// and the experts' rows (expert_parallel.cpp), on the run's backend (device_comm.hpp):
+// device buffers go to the DeviceComm as they are; only the expert counts travel over MPI.
 
 #include <utility>
 #include <vector>
 
 #include "moeproxy/core/exchange.hpp"
-#include "moeproxy/parallel/comm.hpp"
+#include "moeproxy/parallel/device_comm.hpp"
 
 namespace moeproxy::parallel {
 
@@ -18,7 +18,7 @@ class LayoutExchange : public LayerExchange {
   // `ep`: ranks the experts are spread over with all-to-all, `local_experts` each.
   // `dim`: ranks holding the other dimension slices of the same heads (n of m x n).
   // This rank holds experts [expert_begin, expert_begin + local_experts).
-  LayoutExchange(Communicator& tp, Communicator& ep, Communicator& dim, int expert_begin, int local_experts)
+  LayoutExchange(DeviceComm& tp, DeviceComm& ep, DeviceComm& dim, int expert_begin, int local_experts)
       : tp_(tp), ep_(ep), dim_(dim), expert_begin_(expert_begin), local_experts_(local_experts) {}
 
   void reduce_partial(const ExecSpace& space, const Matrix& partial) override;
@@ -28,9 +28,9 @@ class LayoutExchange : public LayerExchange {
   int expert_group_size() const override { return ep_.size(); }
 
  private:
-  Communicator& tp_;
-  Communicator& ep_;
-  Communicator& dim_;
+  DeviceComm& tp_;
+  DeviceComm& ep_;
+  DeviceComm& dim_;
   int expert_begin_, local_experts_;
   // The last dispatch's layout, in floats, reused in reverse by undispatch.
   std::vector<int> send_counts_, send_displs_, recv_counts_, recv_displs_;

@@ -1,7 +1,8 @@
 #pragma once
 // Pipeline parallelism: each stage holds consecutive layers; micro-batches of sequences
-// flow stage to stage with send/recv. The last stage applies the final norm and sends each
-// sequence's newest row back to the first stage, where it is the next decode step's input.
+// flow stage to stage with send/recv on the run's backend (device_comm.hpp). The last stage applies the final norm and sends each
+// sequence's newest row back to the first stage, where it is the next decode step's input
+// (host rows over MPI: the first stage reads them on the host anyway).
 // One stage and one micro-batch is the plain single-rank forward.
 
 #include <functional>
@@ -9,7 +10,7 @@
 
 #include "moeproxy/core/metrics.hpp"
 #include "moeproxy/core/model.hpp"
-#include "moeproxy/parallel/comm.hpp"
+#include "moeproxy/parallel/device_comm.hpp"
 
 namespace moeproxy::parallel {
 
@@ -22,7 +23,7 @@ class Pipeline {
   using Output = std::function<void(const MicroBatch&, const Matrix&)>;
 
   // `stages`: the ranks holding the other layers of the same sequences, in stage order.
-  Pipeline(const ExecSpace& space, Transformer& model, Communicator& stages, int sequences,
+  Pipeline(Transformer& model, DeviceComm& stages, int sequences,
            int micro_batches, int layer_begin, int layer_end);
 
   // One pass over every micro-batch: the prompts (step < 0) or decode step `step`.
@@ -36,12 +37,8 @@ class Pipeline {
   const std::vector<MicroBatch>& micro_batches() const { return micro_batches_; }
 
  private:
-  void send_rows(const Matrix& rows, int dest, int tag);
-  void recv_rows(const Matrix& rows, int source, int tag);
-
-  ExecSpace space_;
   Transformer& model_;
-  Communicator& stages_;
+  DeviceComm& stages_;
   std::vector<MicroBatch> micro_batches_;
   int layer_begin_, layer_end_;
   Matrix buffer_;  // rows of the micro-batch in flight

@@ -137,8 +137,6 @@ std::string check_implemented(const RunConfig& cfg) {
            ": loading weights from a checkpoint is not implemented yet; remove model.checkpoint "
            "(or set it to \"\") to run with generated weights";
   }
-  if (cfg.model.precision == Precision::fp16)
-    return "model.precision = \"fp16\": fp16 kernels are not implemented yet; set model.precision = \"fp32\"";
   if (cfg.verify.mode == VerifyMode::file)
     return "verify.mode = \"file\": comparing with an earlier run's results file is not implemented yet; "
            "use verify.mode = \"reference\" or \"auto\"";
@@ -514,7 +512,8 @@ int check_command(const Options& opt) {
     const ModelConfig& m = cfg.model;
     std::cout << "deck " << opt.deck << " is valid for " << opt.ranks << " ranks (" << layout.describe() << ")\n";
     std::cout << "rank map:\n" << layout.rank_map();
-    std::cout << "memory estimate per rank (fp32):\n";
+    std::cout << "memory estimate per rank (" << to_string(m.precision)
+              << (m.precision == Precision::fp16 ? ": binary16 weights and kv cache" : "") << "):\n";
     for (int r = 0; r < opt.ranks; ++r) {
       const MemoryEstimate e = estimate_memory(m, cfg.workload, layout.sequences_of(r).count, layout.shard_of(r));
       std::printf("  rank %d: weights %.1f MiB, kv cache %.1f MiB, activations %.1f MiB, total %.1f MiB\n", r,

@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "moeproxy/core/half.hpp"
 #include "moeproxy/core/hash.hpp"
 #include "moeproxy/core/model.hpp"
 
@@ -21,17 +22,37 @@ double weight(const ModelConfig& c, TensorKind kind, int layer, int expert, std:
                                      static_cast<std::uint64_t>(row), static_cast<std::uint64_t>(col));
 }
 
+// fp16 runs store the projections and experts in binary16 (the router stays fp32) and round
+// those GEMMs' activation operands the same way; the products are then exact, so rounding
+// here and summing in double gives what the fp32 accumulation approximates.
+bool half_operands(const ModelConfig& c, TensorKind kind) {
+  return c.precision == Precision::fp16 && kind != TensorKind::router;
+}
+
+// The value a stored activation takes: binary16 rounding of its fp32 value for fp16 runs.
+double stored(const ModelConfig& c, double v) {
+  return c.precision == Precision::fp16 ? round_to_half(static_cast<float>(v)) : v;
+}
+
 // y[t, :] = x[t, :] * W where W(i, j) = weight(kind, layer, expert, i, j) * scale.
 Rows matmul(const ModelConfig& c, const Rows& x, int in, int out, TensorKind kind, int layer,
             int expert, double scale) {
   const std::size_t tokens = x.size() / in;
+  const bool half = half_operands(c, kind);
   std::vector<double> w(static_cast<std::size_t>(in) * out);
   for (int i = 0; i < in; ++i)
-    for (int j = 0; j < out; ++j) w[static_cast<std::size_t>(i) * out + j] = weight(c, kind, layer, expert, i, j, scale);
+    for (int j = 0; j < out; ++j)
+      // Binary16 weights round the fp32 value the generator produces (float scale times
+      // float draw), exactly as weights.cpp stores them.
+      w[static_cast<std::size_t>(i) * out + j] =
+          half ? round_to_half(static_cast<float>(scale) *
+                               uniform_at(tensor_stream(c.seed, kind, layer, expert), static_cast<std::uint64_t>(i),
+                                          static_cast<std::uint64_t>(j)))
+               : weight(c, kind, layer, expert, i, j, scale);
   Rows y(tokens * out, 0.0);
   for (std::size_t t = 0; t < tokens; ++t)
     for (int i = 0; i < in; ++i) {
-      const double xi = x[t * in + i];
+      const double xi = half ? stored(c, x[t * in + i]) : x[t * in + i];
       for (int j = 0; j < out; ++j) y[t * out + j] += xi * w[static_cast<std::size_t>(i) * out + j];
     }
   return y;
@@ -161,9 +182,12 @@ void layer(const ModelConfig& c, const WorkloadConfig& w, int l, Rows& x, int n,
     std::copy(qr.begin(), qr.end(), q.begin() + static_cast<std::ptrdiff_t>(r) * c.q_width());
     st.k[l][b].resize(static_cast<std::size_t>(pos + 1) * c.kv_width());
     st.v[l][b].resize(static_cast<std::size_t>(pos + 1) * c.kv_width());
-    std::copy(kr.begin(), kr.end(), st.k[l][b].begin() + static_cast<std::ptrdiff_t>(pos) * c.kv_width());
-    std::copy(v.begin() + static_cast<std::ptrdiff_t>(r) * c.kv_width(), v.begin() + static_cast<std::ptrdiff_t>(r + 1) * c.kv_width(),
-              st.v[l][b].begin() + static_cast<std::ptrdiff_t>(pos) * c.kv_width());
+    // The KV cache holds binary16 in fp16 runs: keys after RoPE, values as projected.
+    for (int j = 0; j < c.kv_width(); ++j) {
+      const std::size_t at = static_cast<std::size_t>(pos) * c.kv_width() + j;
+      st.k[l][b][at] = stored(c, kr[j]);
+      st.v[l][b][at] = stored(c, v[static_cast<std::size_t>(r) * c.kv_width() + j]);
+    }
   }
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
   for (int r = 0; r < tokens; ++r) {
@@ -288,7 +312,7 @@ double max_relative_error(const std::vector<float>& got, const std::vector<doubl
 }
 
 double verification_tolerance(Precision precision) {
-  return precision == Precision::fp32 ? 1e-4 : 2e-2;
+  return precision == Precision::fp32 ? 1e-4 : 2e-3;
 }
 
 }  // namespace moeproxy

@@ -53,12 +53,44 @@ NormWeights make_norm(const ExecSpace& space, const ModelConfig& cfg, TensorKind
 
 std::uint64_t view_bytes(std::size_t span) { return static_cast<std::uint64_t>(span) * sizeof(float); }
 
+// A [rows, cols] weight in the run's storage precision; `fill` writes its fp32 values.
+template <class Fill>
+StoredMatrix stored_matrix(const ExecSpace& space, const ModelConfig& cfg, const std::string& label, int rows, int cols,
+                           Fill&& fill) {
+  Matrix values(label, rows, cols);
+  fill(values);
+  if (cfg.precision == Precision::fp32) return ConstMatrix(values);
+  HalfMatrix stored(label, rows, cols);
+  round_into(space, values, stored);
+  return ConstHalfMatrix(stored);
+}
+
+// `count` [rows, cols] weights (one per local expert); `fill(m, e)` writes the fp32 values
+// of matrix e. For binary16 one fp32 matrix at a time is generated and rounded.
+template <class Fill>
+StoredStack stored_stack(const ExecSpace& space, const ModelConfig& cfg, const std::string& label, int count, int rows,
+                         int cols, Fill&& fill) {
+  StoredStack s;
+  if (cfg.precision == Precision::fp32) {
+    s.f32 = Stack(label, count, rows, cols);
+    for (int e = 0; e < count; ++e) fill(Matrix(Kokkos::subview(s.f32, e, Kokkos::ALL, Kokkos::ALL)), e);
+    return s;
+  }
+  s.f16 = HalfStack(label, count, rows, cols);
+  Matrix values(label, rows, cols);
+  for (int e = 0; e < count; ++e) {
+    fill(values, e);
+    round_into(space, values, Kokkos::subview(s.f16, e, Kokkos::ALL, Kokkos::ALL));
+  }
+  return s;
+}
+
 }  // namespace
 
 std::uint64_t LayerWeights::bytes() const {
-  return view_bytes(attn_norm.gain.span() + attn_norm.bias.span() + wq.span() + wk.span() +
-                    wv.span() + wo.span() + ffn_norm.gain.span() + ffn_norm.bias.span() +
-                    router.span() + w1.span() + w3.span() + w2.span());
+  return view_bytes(attn_norm.gain.span() + attn_norm.bias.span() + ffn_norm.gain.span() + ffn_norm.bias.span() +
+                    router.span()) +
+         wq.bytes() + wk.bytes() + wv.bytes() + wo.bytes() + w1.bytes() + w3.bytes() + w2.bytes();
 }
 
 std::uint64_t ModelWeights::bytes() const {
@@ -94,35 +126,36 @@ ModelWeights make_weights(const ExecSpace& space, const ModelConfig& cfg, const 
   for (int l = layer_begin; l < layer_end; ++l) {
     LayerWeights lw;
     lw.attn_norm = make_norm(space, cfg, TensorKind::norm1_gain, TensorKind::norm1_bias, l, "attn_norm");
-    lw.wq = Matrix("moeproxy::weights::wq", cfg.hidden, heads * dims);
-    lw.wk = Matrix("moeproxy::weights::wk", cfg.hidden, kv_heads * dims);
-    lw.wv = Matrix("moeproxy::weights::wv", cfg.hidden, kv_heads * dims);
-    lw.wo = Matrix("moeproxy::weights::wo", heads * dims, cfg.hidden);
     const float s_d = fan_in_scale(cfg.hidden);
-    fill_tensor(space, lw.wq, cfg.seed, TensorKind::wq, l, 0, whole, head_axis(shard.head_begin), s_d);
-    fill_tensor(space, lw.wk, cfg.seed, TensorKind::wk, l, 0, whole, head_axis(kv.begin), s_d);
-    fill_tensor(space, lw.wv, cfg.seed, TensorKind::wv, l, 0, whole, head_axis(kv.begin), s_d);
-    fill_tensor(space, lw.wo, cfg.seed, TensorKind::wo, l, 0, head_axis(shard.head_begin), whole,
-                fan_in_scale(cfg.q_width()));
+    lw.wq = stored_matrix(space, cfg, "moeproxy::weights::wq", cfg.hidden, heads * dims, [&](const Matrix& m) {
+      fill_tensor(space, m, cfg.seed, TensorKind::wq, l, 0, whole, head_axis(shard.head_begin), s_d);
+    });
+    lw.wk = stored_matrix(space, cfg, "moeproxy::weights::wk", cfg.hidden, kv_heads * dims, [&](const Matrix& m) {
+      fill_tensor(space, m, cfg.seed, TensorKind::wk, l, 0, whole, head_axis(kv.begin), s_d);
+    });
+    lw.wv = stored_matrix(space, cfg, "moeproxy::weights::wv", cfg.hidden, kv_heads * dims, [&](const Matrix& m) {
+      fill_tensor(space, m, cfg.seed, TensorKind::wv, l, 0, whole, head_axis(kv.begin), s_d);
+    });
+    lw.wo = stored_matrix(space, cfg, "moeproxy::weights::wo", heads * dims, cfg.hidden, [&](const Matrix& m) {
+      fill_tensor(space, m, cfg.seed, TensorKind::wo, l, 0, head_axis(shard.head_begin), whole,
+                  fan_in_scale(cfg.q_width()));
+    });
     lw.ffn_norm = make_norm(space, cfg, TensorKind::norm2_gain, TensorKind::norm2_bias, l, "ffn_norm");
     if (cfg.is_moe()) {
       lw.router = Matrix("moeproxy::weights::router", cfg.hidden, cfg.experts);
       fill_tensor(space, lw.router, cfg.seed, TensorKind::router, l, 0, 0, 0, s_d);
     }
     lw.expert_begin = expert_begin;
-    lw.w1 = decltype(lw.w1)("moeproxy::weights::w1", experts, cfg.hidden, f);
-    lw.w2 = decltype(lw.w2)("moeproxy::weights::w2", experts, f, cfg.hidden);
+    lw.w1 = stored_stack(space, cfg, "moeproxy::weights::w1", experts, cfg.hidden, f, [&](const Matrix& m, int e) {
+      fill_tensor(space, m, cfg.seed, TensorKind::w1, l, expert_begin + e, 0, f_begin, s_d);
+    });
+    lw.w2 = stored_stack(space, cfg, "moeproxy::weights::w2", experts, f, cfg.hidden, [&](const Matrix& m, int e) {
+      fill_tensor(space, m, cfg.seed, TensorKind::w2, l, expert_begin + e, f_begin, 0, fan_in_scale(cfg.ffn_hidden));
+    });
     if (cfg.activation == Activation::swiglu)
-      lw.w3 = decltype(lw.w3)("moeproxy::weights::w3", experts, cfg.hidden, f);
-    for (int e = 0; e < experts; ++e) {
-      const int ge = expert_begin + e;
-      auto sub = [e](const auto& v) { return Matrix(Kokkos::subview(v, e, Kokkos::ALL, Kokkos::ALL)); };
-      fill_tensor(space, sub(lw.w1), cfg.seed, TensorKind::w1, l, ge, 0, f_begin, s_d);
-      fill_tensor(space, sub(lw.w2), cfg.seed, TensorKind::w2, l, ge, f_begin, 0,
-                  fan_in_scale(cfg.ffn_hidden));
-      if (cfg.activation == Activation::swiglu)
-        fill_tensor(space, sub(lw.w3), cfg.seed, TensorKind::w3, l, ge, 0, f_begin, s_d);
-    }
+      lw.w3 = stored_stack(space, cfg, "moeproxy::weights::w3", experts, cfg.hidden, f, [&](const Matrix& m, int e) {
+        fill_tensor(space, m, cfg.seed, TensorKind::w3, l, expert_begin + e, 0, f_begin, s_d);
+      });
     w.layers.push_back(lw);
   }
   w.final_norm = make_norm(space, cfg, TensorKind::final_gain, TensorKind::final_bias, 0, "final_norm");

@@ -7,6 +7,8 @@
 // On the host this is KokkosBlas::gemm (fp16 operands widened to fp32, which is exact); in
 // the CUDA variant cuBLAS on the execution space's stream (gemm_cuda.cpp), because Kokkos
 // Kernels 3.4 has no tensor-core path for half. Calls enqueue on `space` without fencing.
+// A GEMM with a binary16 B allocates, for the call, a binary16 copy of A (on the host also
+// fp32 copies of A's rounded values and of B); the memory estimate does not count these.
 
 #include <string>
 #include <vector>

@@ -137,8 +137,6 @@ std::string check_output_writable(const std::string& path) {
 // Keys the deck accepts for features this version does not have yet: running something else
 // under their name would produce results that look valid and are not.
 std::string check_implemented(const RunConfig& cfg) {
-  if (cfg.model.precision == Precision::fp16)
-    return "model.precision = \"fp16\": fp16 kernels are not implemented yet; set model.precision = \"fp32\"";
   if (cfg.verify.mode == VerifyMode::file)
     return "verify.mode = \"file\": comparing with an earlier run's results file is not implemented yet; "
            "use verify.mode = \"reference\" or \"auto\"";
@@ -543,7 +541,8 @@ int check_command(const Options& opt) {
     const parallel::RankLayout layout = parallel::RankLayout::build(cfg, opt.ranks);
     std::cout << "deck " << opt.deck << " is valid for " << opt.ranks << " ranks (" << layout.describe() << ")\n";
     std::cout << "rank map:\n" << layout.rank_map();
-    std::cout << "memory estimate per rank (fp32):\n";
+    std::cout << "memory estimate per rank (" << to_string(cfg.model.precision)
+              << (cfg.model.precision == Precision::fp16 ? ": binary16 weights and kv cache" : "") << "):\n";
     for (int r = 0; r < opt.ranks; ++r) {
       const MemoryEstimate e = layout.memory_of(r);
       std::printf("  rank %d: weights %.1f MiB, kv cache %.1f MiB, activations %.1f MiB, total %.1f MiB\n", r,

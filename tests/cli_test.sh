@@ -84,7 +84,17 @@ case $case_name in
   dp-batch) refuse "parallel.dp=3" "workload.batch=8" -- "$mpiexec" -n 3 "$exe" run "$quick" --set parallel.dp=3 --set output.file="$result" ;;
   tp-three) refuse "parallel.tp=3" -- "$mpiexec" -n 3 "$exe" run "$quick" --set parallel.dp=1 --set parallel.tp=3 --set output.file="$result" ;;
   precision-unknown) refuse "model.precision" "bf16" '"fp32" | "fp16"' -- "$exe" "${one[@]}" --set model.precision=bf16 ;;
-  precision-fp16) refuse 'model.precision = "fp16"' "not implemented" -- "$exe" "${one[@]}" --set model.precision=fp16 ;;
+  precision-fp16)
+    rm -f "$result"
+    expect 0 "VERIFICATION PASS" "^PASS$" -- "$exe" "${one[@]}" --set model.precision=fp16
+    [ -f "$result" ] || fail "no results file"
+    # binary16 storage halves the KV cache exactly (weights: all but norms and router).
+    kv_mib() { "$exe" check "$quick" --ranks 1 --set parallel.dp=1 "$@" | sed -n 's/.*kv cache \([0-9.]*\) MiB.*/\1/p'; }
+    kv32=$(kv_mib --set workload.prompt=1000) kv16=$(kv_mib --set workload.prompt=1000 --set model.precision=fp16)
+    "$exe" check "$quick" --ranks 1 --set parallel.dp=1 --set model.precision=fp16 > "$log" 2>&1
+    grep -q "memory estimate per rank (fp16: binary16 weights and kv cache)" "$log" || fail "check does not say fp16"
+    /usr/bin/python3 -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); sys.exit(0 if a > 0 and abs(b - a / 2) <= 0.05 else 1)" \
+      "$kv32" "$kv16" || fail "fp16 kv cache estimate $kv16 MiB is not half of fp32's $kv32 MiB" ;;
   verify-file-missing)
     printf '[verify]\nmode = "file"\n[output]\nfile = "%s"\n' "$result" > "$bad"
     refuse 'verify.mode = "file"' "$bad:2" "needs verify.file" -- "$exe" run "$bad" ;;

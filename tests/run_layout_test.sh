@@ -3,29 +3,44 @@
 #   run_layout_test.sh MOEPROXY MPIEXEC RANKS DECK OUTDIR [--set k=v ...]
 # Runs DECK on 1 rank and on RANKS ranks with the given overrides, both dumping their final
 # hidden states, requires both to PASS their own verification and the two dumps to agree
-# within 1e-4 (max |a - b| / max |b|, prefill and decode).
+# (max |a - b| / max |b|, prefill and decode) within 1e-4 for fp32 and 1e-3 for fp16: a
+# layout that splits a sum (tensor parallelism, head x dim slicing) adds the same fp32
+# partials in another order, which now and then moves an activation to the other
+# neighbouring binary16 value, a change of one binary16 ulp (4.9e-4 relative) in that element;
+# measured up to 1.9e-4 (docs/model.md, Precision).
 set -euo pipefail
 exe=$1 mpiexec=$2 ranks=$3 deck=$4 outdir=$5
 shift 5
 name=$(basename "$deck" .toml)-np$ranks-$(echo "$*" | tr -c 'a-zA-Z0-9=' '_' | tr -s '_')
 mkdir -p "$outdir"
 serial=$outdir/$name.serial.h5
+# Overrides of the model (model.precision, ...) describe what both runs compute.
+model=()
+args=("$@")
+for ((i = 0; i + 1 < ${#args[@]}; ++i)); do
+  [ "${args[i]}" = --set ] && [[ ${args[i + 1]} == model.* ]] && model+=(--set "${args[i + 1]}")
+done
+precision=fp32
+grep -qE '^precision *= *"fp16"' "$deck" && precision=fp16
+for o in "${model[@]}"; do [[ $o == model.precision=* ]] && precision=${o#model.precision=}; done
+tolerance=1e-4
+[ "$precision" = fp16 ] && tolerance=1e-3
 parallel=$outdir/$name.h5
 rm -f "$serial" "$parallel"
 
-"$mpiexec" -n 1 "$exe" run "$deck" --set output.file="$serial" --set output.dump_hidden=true > "$outdir/$name.serial.log" 2>&1 \
+"$mpiexec" -n 1 "$exe" run "$deck" "${model[@]}" --set output.file="$serial" --set output.dump_hidden=true > "$outdir/$name.serial.log" 2>&1 \
   || { cat "$outdir/$name.serial.log"; echo "FAIL: the single-rank run failed"; exit 1; }
 "$mpiexec" -n "$ranks" "$exe" run "$deck" "$@" --set output.file="$parallel" --set output.dump_hidden=true \
   > "$outdir/$name.log" 2>&1 || { cat "$outdir/$name.log"; echo "FAIL: the $ranks-rank run failed"; exit 1; }
 cat "$outdir/$name.log"
 grep -qx PASS "$outdir/$name.log" || { echo "FAIL: the $ranks-rank run did not PASS its verification"; exit 1; }
 
-/usr/bin/python3 - "$serial" "$parallel" "$ranks" <<'PY'
+/usr/bin/python3 - "$serial" "$parallel" "$ranks" "$tolerance" <<'PY'
 import sys
 import h5py
 import numpy as np
 
-serial, parallel, ranks = sys.argv[1], sys.argv[2], int(sys.argv[3])
+serial, parallel, ranks, tolerance = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 with h5py.File(serial, "r") as a, h5py.File(parallel, "r") as b:
     assert bool(a.attrs["complete"]) and bool(b.attrs["complete"]), "a result file is not complete"
     assert int(b.attrs["mpi_size"]) == ranks, f"expected {ranks} ranks, file says {b.attrs['mpi_size']}"
@@ -37,7 +52,7 @@ with h5py.File(serial, "r") as a, h5py.File(parallel, "r") as b:
         err = np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30)
         print(f"{name} {ref.shape}: max relative error vs 1 rank = {err:.3e}")
         worst = max(worst, err)
-    if not worst <= 1e-4:
-        sys.exit(f"FAIL: {ranks}-rank hidden states differ from the single-rank run by {worst:.3e} > 1e-4")
+    if not worst <= tolerance:
+        sys.exit(f"FAIL: {ranks}-rank hidden states differ from the single-rank run by {worst:.3e} > {tolerance:g}")
 print("layout matches the single-rank run")
 PY

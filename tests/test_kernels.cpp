@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <type_traits>
 
 #include "moeproxy/core/kernels.hpp"
 #include "test_helpers.hpp"
@@ -103,7 +104,8 @@ struct AttentionCase {
   HostMatrix q;
   HostCache k, v;
 
-  AttentionCase(int batch_, int heads_, int kv_heads_, int hd_, int n_, int pos0_)
+  // round_kv: keys and values are binary16 values (what an fp16 cache holds).
+  AttentionCase(int batch_, int heads_, int kv_heads_, int hd_, int n_, int pos0_, bool round_kv = false)
       : batch(batch_), heads(heads_), kv_heads(kv_heads_), hd(hd_), n(n_), pos0(pos0_),
         q("q", batch * n, heads * hd), k("k", batch, kv_heads, ctx() + 2, hd), v("v", batch, kv_heads, ctx() + 2, hd) {
     const std::uint64_t s = tensor_stream(11, TensorKind::input, 0, 0);
@@ -113,6 +115,10 @@ struct AttentionCase {
           for (int e = 0; e < hd; ++e) {
             k(b, h, p, e) = 2.0f * uniform_at(s, b * 1000 + h * 100 + p, e);
             v(b, h, p, e) = uniform_at(s, b * 1000 + h * 100 + p, 500 + e);
+            if (round_kv) {
+              k(b, h, p, e) = round_to_half(k(b, h, p, e));
+              v(b, h, p, e) = round_to_half(v(b, h, p, e));
+            }
           }
     const std::uint64_t sq = tensor_stream(12, TensorKind::input, 0, 0);
     for (int r = 0; r < batch * n; ++r)
@@ -145,15 +151,32 @@ struct AttentionCase {
   }
 };
 
+// With T = Half the cache is filled by store_kv from fp32 keys and values that are already
+// binary16 values, so the stored bits and the naive result must match exactly and tightly.
+template <class T = float>
 void check_attention(int batch, int heads, int kv_heads, int hd, int n, int pos0) {
   ExecSpace space;
-  const AttentionCase c(batch, heads, kv_heads, hd, n, pos0);
-  Cache kc("k", batch, kv_heads, c.ctx() + 2, hd), vc("v", batch, kv_heads, c.ctx() + 2, hd);
+  const bool half = std::is_same<T, Half>::value;
+  const AttentionCase c(batch, heads, kv_heads, hd, n, pos0, half);
+  CacheOf<T> kc("k", batch, kv_heads, c.ctx() + 2, hd), vc("v", batch, kv_heads, c.ctx() + 2, hd);
   Matrix q("q", batch * n, heads * hd), out("out", batch * n, heads * hd);
-  Kokkos::deep_copy(kc, c.k);
-  Kokkos::deep_copy(vc, c.v);
+  // Every cache position goes in through store_kv as rows [batch * positions, kv_heads * hd].
+  const int positions = c.ctx() + 2;
+  Matrix k_rows("k_rows", batch * positions, kv_heads * hd), v_rows("v_rows", batch * positions, kv_heads * hd);
+  auto hk = Kokkos::create_mirror_view(k_rows);
+  auto hv = Kokkos::create_mirror_view(v_rows);
+  for (int b = 0; b < batch; ++b)
+    for (int h = 0; h < kv_heads; ++h)
+      for (int p = 0; p < positions; ++p)
+        for (int e = 0; e < hd; ++e) {
+          hk(b * positions + p, h * hd + e) = c.k(b, h, p, e);
+          hv(b * positions + p, h * hd + e) = c.v(b, h, p, e);
+        }
+  Kokkos::deep_copy(k_rows, hk);
+  Kokkos::deep_copy(v_rows, hv);
+  store_kv<T>(space, k_rows, v_rows, kc, vc, positions, 0);
   Kokkos::deep_copy(q, c.q);
-  attention(space, q, kc, vc, out, n, pos0, c.scale(), 0, c.group());
+  attention<T>(space, q, kc, vc, out, n, pos0, c.scale(), 0, c.group());
   auto ho = to_host(out);
   for (int r = 0; r < batch * n; ++r)
     for (int h = 0; h < heads; ++h) {
@@ -230,6 +253,25 @@ TEST_CASE("attention: causal prefill with grouped kv heads matches naive softmax
 
 TEST_CASE("attention: decode against a longer cache, masked beyond the query", "[kernels]") {
   check_attention(2, 4, 4, 16, 1, 17);
+}
+
+TEST_CASE("attention: a binary16 KV cache stores and reads back the binary16 values", "[kernels]") {
+  check_attention<Half>(3, 6, 2, 12, 9, 0);
+  check_attention<Half>(2, 4, 4, 16, 1, 17);
+}
+
+TEST_CASE("store_kv: a binary16 cache rounds to nearest even", "[kernels]") {
+  ExecSpace space;
+  const Matrix k = random_matrix("k", 6, 8, 31, 3.0f), v = random_matrix("v", 6, 8, 32, 3.0f);
+  HalfCache kc("kc", 2, 2, 5, 4), vc("vc", 2, 2, 5, 4);
+  store_kv<Half>(space, k, v, kc, vc, 3, 1);
+  auto hk = to_host(k), hv = to_host(v);
+  auto hkc = to_host(kc), hvc = to_host(vc);
+  for (int r = 0; r < 6; ++r)
+    for (int j = 0; j < 8; ++j) {
+      REQUIRE(hkc(r / 3, j / 4, 1 + r % 3, j % 4).bits == to_half(hk(r, j)).bits);
+      REQUIRE(hvc(r / 3, j / 4, 1 + r % 3, j % 4).bits == to_half(hv(r, j)).bits);
+    }
 }
 
 TEST_CASE("attention_scores and attention_apply: dimension slices reduced before the softmax", "[kernels]") {

@@ -70,6 +70,24 @@ void check_against_reference(const ModelConfig& m, const WorkloadConfig& w) {
   CHECK(max_relative_error(got.decode, ref.decode) < 1e-5);
 }
 
+// An fp16 run against the reference that rounds what the run stores (docs/model.md,
+// Precision): within the fp16 tolerance, and closer to it than to the fp32 reference, so that
+// the reference's roundings are the ones the run makes.
+void check_fp16_against_reference(ModelConfig m, const WorkloadConfig& w) {
+  m.precision = Precision::fp16;
+  const Outputs got = run(m, w, SequenceSlice{0, w.batch, w.batch});
+  const ReferenceOutput ref = reference_forward(m, w, 0, w.batch, w.batch);
+  const double tolerance = verification_tolerance(Precision::fp16);
+  const double err = std::max(max_relative_error(got.prefill, ref.prefill), max_relative_error(got.decode, ref.decode));
+  CHECK(err < tolerance);
+  ModelConfig m32 = m;
+  m32.precision = Precision::fp32;
+  const ReferenceOutput ref32 = reference_forward(m32, w, 0, w.batch, w.batch);
+  const double err32 =
+      std::max(max_relative_error(got.prefill, ref32.prefill), max_relative_error(got.decode, ref32.decode));
+  CHECK(err < err32);
+}
+
 }  // namespace
 
 TEST_CASE("model: MoE (SwiGLU, RMSNorm, GQA, RoPE, top-3 of 6) matches the reference", "[model]") {
@@ -97,6 +115,16 @@ TEST_CASE("model: synthetic Zipf routing and unnormalised weights match the refe
   w.routing = RoutingMode::learned;
   m.capacity_factor = 1.0;  // drops tokens: both implementations must drop the same ones
   check_against_reference(m, w);
+}
+
+TEST_CASE("model: fp16 storage matches the reference with the same roundings", "[model][fp16]") {
+  check_fp16_against_reference(tiny_moe(), small_workload());
+  ModelConfig dense = tiny_moe();
+  dense.ffn = FfnKind::dense;
+  dense.activation = Activation::gelu;
+  dense.norm = NormKind::layernorm;
+  dense.rope = false;
+  check_fp16_against_reference(dense, small_workload());
 }
 
 TEST_CASE("model: dropless expert token counts sum to tokens x top_k", "[model][moe]") {
@@ -145,9 +173,11 @@ TEST_CASE("model: the memory estimate equals what the Transformer allocates", "[
   part.layer_begin = 1;
   part.layer_count = 1;
   for (const ShardSpec& shard : {ShardSpec{}, part})
-    for (FfnKind ffn : {FfnKind::moe, FfnKind::dense}) {
+    for (FfnKind ffn : {FfnKind::moe, FfnKind::dense})
+    for (Precision precision : {Precision::fp32, Precision::fp16}) {
       ModelConfig m = tiny_moe();
       m.ffn = ffn;
+      m.precision = precision;
       for (const int decode_steps : {3, 60}) {  // prefill's or decode's scores are the larger
         WorkloadConfig w = small_workload();
         w.decode_steps = decode_steps;
@@ -159,6 +189,20 @@ TEST_CASE("model: the memory estimate equals what the Transformer allocates", "[
         CHECK(e.activations == model.activation_bytes());
       }
     }
+}
+
+TEST_CASE("model: fp16 stores projections, experts and the KV cache in half the bytes", "[model][fp16]") {
+  ModelConfig m = tiny_moe();
+  const WorkloadConfig w = small_workload();
+  const MemoryEstimate e32 = estimate_memory(m, w, w.batch);
+  m.precision = Precision::fp16;
+  const MemoryEstimate e16 = estimate_memory(m, w, w.batch);
+  CHECK(2 * e16.kv_cache == e32.kv_cache);
+  // Norm gains (2 per layer + final) and the router stay fp32.
+  const std::uint64_t fp32_floats = static_cast<std::uint64_t>(m.hidden) * (2 * m.layers + 1) +
+                                    static_cast<std::uint64_t>(m.layers) * m.hidden * m.experts;
+  CHECK(2 * e16.weights == e32.weights + fp32_floats * sizeof(float));
+  CHECK(e16.activations == e32.activations);
 }
 
 TEST_CASE("model: forward_flops counts projections, causal attention and experts", "[model]") {

@@ -1,3 +1,4 @@
+#include <cstring>
 #include <catch2/catch.hpp>
 
 #include "moeproxy/core/weights.hpp"
@@ -44,16 +45,16 @@ TEST_CASE("weights: a shard equals the matching slice of the whole model", "[wei
   const ModelWeights part = make_weights(space, cfg, shard, 1, 2);
   REQUIRE(part.layers.size() == 1);
   const int hd = cfg.effective_head_dim();
-  auto fq = to_host(full.layers[1].wq), pq = to_host(part.layers[0].wq);
-  auto fo = to_host(full.layers[1].wo), po = to_host(part.layers[0].wo);
+  auto fq = to_host(full.layers[1].wq.f32), pq = to_host(part.layers[0].wq.f32);
+  auto fo = to_host(full.layers[1].wo.f32), po = to_host(part.layers[0].wo.f32);
   REQUIRE(pq.extent(1) == static_cast<std::size_t>(3 * hd));
   for (int i = 0; i < cfg.hidden; ++i)
     for (int j = 0; j < 3 * hd; ++j) {
       REQUIRE(pq(i, j) == fq(i, 2 * hd + j));
       REQUIRE(po(j, i) == fo(2 * hd + j, i));
     }
-  auto f1 = to_host(full.layers[1].w1), p1 = to_host(part.layers[0].w1);
-  auto f2 = to_host(full.layers[1].w2), p2 = to_host(part.layers[0].w2);
+  auto f1 = to_host(full.layers[1].w1.f32), p1 = to_host(part.layers[0].w1.f32);
+  auto f2 = to_host(full.layers[1].w2.f32), p2 = to_host(part.layers[0].w2.f32);
   for (int e = 0; e < 2; ++e)
     for (int i = 0; i < cfg.hidden; ++i)
       for (int j = 0; j < 10; ++j) {
@@ -80,8 +81,8 @@ TEST_CASE("weights: a dimension slice holds whole RoPE pairs of its heads and kv
   const int dims[w] = {2, 3, 8, 9};
   REQUIRE(shard.head_dims(cfg) == w);
   const LayerWeights &f = full.layers[0], &p = part.layers[0];
-  auto fq = to_host(f.wq), pq = to_host(p.wq), fk = to_host(f.wk), pk = to_host(p.wk);
-  auto fv = to_host(f.wv), pv = to_host(p.wv), fo = to_host(f.wo), po = to_host(p.wo);
+  auto fq = to_host(f.wq.f32), pq = to_host(p.wq.f32), fk = to_host(f.wk.f32), pk = to_host(p.wk.f32);
+  auto fv = to_host(f.wv.f32), pv = to_host(p.wv.f32), fo = to_host(f.wo.f32), po = to_host(p.wo.f32);
   REQUIRE(pq.extent(1) == static_cast<std::size_t>(2 * w));
   REQUIRE(pk.extent(1) == static_cast<std::size_t>(2 * w));
   REQUIRE(po.extent(0) == static_cast<std::size_t>(2 * w));
@@ -136,8 +137,20 @@ template <class View>
 void require_equal(const View& a, const View& b) {
   auto ha = to_host(a), hb = to_host(b);
   REQUIRE(ha.span() == hb.span());
-  for (std::size_t i = 0; i < ha.span(); ++i) REQUIRE(ha.data()[i] == hb.data()[i]);
+  // Bit patterns: also right for binary16 storage.
+  REQUIRE(std::memcmp(ha.data(), hb.data(), ha.span() * sizeof(*ha.data())) == 0);
 }
+
+template <class Stored>
+void require_equal_stored(const Stored& a, const Stored& b) {
+  REQUIRE(a.is_half() == b.is_half());
+  if (a.is_half())
+    require_equal(a.f16, b.f16);
+  else
+    require_equal(a.f32, b.f32);
+}
+void require_equal(const StoredMatrix& a, const StoredMatrix& b) { require_equal_stored(a, b); }
+void require_equal(const StoredStack& a, const StoredStack& b) { require_equal_stored(a, b); }
 
 }  // namespace
 
@@ -150,6 +163,7 @@ TEST_CASE("weights: a source read through host buffers equals the device-generat
   cfg.ffn_hidden = 20;
   cfg.experts = 6;
   cfg.norm = GENERATE(NormKind::rmsnorm, NormKind::layernorm);
+  cfg.precision = GENERATE(Precision::fp32, Precision::fp16);
   ExecSpace space;
   ShardSpec shard;
   shard.head_begin = 2;

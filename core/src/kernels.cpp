@@ -1,7 +1,5 @@
 #include "moeproxy/core/kernels.hpp"
 
-#include <KokkosBlas3_gemm.hpp>
-
 #include <vector>
 
 namespace moeproxy {
@@ -10,15 +8,6 @@ namespace {
 using Team = Kokkos::TeamPolicy<ExecSpace>::member_type;
 using ScratchVector = Kokkos::View<float*, ExecSpace::scratch_memory_space, Kokkos::MemoryUnmanaged>;
 }  // namespace
-
-void gemm(const ExecSpace& space, const ConstMatrix& a, const ConstMatrix& b, const Matrix& c,
-          float alpha, float beta, bool transpose_b) {
-  if (c.extent(0) == 0 || c.extent(1) == 0) return;
-  // Kokkos Kernels 3.4's gemm has no execution-space argument and runs on the default
-  // instance; fence ours first so ordering holds when a caller uses another instance.
-  named_fence(space, "moeproxy::gemm::order");
-  KokkosBlas::gemm("N", transpose_b ? "T" : "N", alpha, a, b, beta, c);
-}
 
 void normalize(const ExecSpace& space, NormKind kind, double eps, const ConstMatrix& x,
                const NormWeights& w, const Matrix& y) {
@@ -75,8 +64,9 @@ void apply_rope(const ExecSpace& space, const Matrix& x, int heads, int head_dim
       });
 }
 
+template <class T>
 void store_kv(const ExecSpace& space, const ConstMatrix& k, const ConstMatrix& v,
-              const Cache& k_cache, const Cache& v_cache, int n, int pos0) {
+              const CacheOf<T>& k_cache, const CacheOf<T>& v_cache, int n, int pos0) {
   const int hd = static_cast<int>(k_cache.extent(3));
   Kokkos::parallel_for(
       "moeproxy::kernels::store_kv",
@@ -84,8 +74,8 @@ void store_kv(const ExecSpace& space, const ConstMatrix& k, const ConstMatrix& v
                                                         {static_cast<int>(k.extent(0)), static_cast<int>(k.extent(1))}),
       KOKKOS_LAMBDA(const int r, const int j) {
         const int b = r / n, pos = pos0 + r % n, h = j / hd, dd = j % hd;
-        k_cache(b, h, pos, dd) = k(r, j);
-        v_cache(b, h, pos, dd) = v(r, j);
+        store_as(k_cache(b, h, pos, dd), k(r, j));
+        store_as(v_cache(b, h, pos, dd), v(r, j));
       });
 }
 
@@ -94,8 +84,9 @@ namespace {
 // The end of one (query, head) team's attention: turns the scaled scores s[0, ctx), written
 // by the team, into softmax weights (max subtracted first) and writes
 // out(row, col0 + dd) = sum_j w_j v(b, kvh, j, dd) for every dimension dd of the cache.
+template <class T>
 KOKKOS_INLINE_FUNCTION void softmax_times_v(const Team& team, const ScratchVector& s, int ctx,
-                                            const Cache& v_cache, int b, int kvh, const Matrix& out,
+                                            const CacheOf<T>& v_cache, int b, int kvh, const Matrix& out,
                                             int row, int col0) {
   team.team_barrier();
   float mx = 0.0f;
@@ -116,15 +107,16 @@ KOKKOS_INLINE_FUNCTION void softmax_times_v(const Team& team, const ScratchVecto
   const int hd = static_cast<int>(v_cache.extent(3));
   Kokkos::parallel_for(Kokkos::TeamThreadRange(team, hd), [&](const int dd) {
     float acc = 0.0f;
-    for (int j = 0; j < ctx; ++j) acc += s(j) * v_cache(b, kvh, j, dd);
+    for (int j = 0; j < ctx; ++j) acc += s(j) * to_float(v_cache(b, kvh, j, dd));
     out(row, col0 + dd) = acc * inv;
   });
 }
 
 }  // namespace
 
-void attention(const ExecSpace& space, const ConstMatrix& q, const Cache& k_cache,
-               const Cache& v_cache, const Matrix& out, int n, int pos0, float scale,
+template <class T>
+void attention(const ExecSpace& space, const ConstMatrix& q, const CacheOf<T>& k_cache,
+               const CacheOf<T>& v_cache, const Matrix& out, int n, int pos0, float scale,
                int head_begin, int group) {
   const int batch = static_cast<int>(q.extent(0)) / n;
   const int hd = static_cast<int>(k_cache.extent(3));
@@ -141,14 +133,15 @@ void attention(const ExecSpace& space, const ConstMatrix& q, const Cache& k_cach
         ScratchVector s(team.team_scratch(0), ctx_max);
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, ctx), [&](const int j) {
           float acc = 0.0f;
-          for (int dd = 0; dd < hd; ++dd) acc += q(row, h * hd + dd) * k_cache(b, kvh, j, dd);
+          for (int dd = 0; dd < hd; ++dd) acc += q(row, h * hd + dd) * to_float(k_cache(b, kvh, j, dd));
           s(j) = acc * scale;
         });
         softmax_times_v(team, s, ctx, v_cache, b, kvh, out, row, h * hd);
       });
 }
 
-void attention_scores(const ExecSpace& space, const ConstMatrix& q, const Cache& k_cache,
+template <class T>
+void attention_scores(const ExecSpace& space, const ConstMatrix& q, const CacheOf<T>& k_cache,
                       const Scores& scores, int n, int pos0, int head_begin, int group) {
   const int batch = static_cast<int>(q.extent(0)) / n;
   const int hd = static_cast<int>(k_cache.extent(3));
@@ -165,13 +158,14 @@ void attention_scores(const ExecSpace& space, const ConstMatrix& q, const Cache&
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, ctx_max), [&](const int j) {
           float acc = 0.0f;
           if (j < ctx)
-            for (int dd = 0; dd < hd; ++dd) acc += q(row, h * hd + dd) * k_cache(b, kvh, j, dd);
+            for (int dd = 0; dd < hd; ++dd) acc += q(row, h * hd + dd) * to_float(k_cache(b, kvh, j, dd));
           scores(row, h, j) = acc;
         });
       });
 }
 
-void attention_apply(const ExecSpace& space, const Scores& scores, const Cache& v_cache,
+template <class T>
+void attention_apply(const ExecSpace& space, const Scores& scores, const CacheOf<T>& v_cache,
                      const Matrix& out, int n, int pos0, float scale, int head_begin, int group) {
   const int batch = static_cast<int>(scores.extent(0)) / n;
   const int heads = static_cast<int>(scores.extent(1));
@@ -191,6 +185,19 @@ void attention_apply(const ExecSpace& space, const Scores& scores, const Cache& 
         softmax_times_v(team, s, ctx, v_cache, b, kvh, out, row, h * hd);
       });
 }
+
+#define MOEPROXY_CACHE_KERNELS(T)                                                                    \
+  template void store_kv<T>(const ExecSpace&, const ConstMatrix&, const ConstMatrix&, const CacheOf<T>&,      \
+                            const CacheOf<T>&, int, int);                                                    \
+  template void attention<T>(const ExecSpace&, const ConstMatrix&, const CacheOf<T>&, const CacheOf<T>&,      \
+                             const Matrix&, int, int, float, int, int);                                      \
+  template void attention_scores<T>(const ExecSpace&, const ConstMatrix&, const CacheOf<T>&, const Scores&,   \
+                                    int, int, int, int);                                                     \
+  template void attention_apply<T>(const ExecSpace&, const Scores&, const CacheOf<T>&, const Matrix&, int,    \
+                                   int, float, int, int);
+MOEPROXY_CACHE_KERNELS(float)
+MOEPROXY_CACHE_KERNELS(Half)
+#undef MOEPROXY_CACHE_KERNELS
 
 void activate(const ExecSpace& space, Activation act, const Matrix& x, const ConstMatrix& gate) {
   const bool swiglu = act == Activation::swiglu;

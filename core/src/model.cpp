@@ -49,8 +49,13 @@ Transformer::Transformer(const ExecSpace& space, const ModelConfig& model,
   weights_ = make_weights(space_, cfg_, shard, layer_begin_, layer_end_, weights);
   const int positions = workload_.prompt + workload_.decode_steps;
   for (int l = layer_begin_; l < layer_end_; ++l) {
-    k_cache_.emplace_back("moeproxy::model::k_cache", slice_.count, kv_heads_, positions, head_dims_);
-    v_cache_.emplace_back("moeproxy::model::v_cache", slice_.count, kv_heads_, positions, head_dims_);
+    if (cfg_.precision == Precision::fp16) {
+      k_half_.emplace_back("moeproxy::model::k_cache", slice_.count, kv_heads_, positions, head_dims_);
+      v_half_.emplace_back("moeproxy::model::v_cache", slice_.count, kv_heads_, positions, head_dims_);
+    } else {
+      k_cache_.emplace_back("moeproxy::model::k_cache", slice_.count, kv_heads_, positions, head_dims_);
+      v_cache_.emplace_back("moeproxy::model::v_cache", slice_.count, kv_heads_, positions, head_dims_);
+    }
   }
   const int t = slice_.count * workload_.prompt;
   ws_.x = Matrix("moeproxy::model::x", t, cfg_.hidden);
@@ -88,6 +93,8 @@ std::uint64_t Transformer::kv_cache_bytes() const {
   std::uint64_t total = 0;
   for (std::size_t l = 0; l < k_cache_.size(); ++l)
     total += (k_cache_[l].span() + v_cache_[l].span()) * sizeof(float);
+  for (std::size_t l = 0; l < k_half_.size(); ++l)
+    total += (k_half_[l].span() + v_half_[l].span()) * sizeof(Half);
   return total;
 }
 
@@ -176,9 +183,6 @@ void Transformer::layer(int l, const Matrix& x, const MicroBatch& mb, int n, int
 Matrix Transformer::attention_block(int l, const Matrix& x, const MicroBatch& mb, int n, int pos0,
                                     PhaseTable& timing) {
   const LayerWeights& lw = weights_.layers[l - layer_begin_];
-  const auto seqs = std::make_pair(mb.first, mb.first + mb.count);
-  const Cache k_cache = Kokkos::subview(k_cache_[l - layer_begin_], seqs, Kokkos::ALL, Kokkos::ALL, Kokkos::ALL);
-  const Cache v_cache = Kokkos::subview(v_cache_[l - layer_begin_], seqs, Kokkos::ALL, Kokkos::ALL, Kokkos::ALL);
   const int tokens = static_cast<int>(x.extent(0));
   const int hd = cfg_.effective_head_dim();
   Workspace w = rows(tokens);
@@ -193,9 +197,12 @@ Matrix Transformer::attention_block(int l, const Matrix& x, const MicroBatch& mb
       apply_rope(space_, w.q, heads_, hd, n, pos0, cfg_.rope_theta, pair_begin_, pairs_);
       apply_rope(space_, w.k, kv_heads_, hd, n, pos0, cfg_.rope_theta, pair_begin_, pairs_);
     }
-    store_kv(space_, w.k, w.v, k_cache, v_cache, n, pos0);
   });
-  attention_core(l, w, k_cache, v_cache, n, pos0, timing);
+  const std::size_t held = static_cast<std::size_t>(l - layer_begin_);
+  if (cfg_.precision == Precision::fp16)
+    attend<Half>(l, w, mb, k_half_[held], v_half_[held], n, pos0, timing);
+  else
+    attend<float>(l, w, mb, k_cache_[held], v_cache_[held], n, pos0, timing);
   // Row-parallel output projection: each rank's heads give a partial sum, reduced before
   // the residual add.
   timed(space_, timing, l, Phase::attn_out, [&] { gemm(space_, w.attn, lw.wo, w.partial); });
@@ -238,59 +245,58 @@ void Transformer::ffn_rows(int l, const Matrix& x, const std::vector<int>& count
   const int rows = static_cast<int>(x.extent(0));
   reserve_expert_rows(rows);
   const Matrix b = ws_.ffn_b.extent(0) > 0 ? head_rows(ws_.ffn_b, rows) : Matrix();
+  const Matrix a = head_rows(ws_.ffn_a, rows);
   if (!cfg_.is_moe()) {
-    timed(space_, timing, l, Phase::ffn, [&] { expert_ffn(lw, 0, x, head_rows(ws_.ffn_a, rows), b, y); });
+    timed(space_, timing, l, Phase::ffn, [&] { expert_ffn(lw, {GemmGroup{rows, 0}}, x, a, b, y); });
     return;
   }
-  timed(space_, timing, l, Phase::expert, [&] {
-    int row = 0;
-    for (std::size_t block = 0; block < counts.size(); ++block) {
-      const auto r = std::make_pair(row, row + counts[block]);
-      row = r.second;
-      if (r.first == r.second) continue;
-      expert_ffn(lw, static_cast<int>(block % experts_), Kokkos::subview(x, r, Kokkos::ALL),
-                 Kokkos::subview(ws_.ffn_a, r, Kokkos::ALL),
-                 b.extent(0) > 0 ? Matrix(Kokkos::subview(b, r, Kokkos::ALL)) : Matrix(),
-                 Kokkos::subview(y, r, Kokkos::ALL));
-    }
-  });
+  // Blocks of rows by (source rank, local expert): each block through its expert's weights.
+  std::vector<GemmGroup> groups;
+  for (std::size_t block = 0; block < counts.size(); ++block)
+    groups.push_back(GemmGroup{counts[block], static_cast<int>(block % experts_)});
+  timed(space_, timing, l, Phase::expert, [&] { expert_ffn(lw, groups, x, a, b, y); });
 }
 
 // Causal attention of the layer's queries against the cache. A rank holding a slice of each
 // head's dimensions computes partial scores only; the ranks holding the other slices of the
 // same heads sum them before the softmax, then each weighs its own slice of V.
-void Transformer::attention_core(int l, const Workspace& w, const Cache& k_cache, const Cache& v_cache,
-                                 int n, int pos0, PhaseTable& timing) {
+template <class T>
+void Transformer::attend(int l, const Workspace& w, const MicroBatch& mb, const CacheOf<T>& k_layer,
+                         const CacheOf<T>& v_layer, int n, int pos0, PhaseTable& timing) {
+  const auto seqs = std::make_pair(mb.first, mb.first + mb.count);
+  const CacheOf<T> k_cache = Kokkos::subview(k_layer, seqs, Kokkos::ALL, Kokkos::ALL, Kokkos::ALL);
+  const CacheOf<T> v_cache = Kokkos::subview(v_layer, seqs, Kokkos::ALL, Kokkos::ALL, Kokkos::ALL);
+  timed(space_, timing, l, Phase::attn_qkv, [&] { store_kv<T>(space_, w.k, w.v, k_cache, v_cache, n, pos0); });
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(cfg_.effective_head_dim())));
   const int group = cfg_.heads / cfg_.effective_kv_heads();
   if (pairs_ < 0) {
     timed(space_, timing, l, Phase::attn_core,
-          [&] { attention(space_, w.q, k_cache, v_cache, w.attn, n, pos0, scale, head_begin_, group); });
+          [&] { attention<T>(space_, w.q, k_cache, v_cache, w.attn, n, pos0, scale, head_begin_, group); });
     return;
   }
   // [T, heads, pos0 + n] over the front of the scores buffer.
   const Scores scores(ws_.scores.data(), w.q.extent(0), heads_, pos0 + n);
   timed(space_, timing, l, Phase::attn_core,
-        [&] { attention_scores(space_, w.q, k_cache, scores, n, pos0, head_begin_, group); });
+        [&] { attention_scores<T>(space_, w.q, k_cache, scores, n, pos0, head_begin_, group); });
   timed(space_, timing, l, Phase::allreduce, [&] { exchange_->reduce_scores(space_, scores); });
   timed(space_, timing, l, Phase::attn_core,
-        [&] { attention_apply(space_, scores, v_cache, w.attn, n, pos0, scale, head_begin_, group); });
+        [&] { attention_apply<T>(space_, scores, v_cache, w.attn, n, pos0, scale, head_begin_, group); });
 }
 
-void Transformer::expert_ffn(const LayerWeights& lw, int expert, const Matrix& x, const Matrix& a,
-                             const Matrix& b, const Matrix& y) {
-  gemm(space_, x, Kokkos::subview(lw.w1, expert, Kokkos::ALL, Kokkos::ALL), a);
-  if (cfg_.activation == Activation::swiglu)
-    gemm(space_, x, Kokkos::subview(lw.w3, expert, Kokkos::ALL, Kokkos::ALL), b);
+void Transformer::expert_ffn(const LayerWeights& lw, const std::vector<GemmGroup>& groups, const Matrix& x,
+                             const Matrix& a, const Matrix& b, const Matrix& y) {
+  gemm_grouped(space_, x, groups, lw.w1, a);
+  if (cfg_.activation == Activation::swiglu) gemm_grouped(space_, x, groups, lw.w3, b);
   activate(space_, cfg_.activation, a, b);
-  gemm(space_, a, Kokkos::subview(lw.w2, expert, Kokkos::ALL, Kokkos::ALL), y);
+  gemm_grouped(space_, a, groups, lw.w2, y);
 }
 
 // Column-parallel W1 (and W3), row-parallel W2: a partial sum per rank, reduced, added.
 void Transformer::dense_ffn(int l, const Matrix& x, const Matrix& h, PhaseTable& timing) {
   Workspace w = rows(static_cast<int>(x.extent(0)));
   timed(space_, timing, l, Phase::ffn,
-        [&] { expert_ffn(weights_.layers[l - layer_begin_], 0, h, w.ffn_a, w.ffn_b, w.partial); });
+        [&] { expert_ffn(weights_.layers[l - layer_begin_], {GemmGroup{static_cast<int>(h.extent(0)), 0}}, h,
+                         w.ffn_a, w.ffn_b, w.partial); });
   timed(space_, timing, l, Phase::allreduce, [&] { exchange_->reduce_partial(space_, w.partial); });
   timed(space_, timing, l, Phase::ffn, [&] { add_into(space_, w.partial, x); });
 }
@@ -369,13 +375,15 @@ MemoryEstimate estimate_memory(const ModelConfig& m, const WorkloadConfig& w, in
   const std::uint64_t experts = m.is_moe() ? (shard.expert_count < 0 ? m.experts : shard.expert_count) : 1;
   const std::uint64_t mats = m.activation == Activation::swiglu ? 3 : 2;
   const std::uint64_t norms = m.norm == NormKind::layernorm ? 2 : 1;
+  // Projections, experts and the KV cache in the storage precision; norms and router in fp32.
+  const std::uint64_t stored = m.precision == Precision::fp16 ? sizeof(Half) : sizeof(float);
   MemoryEstimate e;
-  const std::uint64_t per_layer = d * (q + 2 * kv) + q * d + 2 * norms * d +
-                                  (m.is_moe() ? d * m.experts : 0) + experts * mats * d * ff;
+  const std::uint64_t per_layer_stored = d * (q + 2 * kv) + q * d + experts * mats * d * ff;
+  const std::uint64_t per_layer_fp32 = 2 * norms * d + (m.is_moe() ? d * m.experts : 0);
   const std::uint64_t layers = shard.layer_count < 0 ? m.layers : shard.layer_count;
-  e.weights = f * (layers * per_layer + norms * d);
+  e.weights = stored * layers * per_layer_stored + f * (layers * per_layer_fp32 + norms * d);
   const std::uint64_t positions = static_cast<std::uint64_t>(w.prompt) + w.decode_steps;
-  e.kv_cache = f * layers * 2 * sequences * positions * kv;
+  e.kv_cache = stored * layers * 2 * sequences * positions * kv;
   const std::uint64_t t = static_cast<std::uint64_t>(sequences) * w.prompt;
   const std::uint64_t routed = m.is_moe() ? t * m.top_k : t;
   std::uint64_t floats = t * (4 * d + 2 * q + 2 * kv) + routed * ff * (mats - 1);

@@ -123,12 +123,44 @@ NormWeights make_norm(const ExecSpace& space, const ModelConfig& cfg, const Weig
 
 std::uint64_t view_bytes(std::size_t span) { return static_cast<std::uint64_t>(span) * sizeof(float); }
 
+// A [rows, cols] weight in the run's storage precision; `fill` writes its fp32 values.
+template <class Fill>
+StoredMatrix stored_matrix(const ExecSpace& space, const ModelConfig& cfg, const std::string& label, int rows, int cols,
+                           Fill&& fill) {
+  Matrix values(label, rows, cols);
+  fill(values);
+  if (cfg.precision == Precision::fp32) return ConstMatrix(values);
+  HalfMatrix stored(label, rows, cols);
+  round_into(space, values, stored);
+  return ConstHalfMatrix(stored);
+}
+
+// `count` [rows, cols] weights (one per local expert); `fill(m, e)` writes the fp32 values
+// of matrix e. For binary16 one fp32 matrix at a time is generated and rounded.
+template <class Fill>
+StoredStack stored_stack(const ExecSpace& space, const ModelConfig& cfg, const std::string& label, int count, int rows,
+                         int cols, Fill&& fill) {
+  StoredStack s;
+  if (cfg.precision == Precision::fp32) {
+    s.f32 = Stack(label, count, rows, cols);
+    for (int e = 0; e < count; ++e) fill(Matrix(Kokkos::subview(s.f32, e, Kokkos::ALL, Kokkos::ALL)), e);
+    return s;
+  }
+  s.f16 = HalfStack(label, count, rows, cols);
+  Matrix values(label, rows, cols);
+  for (int e = 0; e < count; ++e) {
+    fill(values, e);
+    round_into(space, values, Kokkos::subview(s.f16, e, Kokkos::ALL, Kokkos::ALL));
+  }
+  return s;
+}
+
 }  // namespace
 
 std::uint64_t LayerWeights::bytes() const {
-  return view_bytes(attn_norm.gain.span() + attn_norm.bias.span() + wq.span() + wk.span() +
-                    wv.span() + wo.span() + ffn_norm.gain.span() + ffn_norm.bias.span() +
-                    router.span() + w1.span() + w3.span() + w2.span());
+  return view_bytes(attn_norm.gain.span() + attn_norm.bias.span() + ffn_norm.gain.span() + ffn_norm.bias.span() +
+                    router.span()) +
+         wq.bytes() + wk.bytes() + wv.bytes() + wo.bytes() + w1.bytes() + w3.bytes() + w2.bytes();
 }
 
 std::uint64_t ModelWeights::bytes() const {
@@ -165,33 +197,34 @@ ModelWeights make_weights(const ExecSpace& space, const ModelConfig& cfg, const 
   for (int l = layer_begin; l < layer_end; ++l) {
     LayerWeights lw;
     lw.attn_norm = make_norm(space, cfg, source, TensorKind::norm1_gain, TensorKind::norm1_bias, l, "attn_norm");
-    lw.wq = Matrix("moeproxy::weights::wq", cfg.hidden, heads * dims);
-    lw.wk = Matrix("moeproxy::weights::wk", cfg.hidden, kv_heads * dims);
-    lw.wv = Matrix("moeproxy::weights::wv", cfg.hidden, kv_heads * dims);
-    lw.wo = Matrix("moeproxy::weights::wo", heads * dims, cfg.hidden);
-    load(space, cfg, source, lw.wq, TensorRef{TensorKind::wq, l, 0}, whole, head_axis(shard.head_begin));
-    load(space, cfg, source, lw.wk, TensorRef{TensorKind::wk, l, 0}, whole, head_axis(kv.begin));
-    load(space, cfg, source, lw.wv, TensorRef{TensorKind::wv, l, 0}, whole, head_axis(kv.begin));
-    load(space, cfg, source, lw.wo, TensorRef{TensorKind::wo, l, 0}, head_axis(shard.head_begin), whole);
+    // Values are loaded in fp32 and stored in the run's precision (binary16 rounds them once).
+    auto attn = [&](const char* label, TensorKind kind, int rows, int cols, const AxisMap& row_map,
+                    const AxisMap& col_map) {
+      return stored_matrix(space, cfg, label, rows, cols, [&](const Matrix& m) {
+        load(space, cfg, source, m, TensorRef{kind, l, 0}, row_map, col_map);
+      });
+    };
+    lw.wq = attn("moeproxy::weights::wq", TensorKind::wq, cfg.hidden, heads * dims, whole, head_axis(shard.head_begin));
+    lw.wk = attn("moeproxy::weights::wk", TensorKind::wk, cfg.hidden, kv_heads * dims, whole, head_axis(kv.begin));
+    lw.wv = attn("moeproxy::weights::wv", TensorKind::wv, cfg.hidden, kv_heads * dims, whole, head_axis(kv.begin));
+    lw.wo = attn("moeproxy::weights::wo", TensorKind::wo, heads * dims, cfg.hidden, head_axis(shard.head_begin), whole);
     lw.ffn_norm = make_norm(space, cfg, source, TensorKind::norm2_gain, TensorKind::norm2_bias, l, "ffn_norm");
     if (cfg.is_moe()) {
       lw.router = Matrix("moeproxy::weights::router", cfg.hidden, cfg.experts);
       load(space, cfg, source, lw.router, TensorRef{TensorKind::router, l, 0}, whole, whole);
     }
     lw.expert_begin = expert_begin;
-    lw.w1 = decltype(lw.w1)("moeproxy::weights::w1", experts, cfg.hidden, f);
-    lw.w2 = decltype(lw.w2)("moeproxy::weights::w2", experts, f, cfg.hidden);
-    if (cfg.activation == Activation::swiglu)
-      lw.w3 = decltype(lw.w3)("moeproxy::weights::w3", experts, cfg.hidden, f);
     const AxisMap ffn_cols = AxisMap::contiguous(f_begin);
-    for (int e = 0; e < experts; ++e) {
-      const int ge = expert_begin + e;
-      auto sub = [e](const auto& v) { return Matrix(Kokkos::subview(v, e, Kokkos::ALL, Kokkos::ALL)); };
-      load(space, cfg, source, sub(lw.w1), TensorRef{TensorKind::w1, l, ge}, whole, ffn_cols);
-      load(space, cfg, source, sub(lw.w2), TensorRef{TensorKind::w2, l, ge}, ffn_cols, whole);
-      if (cfg.activation == Activation::swiglu)
-        load(space, cfg, source, sub(lw.w3), TensorRef{TensorKind::w3, l, ge}, whole, ffn_cols);
-    }
+    auto ffn = [&](const char* label, TensorKind kind, int rows, int cols, const AxisMap& row_map,
+                   const AxisMap& col_map) {
+      return stored_stack(space, cfg, label, experts, rows, cols, [&](const Matrix& m, int e) {
+        load(space, cfg, source, m, TensorRef{kind, l, expert_begin + e}, row_map, col_map);
+      });
+    };
+    lw.w1 = ffn("moeproxy::weights::w1", TensorKind::w1, cfg.hidden, f, whole, ffn_cols);
+    lw.w2 = ffn("moeproxy::weights::w2", TensorKind::w2, f, cfg.hidden, ffn_cols, whole);
+    if (cfg.activation == Activation::swiglu)
+      lw.w3 = ffn("moeproxy::weights::w3", TensorKind::w3, cfg.hidden, f, whole, ffn_cols);
     w.layers.push_back(lw);
   }
   w.final_norm = make_norm(space, cfg, source, TensorKind::final_gain, TensorKind::final_bias, 0, "final_norm");

@@ -7,14 +7,11 @@
 //   d  hidden, H query heads, Hkv kv heads, hd head_dim, f ffn_hidden, E experts, k top_k
 
 #include "moeproxy/core/config.hpp"
+#include "moeproxy/core/gemm.hpp"
 #include "moeproxy/core/types.hpp"
 #include "moeproxy/core/weights.hpp"
 
 namespace moeproxy {
-
-// C = alpha * A * B + beta * C, or A * B^T with transpose_b. [m,k] x [k,n] -> [m,n].
-void gemm(const ExecSpace& space, const ConstMatrix& a, const ConstMatrix& b, const Matrix& c,
-          float alpha = 1.0f, float beta = 0.0f, bool transpose_b = false);
 
 // y = norm(x) * gain (+ bias): RMSNorm or LayerNorm over each row. [T,d] -> [T,d].
 void normalize(const ExecSpace& space, NormKind kind, double eps, const ConstMatrix& x,
@@ -28,16 +25,22 @@ void normalize(const ExecSpace& space, NormKind kind, double eps, const ConstMat
 void apply_rope(const ExecSpace& space, const Matrix& x, int heads, int head_dim, int n,
                 int pos0, double theta, int pair_begin = 0, int pairs = -1);
 
-// Writes k, v rows [B*n, Hkv*hd] into cache positions [pos0, pos0 + n) of each sequence.
+// The attention kernels below take a KV cache of T = float or Half (binary16 storage, read
+// back as float: scores, softmax and the weighted sum of V stay fp32).
+
+// Writes k, v rows [B*n, Hkv*hd] into cache positions [pos0, pos0 + n) of each sequence
+// (rounded to nearest even when the cache is binary16).
+template <class T>
 void store_kv(const ExecSpace& space, const ConstMatrix& k, const ConstMatrix& v,
-              const Cache& k_cache, const Cache& v_cache, int n, int pos0);
+              const CacheOf<T>& k_cache, const CacheOf<T>& v_cache, int n, int pos0);
 
 // Causal attention of n queries per sequence at positions [pos0, pos0 + n) against cache
 // positions [0, pos0 + n). q, out: [B*n, H_local*hd], local head h being global head
 // head_begin + h, which reads global kv head (head_begin + h) / group; the cache holds the
 // shard's kv heads from global kv head head_begin / group on.
-void attention(const ExecSpace& space, const ConstMatrix& q, const Cache& k_cache,
-               const Cache& v_cache, const Matrix& out, int n, int pos0, float scale,
+template <class T>
+void attention(const ExecSpace& space, const ConstMatrix& q, const CacheOf<T>& k_cache,
+               const CacheOf<T>& v_cache, const Matrix& out, int n, int pos0, float scale,
                int head_begin, int group);
 
 // Attention split around a reduction, for ranks holding a slice of each head's dimensions
@@ -46,11 +49,13 @@ void attention(const ExecSpace& space, const ConstMatrix& q, const Cache& k_cach
 // scores(r, h, j) = q_h(r) . k_h(j) over the slice (unscaled) for the query's causal window
 // j < pos0 + i + 1, and 0 beyond it, so that summing whole buffers stays finite.
 // scores [B*n, H_local, pos0 + n].
-void attention_scores(const ExecSpace& space, const ConstMatrix& q, const Cache& k_cache,
+template <class T>
+void attention_scores(const ExecSpace& space, const ConstMatrix& q, const CacheOf<T>& k_cache,
                       const Scores& scores, int n, int pos0, int head_begin, int group);
 // out_h(r) = sum_j softmax_j(scale * scores(r, h, j)) v_h(j) over the causal window: the
 // slice of the attention output whose dimensions v_cache holds. out [B*n, H_local*w].
-void attention_apply(const ExecSpace& space, const Scores& scores, const Cache& v_cache,
+template <class T>
+void attention_apply(const ExecSpace& space, const Scores& scores, const CacheOf<T>& v_cache,
                      const Matrix& out, int n, int pos0, float scale, int head_begin, int group);
 
 // x = act(x) (GELU) or x = silu(x) * gate (SwiGLU), elementwise on [T, f].

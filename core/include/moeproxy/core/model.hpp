@@ -102,14 +102,17 @@ class Transformer {
             const Matrix& route_w, Permutation& perm, std::vector<int>& counts, const Matrix& xp);
   // Global token id of the first row of micro-batch mb at `step` (docs/model.md).
   std::int64_t first_token(const MicroBatch& mb, int step) const;
-  void attention_core(int l, const Workspace& w, const Cache& k_cache, const Cache& v_cache, int n,
-                      int pos0, PhaseTable& timing);
+  // Stores the layer's keys and values and attends; T is the cache's storage (float, Half).
+  template <class T>
+  void attend(int l, const Workspace& w, const MicroBatch& mb, const CacheOf<T>& k_layer,
+              const CacheOf<T>& v_layer, int n, int pos0, PhaseTable& timing);
   void moe(int l, const Matrix& x, const Matrix& h, std::int64_t token0, PhaseTable& timing,
            bool count_experts);
   void dense_ffn(int l, const Matrix& x, const Matrix& h, PhaseTable& timing);
   Workspace rows(int tokens) const;
-  void expert_ffn(const LayerWeights& lw, int expert, const Matrix& x, const Matrix& a,
-                  const Matrix& b, const Matrix& y);
+  // The FFN of each group's rows of x through the group's local expert, into y's rows.
+  void expert_ffn(const LayerWeights& lw, const std::vector<GemmGroup>& groups, const Matrix& x,
+                  const Matrix& a, const Matrix& b, const Matrix& y);
   // Grows the expert buffers when expert parallelism brings more rows than were routed here.
   void reserve_expert_rows(int rows);
 
@@ -124,7 +127,9 @@ class Transformer {
   LayerExchange default_exchange_;
   LayerExchange* exchange_;
   ModelWeights weights_;
+  // Per layer held, in the run's storage precision: fp32 runs fill the first pair, fp16 the second.
   std::vector<Cache> k_cache_, v_cache_;
+  std::vector<HalfCache> k_half_, v_half_;
   Workspace ws_;
   std::vector<std::uint64_t> expert_tokens_;
   std::uint64_t dropped_ = 0;

@@ -4,6 +4,8 @@
 
 #include <Kokkos_Core.hpp>
 
+#include "moeproxy/core/half.hpp"
+
 namespace moeproxy {
 
 using ExecSpace = Kokkos::DefaultExecutionSpace;
@@ -16,8 +18,14 @@ using Vector = Kokkos::View<float*, MemSpace>;
 using ConstVector = Kokkos::View<const float*, MemSpace>;
 using IndexVector = Kokkos::View<int*, MemSpace>;
 using IndexMatrix = Kokkos::View<int**, Kokkos::LayoutRight, MemSpace>;
-// KV cache: [batch, kv_heads, positions, head_dim].
-using Cache = Kokkos::View<float****, Kokkos::LayoutRight, MemSpace>;
+// Weights and KV cache in binary16 storage (model.precision = "fp16").
+using HalfMatrix = Kokkos::View<Half**, Kokkos::LayoutRight, MemSpace>;
+using ConstHalfMatrix = Kokkos::View<const Half**, Kokkos::LayoutRight, MemSpace>;
+// KV cache: [batch, kv_heads, positions, head_dim], float or Half.
+template <class T>
+using CacheOf = Kokkos::View<T****, Kokkos::LayoutRight, MemSpace>;
+using Cache = CacheOf<float>;
+using HalfCache = CacheOf<Half>;
 // Attention scores of a call: [B*n, heads, context], one row of the context per (query, head).
 using Scores = Kokkos::View<float***, Kokkos::LayoutRight, MemSpace>;
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "moeproxy/core/config.hpp"
+#include "moeproxy/core/gemm.hpp"
 #include "moeproxy/core/hash.hpp"
 #include "moeproxy/core/types.hpp"
 #include "moeproxy/core/weight_source.hpp"
@@ -100,13 +101,15 @@ struct NormWeights {
   Vector bias;  // LayerNorm only; empty for RMSNorm
 };
 
+// The projections and experts are stored in the run's precision (binary16 for fp16 runs, the
+// fp32 values generated here rounded to nearest even); norms and the router stay fp32.
 struct LayerWeights {
   NormWeights attn_norm;
-  Matrix wq, wk, wv, wo;
+  StoredMatrix wq, wk, wv, wo;
   NormWeights ffn_norm;
   Matrix router;  // [hidden, experts], MoE only
   // Dense FFN: one "expert". MoE: the shard's experts, [local expert, in, out].
-  Kokkos::View<float***, Kokkos::LayoutRight, MemSpace> w1, w3, w2;
+  StoredStack w1, w3, w2;
   int expert_begin = 0;
 
   std::uint64_t bytes() const;

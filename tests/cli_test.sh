@@ -63,6 +63,8 @@ case $case_name in
       "^model-prefill " "^model-decode " "ms per step" -- "$exe" bench --cpu --scale 64 --warmup 0 --iterations 1 ;;
   bench-one-case) expect 0 "^gemm " "^attn-16x512 " -- "$exe" bench --cpu --scale 64 --iterations 1 --case attn-16x512
     if grep -q "^moe-" "$log"; then fail "cases not asked for ran"; fi ;;
+  bench-fp16) expect 0 ", fp16, " "^gemm " "^moe-d4096-top2 " -- \
+    "$exe" bench --cpu --scale 64 --warmup 0 --iterations 1 --precision fp16 --case moe-d4096-top2 ;;
   bench-bad) expect 2 "--case" -- "$exe" bench --case no-such-case ;;
   nccl-on-host) refuse 'parallel.comm = "nccl"' "host (CPU) build" "cmake --preset cuda" -- \
     "$exe" "${one[@]}" --set parallel.comm=nccl ;;

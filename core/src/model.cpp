@@ -8,15 +8,6 @@ namespace moeproxy {
 
 namespace {
 
-// Runs `work` and charges its time, fence to fence, to (layer, phase).
-template <class Work>
-void timed(const ExecSpace& space, PhaseTable& table, int layer, Phase phase, Work&& work) {
-  Kokkos::Timer timer;
-  work();
-  named_fence(space, "moeproxy::model::phase_end");
-  table.add(layer, phase, timer.seconds());
-}
-
 Matrix head_rows(const Matrix& m, int tokens) {
   return Kokkos::subview(m, std::make_pair(0, tokens), Kokkos::ALL);
 }

@@ -28,14 +28,6 @@ namespace {
 
 constexpr int counts_tag = 40, rows_tag = 41, results_tag = 42;
 
-template <class Work>
-void timed(const ExecSpace& space, PhaseTable& table, int layer, Phase phase, Work&& work) {
-  Kokkos::Timer timer;
-  work();
-  named_fence(space, "moeproxy::sep::phase_end");
-  table.add(layer, phase, timer.seconds());
-}
-
 // Matrix or HostMatrix (the same type on a host build).
 template <class View>
 View front(const View& m, int rows) {

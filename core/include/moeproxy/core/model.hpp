@@ -26,6 +26,15 @@ struct SequenceSlice {
   int global_batch = 1;  // sequences in the whole run
 };
 
+// Runs `work` and charges its time, fence to fence, to (layer, phase) of `table`.
+template <class Work>
+void timed(const ExecSpace& space, PhaseTable& table, int layer, Phase phase, Work&& work) {
+  Kokkos::Timer timer;
+  work();
+  named_fence(space, "moeproxy::phase_end");
+  table.add(layer, phase, timer.seconds());
+}
+
 // The slice of the model a Transformer holds: heads, FFN columns and experts of every
 // layer (ShardSpec), with `exchange` joining it to the ranks holding the rest, its values
 // from `weights` (nullptr: generated from the seed). The defaults hold the whole model.

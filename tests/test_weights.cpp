@@ -1,5 +1,5 @@
-#include <cstring>
 #include <catch2/catch.hpp>
+#include <cstring>
 
 #include "moeproxy/core/weights.hpp"
 #include "test_helpers.hpp"
@@ -137,8 +137,8 @@ template <class View>
 void require_equal(const View& a, const View& b) {
   auto ha = to_host(a), hb = to_host(b);
   REQUIRE(ha.span() == hb.span());
-  // Bit patterns: also right for binary16 storage.
-  REQUIRE(std::memcmp(ha.data(), hb.data(), ha.span() * sizeof(*ha.data())) == 0);
+  // Bit patterns: also right for binary16 storage. (An absent tensor has no data at all.)
+  if (ha.span() > 0) REQUIRE(std::memcmp(ha.data(), hb.data(), ha.span() * sizeof(*ha.data())) == 0);
 }
 
 template <class Stored>

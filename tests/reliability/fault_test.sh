@@ -8,7 +8,7 @@ set -uo pipefail
 case_name=$1 exe=$2 mpiexec=$3 out=$4
 mkdir -p "$out"
 result=$out/fault-$case_name.h5 log=$out/fault-$case_name.log
-rm -f "$result" "$result.partial"
+rm -f "$result" "$result.partial" "$log"
 fail() { echo "FAIL ($case_name): $*"; cat "$log"; exit 1; }
 case $case_name in
   segv) signal=SEGV ;;
@@ -17,13 +17,14 @@ case $case_name in
 esac
 
 # Long enough that the rank is surely inside the decode loop when it dies (progress is
-# printed every 10% of the steps).
+# printed every 10% of the steps). The ranks' command lines start with the executable, the
+# launcher's with mpiexec, so the victim below is always a rank.
 "$mpiexec" -n 2 "$exe" run "$(dirname "$0")/../../inputs/quickstart.toml" --set parallel.dp=2 \
   --set workload.decode_steps=20000 --set verify.mode=none --set output.file="$result" > "$log" 2>&1 &
 launcher=$!
 victim=
-for _ in $(seq 100); do
-  grep -q "decode step" "$log" 2>/dev/null && victim=$(pgrep -f -n "moeproxy run .*fault-$case_name.h5") && break
+for _ in $(seq 600); do  # up to 2 min: sanitizer builds are slow
+  grep -q "decode step" "$log" 2>/dev/null && victim=$(pgrep -f -n "^$exe run .*fault-$case_name.h5") && break
   sleep 0.2
 done
 [ -n "$victim" ] || { kill "$launcher"; fail "the run never reached its decode loop"; }

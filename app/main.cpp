@@ -7,7 +7,6 @@
 #include <CLI/CLI.hpp>
 #include <Kokkos_Core.hpp>
 #include <algorithm>
-#include <climits>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
@@ -322,20 +321,13 @@ std::string device_preflight(const RunConfig& cfg, const parallel::RankLayout& l
   int device = 0;
   cudaDeviceProp prop{};
   const bool known = cudaGetDevice(&device) == cudaSuccess && cudaGetDeviceProperties(&prop, device) == cudaSuccess;
-  // Every rank takes part in the splits, also one that cannot name its GPU: it groups with
-  // no real device and refuses below.
-  const int color = known ? ((prop.pciDomainID & 0x7fff) << 16) | (prop.pciBusID << 8) | prop.pciDeviceID : INT_MAX;
-  MPI_Comm node, gpu;
-  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
-  MPI_Comm_split(node, color, 0, &gpu);
-  int sharing = 1;
-  MPI_Comm_size(gpu, &sharing);
+  // Every rank takes part, also one that cannot name its GPU (0 sharers): it refuses below.
+  const int sharing = parallel::gpu_sharers(MPI_COMM_WORLD);
   // Every sharer's context must exist before the free memory is read.
-  MPI_Barrier(gpu);
+  MPI_Barrier(MPI_COMM_WORLD);
   std::size_t free_bytes = 0, total_bytes = 0;
-  const cudaError_t status = known ? cudaMemGetInfo(&free_bytes, &total_bytes) : cudaErrorInvalidDevice;
-  MPI_Comm_free(&gpu);
-  MPI_Comm_free(&node);
+  const cudaError_t status =
+      known && sharing > 0 ? cudaMemGetInfo(&free_bytes, &total_bytes) : cudaErrorInvalidDevice;
   if (status != cudaSuccess)
     return "cannot query the GPU of rank " + std::to_string(world_rank()) + " for the memory pre-flight: " +
            cudaGetErrorString(status);

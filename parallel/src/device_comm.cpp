@@ -171,7 +171,7 @@ std::unique_ptr<DeviceComm> make_device_comm(CommBackend backend, Communicator& 
   throw std::logic_error("make_device_comm: resolve parallel.comm = \"auto\" with select_comm_backend first");
 }
 
-int ranks_per_gpu(MPI_Comm comm) {
+int gpu_sharers(MPI_Comm comm) {
   int sharing = 0;  // stays 0 on a rank without a GPU
 #ifdef KOKKOS_ENABLE_CUDA
   int device = 0;
@@ -186,7 +186,14 @@ int ranks_per_gpu(MPI_Comm comm) {
   if (known) MOEPROXY_MPI(MPI_Comm_size(gpu, &sharing));
   MOEPROXY_MPI(MPI_Comm_free(&gpu));
   MOEPROXY_MPI(MPI_Comm_free(&node));
+#else
+  static_cast<void>(comm);
 #endif
+  return sharing;
+}
+
+int ranks_per_gpu(MPI_Comm comm) {
+  const int sharing = gpu_sharers(comm);
   int most = 0, fewest = 0;
   MOEPROXY_MPI(MPI_Allreduce(&sharing, &most, 1, MPI_INT, MPI_MAX, comm));
   MOEPROXY_MPI(MPI_Allreduce(&sharing, &fewest, 1, MPI_INT, MPI_MIN, comm));

@@ -76,6 +76,10 @@ class DeviceComm {
 // NCCL on a build without it throws std::logic_error: select_comm_backend refuses first.
 std::unique_ptr<DeviceComm> make_device_comm(CommBackend backend, Communicator& host, const ExecSpace& space);
 
+// How many ranks of `comm` share this rank's GPU (itself included), 0 when it has none
+// (always on a host build). Collective.
+int gpu_sharers(MPI_Comm comm);
+
 // The most ranks of `comm` that share one GPU (1: every rank has its own), 0 when some rank
 // has none (always on a host build). Collective.
 int ranks_per_gpu(MPI_Comm comm);

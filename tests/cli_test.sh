@@ -7,19 +7,7 @@ mkdir -p "$out"
 log=$out/$case_name.log
 bad=$out/$case_name.toml
 
-fail() { echo "FAIL ($case_name): $*"; echo "--- output ---"; cat "$log"; exit 1; }
-# expect CODE PATTERN... -- COMMAND...
-expect() {
-  local code=$1; shift
-  local patterns=()
-  while [ "$1" != "--" ]; do patterns+=("$1"); shift; done
-  shift
-  "$@" > "$log" 2>&1
-  local got=$?
-  [ "$got" -eq "$code" ] || fail "exit code $got, expected $code"
-  for p in "${patterns[@]}"; do grep -q -- "$p" "$log" || fail "output lacks '$p'"; done
-  echo "ok ($case_name): exit $got"
-}
+source "$(dirname "$0")/expect.sh"
 
 # Bad input must be refused quickly, before any work, and leave no results file (complete or
 # not) behind: refuse PATTERN... -- COMMAND... expects exit 2 within $limit seconds.

@@ -12,19 +12,8 @@ sweep=$src/job-scripts/sweep
 mkdir -p "$out"
 log=$out/$case_name.log
 
-fail() { echo "FAIL ($case_name): $*"; [ -s "$log" ] && { echo "--- last output ---"; tail -40 "$log"; }; exit 1; }
+source "$(dirname "$0")/../expect.sh"
 ok() { echo "ok ($case_name): $*"; }
-# expect CODE PATTERN... -- COMMAND...: exit code and words of the output (stdout + stderr)
-expect() {
-  local code=$1; shift
-  local patterns=()
-  while [ "$1" != "--" ]; do patterns+=("$1"); shift; done
-  shift
-  "$@" > "$log" 2>&1
-  local got=$?
-  [ "$got" -eq "$code" ] || fail "exit code $got, expected $code: $*"
-  for p in "${patterns[@]}"; do grep -q -- "$p" "$log" || fail "output lacks '$p': $*"; done
-}
 need_runs() {
   for f in q1 q2 q4 dense2 incomplete; do
     [ -f "$runs/$f.h5" ] || fail "$runs/$f.h5 missing: the analysis/runs fixture did not run"

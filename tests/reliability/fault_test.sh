@@ -9,7 +9,7 @@ case_name=$1 exe=$2 mpiexec=$3 out=$4
 mkdir -p "$out"
 result=$out/fault-$case_name.h5 log=$out/fault-$case_name.log
 rm -f "$result" "$result.partial" "$log"
-fail() { echo "FAIL ($case_name): $*"; cat "$log"; exit 1; }
+source "$(dirname "$0")/../expect.sh"
 case $case_name in
   segv) signal=SEGV ;;
   kill) signal=KILL ;;

@@ -153,8 +153,9 @@ struct AttentionCase {
 
 // With T = Half the cache is filled by store_kv from fp32 keys and values that are already
 // binary16 values, so the stored bits and the naive result must match exactly and tightly.
+// tiled: call attention_tiled directly (attention itself picks it only for n > 1).
 template <class T = float>
-void check_attention(int batch, int heads, int kv_heads, int hd, int n, int pos0) {
+void check_attention(int batch, int heads, int kv_heads, int hd, int n, int pos0, bool tiled = false) {
   ExecSpace space;
   const bool half = std::is_same<T, Half>::value;
   const AttentionCase c(batch, heads, kv_heads, hd, n, pos0, half);
@@ -176,7 +177,10 @@ void check_attention(int batch, int heads, int kv_heads, int hd, int n, int pos0
   Kokkos::deep_copy(v_rows, hv);
   store_kv<T>(space, k_rows, v_rows, kc, vc, positions, 0);
   Kokkos::deep_copy(q, c.q);
-  attention<T>(space, q, kc, vc, out, n, pos0, c.scale(), 0, c.group());
+  if (tiled)
+    attention_tiled<T>(space, q, kc, vc, out, n, pos0, c.scale(), 0, c.group());
+  else
+    attention<T>(space, q, kc, vc, out, n, pos0, c.scale(), 0, c.group());
   auto ho = to_host(out);
   for (int r = 0; r < batch * n; ++r)
     for (int h = 0; h < heads; ++h) {
@@ -253,6 +257,21 @@ TEST_CASE("attention: causal prefill with grouped kv heads matches naive softmax
 
 TEST_CASE("attention: decode against a longer cache, masked beyond the query", "[kernels]") {
   check_attention(2, 4, 4, 16, 1, 17);
+}
+
+// Tiles of attention_tile(hd) queries and keys: several query tiles with a short last one,
+// keys spanning tiles past the queries' own (pos0 > 0), and the 4-wide tiles of hd = 512.
+TEST_CASE("attention: tiled prefill over several query and key tiles matches naive softmax", "[kernels]") {
+  REQUIRE(attention_tile(64) == 32);
+  check_attention(2, 4, 2, 64, 70, 0);
+  check_attention(1, 2, 1, 128, 20, 13);
+  check_attention(1, 2, 2, 512, 10, 3);
+  check_attention<Half>(2, 4, 2, 64, 70, 0);
+}
+
+TEST_CASE("attention: the tiled kernel also answers one query per sequence", "[kernels]") {
+  check_attention(2, 4, 4, 16, 1, 17, true);
+  check_attention(2, 4, 2, 64, 1, 40, true);
 }
 
 TEST_CASE("attention: a binary16 KV cache stores and reads back the binary16 values", "[kernels]") {

@@ -118,6 +118,10 @@ template <class T>
 void attention(const ExecSpace& space, const ConstMatrix& q, const CacheOf<T>& k_cache,
                const CacheOf<T>& v_cache, const Matrix& out, int n, int pos0, float scale,
                int head_begin, int group) {
+  if (n > 1) {
+    attention_tiled<T>(space, q, k_cache, v_cache, out, n, pos0, scale, head_begin, group);
+    return;
+  }
   const int batch = static_cast<int>(q.extent(0)) / n;
   const int hd = static_cast<int>(k_cache.extent(3));
   const int heads = static_cast<int>(q.extent(1)) / hd;
@@ -126,7 +130,7 @@ void attention(const ExecSpace& space, const ConstMatrix& q, const CacheOf<T>& k
   Kokkos::TeamPolicy<ExecSpace> policy(space, batch * heads * n, Kokkos::AUTO);
   policy.set_scratch_size(0, Kokkos::PerTeam(ScratchVector::shmem_size(ctx_max)));
   Kokkos::parallel_for(
-      "moeproxy::kernels::attention", policy, KOKKOS_LAMBDA(const Team& team) {
+      "moeproxy::kernels::attention_decode", policy, KOKKOS_LAMBDA(const Team& team) {
         const int t = team.league_rank();
         const int i = t % n, h = (t / n) % heads, b = t / (n * heads);
         const int row = b * n + i, kvh = (head_begin + h) / group - kv_begin, ctx = pos0 + i + 1;

@@ -37,11 +37,21 @@ void store_kv(const ExecSpace& space, const ConstMatrix& k, const ConstMatrix& v
 // Causal attention of n queries per sequence at positions [pos0, pos0 + n) against cache
 // positions [0, pos0 + n). q, out: [B*n, H_local*hd], local head h being global head
 // head_begin + h, which reads global kv head (head_begin + h) / group; the cache holds the
-// shard's kv heads from global kv head head_begin / group on.
+// shard's kv heads from global kv head head_begin / group on. Several queries per sequence
+// (prefill) go through attention_tiled; one (decode) through a kernel that spreads the
+// context over a team per (sequence, head).
 template <class T>
 void attention(const ExecSpace& space, const ConstMatrix& q, const CacheOf<T>& k_cache,
                const CacheOf<T>& v_cache, const Matrix& out, int n, int pos0, float scale,
                int head_begin, int group);
+// The same attention over tiles of attention_tile(head_dim) queries and keys staged in
+// team scratch, with an online softmax (flash_attention.cpp): K and V are read once per
+// query tile rather than once per query.
+template <class T>
+void attention_tiled(const ExecSpace& space, const ConstMatrix& q, const CacheOf<T>& k_cache,
+                     const CacheOf<T>& v_cache, const Matrix& out, int n, int pos0, float scale,
+                     int head_begin, int group);
+int attention_tile(int head_dim);
 
 // Attention split around a reduction, for ranks holding a slice of each head's dimensions
 // (intra-head slicing): the slices' partial scores are summed over the ranks before the

@@ -26,6 +26,7 @@
 #include "moeproxy/io/report.hpp"
 #include "moeproxy/io/results.hpp"
 #include "moeproxy/parallel/comm_stats.hpp"
+#include "moeproxy/parallel/compression.hpp"
 #include "moeproxy/parallel/device_comm.hpp"
 #include "moeproxy/parallel/engine.hpp"
 #include "bench.hpp"
@@ -371,6 +372,11 @@ void verify(const RunConfig& cfg, const parallel::RankLayout& layout, const para
   const VerifyConfig& v = cfg.verify;
   const int sample = std::min(v.sample, cfg.workload.batch);
   s.tolerance = verification_tolerance(cfg.model.precision);
+  const bool compressed = parallel::compresses_transfers(cfg);
+  if (compressed) {
+    s.compression_tolerance = compression_tolerance(cfg.parallel.comm_compression);
+    s.tolerance += s.compression_tolerance;
+  }
   if (v.mode == VerifyMode::none || sample == 0) {
     s.verification_note = "verification disabled";
     return;
@@ -402,6 +408,12 @@ void verify(const RunConfig& cfg, const parallel::RankLayout& layout, const para
   s.max_rel_error = result[0];
   s.verification = result[1] > 0.0 ? "PASS" : "FAIL";
   s.verification_note = "host fp64 reference, " + std::to_string(sample) + " sequences";
+  if (compressed)
+    s.verification_note += ", uncompressed: the tolerance includes " + std::string(to_string(cfg.parallel.comm_compression)) +
+                           " transfers' " + std::to_string(s.compression_tolerance);
+  else if (cfg.parallel.comm_compression != CommCompression::none)
+    s.verification_note += "; parallel.comm_compression = \"" + std::string(to_string(cfg.parallel.comm_compression)) +
+                           "\" compressed nothing: this layout has neither separation nor an expert group";
 }
 
 io::ReportInput reduce_for_report(const parallel::RunOutput& out, parallel::Communicator& world) {

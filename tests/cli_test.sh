@@ -74,6 +74,13 @@ case $case_name in
   dp-batch) refuse "parallel.dp=3" "workload.batch=8" -- "$mpiexec" -n 3 "$exe" run "$quick" --set parallel.dp=3 --set output.file="$result" ;;
   tp-three) refuse "parallel.tp=3" -- "$mpiexec" -n 3 "$exe" run "$quick" --set parallel.dp=1 --set parallel.tp=3 --set output.file="$result" ;;
   precision-unknown) refuse "model.precision" "bf16" '"fp32" | "fp16"' -- "$exe" "${one[@]}" --set model.precision=bf16 ;;
+  compression-unknown)
+    refuse "parallel.comm_compression" "fp8" '"none" | "int8"' -- "$exe" "${one[@]}" --set parallel.comm_compression=fp8 ;;
+  compression-one-rank)
+    # One rank has no transfer to compress: it runs, verifies with the precision's tolerance
+    # and says it saved nothing.
+    expect 0 "COMPRESSION int8 bytes_saved=0 .* compression_tolerance=0" "compressed nothing" "^PASS$" -- \
+      "$exe" "${one[@]}" --set parallel.comm_compression=int8 ;;
   precision-fp16)
     rm -f "$result"
     expect 0 "VERIFICATION PASS" "^PASS$" -- "$exe" "${one[@]}" --set model.precision=fp16

@@ -25,6 +25,14 @@ grep -qE '^precision *= *"fp16"' "$deck" && precision=fp16
 for o in "${model[@]}"; do [[ $o == model.precision=* ]] && precision=${o#model.precision=}; done
 tolerance=1e-4
 [ "$precision" = fp16 ] && tolerance=1e-3
+# int8 transfers (parallel.comm_compression): the parallel run against the uncompressed
+# single-rank run, within the int8 tolerance (compression_tolerance in core/src/reference.cpp,
+# which says why 0.25), and it must have sent fewer bytes than uncompressed.
+compressed=0
+for ((i = 0; i + 1 < ${#args[@]}; ++i)); do
+  [ "${args[i]}" = --set ] && [ "${args[i + 1]}" = parallel.comm_compression=int8 ] && compressed=1
+done
+[ $compressed = 1 ] && tolerance=$(/usr/bin/python3 -c "print($tolerance + 0.25)")
 parallel=$outdir/$name.h5
 rm -f "$serial" "$parallel"
 
@@ -35,12 +43,13 @@ rm -f "$serial" "$parallel"
 cat "$outdir/$name.log"
 grep -qx PASS "$outdir/$name.log" || { echo "FAIL: the $ranks-rank run did not PASS its verification"; exit 1; }
 
-/usr/bin/python3 - "$serial" "$parallel" "$ranks" "$tolerance" <<'PY'
+/usr/bin/python3 - "$serial" "$parallel" "$ranks" "$tolerance" "$compressed" <<'PY'
 import sys
 import h5py
 import numpy as np
 
 serial, parallel, ranks, tolerance = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+compressed = sys.argv[5] == "1"
 with h5py.File(serial, "r") as a, h5py.File(parallel, "r") as b:
     assert bool(a.attrs["complete"]) and bool(b.attrs["complete"]), "a result file is not complete"
     assert int(b.attrs["mpi_size"]) == ranks, f"expected {ranks} ranks, file says {b.attrs['mpi_size']}"
@@ -52,6 +61,12 @@ with h5py.File(serial, "r") as a, h5py.File(parallel, "r") as b:
         err = np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30)
         print(f"{name} {ref.shape}: max relative error vs 1 rank = {err:.3e}")
         worst = max(worst, err)
+    if compressed:
+        saved = int(b["summary"].attrs["comm_bytes_saved"])
+        sent, uncompressed = int(b["comm"]["bytes"][...].sum()), int(b["comm"]["uncompressed_bytes"][...].sum())
+        print(f"int8: {sent} bytes sent, {uncompressed} uncompressed, {saved} saved")
+        assert saved > 0, "int8 run saved no bytes"
+        assert uncompressed - sent == saved, f"/comm saves {uncompressed - sent} bytes, the summary {saved}"
     if not worst <= tolerance:
         sys.exit(f"FAIL: {ranks}-rank hidden states differ from the single-rank run by {worst:.3e} > {tolerance:g}")
 print("layout matches the single-rank run")

@@ -478,3 +478,50 @@ TEST_CASE("route_synthetic: Zipf skews towards low experts, k distinct, determin
   CHECK(count[0] > count[e / 2]);
   CHECK(count[e / 2] > count[e - 1]);
 }
+
+// The int8 transfer rows against a host quantiser written from their definition.
+TEST_CASE("int8 rows: quantise and dequantise match a naive host quantiser", "[kernels]") {
+  ExecSpace space;
+  const int d = 13, rows = 6;  // 13: the last packed word holds one value and three zero bytes
+  const int words = int8_row_words(d);
+  REQUIRE(words == 1 + 4);
+  Matrix x = random_matrix("x", rows, d, 7);
+  auto hx = Kokkos::create_mirror_view(x);
+  Kokkos::deep_copy(hx, x);
+  for (int j = 0; j < d; ++j) {
+    hx(1, j) = 0.0f;                                   // a zero row stays zero
+    hx(2, j) = j % 2 ? 3.0e38f : -1.0e37f;             // near FLT_MAX
+    hx(3, j) = 1.0e-38f * static_cast<float>(j - 6);   // tiny: the scale is subnormal
+    hx(4, j) = j == 5 ? -1.0e30f : 1.0e-10f * j;       // one outlier: the rest round to zero
+  }
+  Kokkos::deep_copy(x, hx);
+  Matrix packed("packed", rows, words), back("back", rows, d);
+  quantize_int8_rows(space, x, packed);
+  dequantize_int8_rows(space, packed, back);
+  space.fence();
+  const auto hp = moeproxy::testing::snapshot(packed);
+  const auto hb = moeproxy::testing::snapshot(back);
+  for (int t = 0; t < rows; ++t) {
+    float peak = 0.0f;
+    for (int j = 0; j < d; ++j) peak = std::max(peak, std::abs(hx(t, j)));
+    const float scale = peak / 127.0f;
+    CHECK(hp(t, 0) == scale);
+    const auto* bytes = reinterpret_cast<const unsigned char*>(&hp(t, 1));
+    for (int j = 0; j < d; ++j) {
+      const double exact = scale > 0.0f ? static_cast<double>(hx(t, j)) / scale : 0.0;
+      const long expected = std::lround(std::max(-127.0, std::min(127.0, exact)));
+      const int code = bytes[j] > 127 ? bytes[j] - 256 : bytes[j];
+      INFO("row " << t << " column " << j << " x " << hx(t, j) << " scale " << scale);
+      // x / scale in float may land one ulp to either side of a half: either neighbour is right there.
+      CHECK(std::abs(code - expected) <= (std::abs(std::abs(exact - std::trunc(exact)) - 0.5) < 1e-5 ? 1 : 0));
+      CHECK(std::abs(code) <= 127);
+      CHECK(hb(t, j) == static_cast<float>(code) * scale);
+      // The bound the verification tolerance rests on (compression_tolerance): |x - q s| <= s / 2.
+      CHECK(std::abs(static_cast<double>(hb(t, j)) - hx(t, j)) <= 0.5 * scale * (1.0 + 1e-5) + 1e-45);
+    }
+    for (int j = d; j < 4 * (words - 1); ++j) CHECK(bytes[j] == 0);
+  }
+  for (int j = 0; j < d; ++j) CHECK(hb(1, j) == 0.0f);
+  CHECK(hb(4, 5) == -1.0e30f);
+  CHECK(std::abs(hb(2, 1)) == 3.0e38f);
+}

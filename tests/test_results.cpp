@@ -106,6 +106,9 @@ RunSummary make_summary() {
   s.max_rel_error = 3.5e-7;
   s.tolerance = 1e-4;
   s.verification_note = "2 sequences sampled";
+  s.comm_compression = "int8";
+  s.compression_tolerance = 0.03125;
+  s.comm_bytes_saved = (1ull << 35) + 5;
   return s;
 }
 
@@ -114,13 +117,13 @@ double decode_time(int rank, int layer, int phase) { return rank * 1000.0 + laye
 std::uint64_t memory_bytes(int rank, int kind) { return (1ull << 36) + rank * 100ull + kind; }
 
 // Known comm records: allreduce@tp everywhere (twice on rank 0, to be summed), alltoallv@ep
-// on even ranks, send@pp on the last rank only.
+// on even ranks (compressed: 4x the bytes uncompressed), send@pp on the last rank only.
 // The allreduce's nccl-tests bytes make algbw 4 and busbw 6 B/s on every rank but rank 0.
 std::vector<CommRecord> make_comm(int rank, int size) {
   std::vector<CommRecord> records{{"allreduce", "tp", size, 10ull + rank, (1ull << 33) + rank, 0.5 * rank,
                                    2ull * rank, 3ull * rank}};
   if (rank == 0) records.push_back({"allreduce", "tp", size, 5, 7, 0.25, 1, 2});
-  if (rank % 2 == 0) records.push_back({"alltoallv", "ep", 2, 3, 1000ull * rank, 1.0 + rank});
+  if (rank % 2 == 0) records.push_back({"alltoallv", "ep", 2, 3, 1000ull * rank, 1.0 + rank, 0, 0, 4000ull * rank});
   if (rank == size - 1 && size > 1) records.push_back({"send", "pp", 2, 1, 64, 0.125});
   return records;
 }
@@ -231,6 +234,9 @@ TEST_CASE("write_results writes every rank's values where read_results finds the
   CHECK(f.summary.max_rel_error == expected.max_rel_error);
   CHECK(f.summary.tolerance == expected.tolerance);
   CHECK(f.summary.verification_note == expected.verification_note);
+  CHECK(f.summary.comm_compression == expected.comm_compression);
+  CHECK(f.summary.compression_tolerance == expected.compression_tolerance);
+  CHECK(f.summary.comm_bytes_saved == expected.comm_bytes_saved);
 
   REQUIRE(f.phases.size() == static_cast<std::size_t>(phase_count));
   CHECK(f.phases[0] == "norm");
@@ -291,6 +297,7 @@ TEST_CASE("write_results writes every rank's values where read_results finds the
     const bool even = r % 2 == 0;
     CHECK(f.comm_calls[row + 1] == (even ? 3u : 0u));
     CHECK(f.comm_bytes[row + 1] == (even ? 1000ull * r : 0u));
+    CHECK(f.comm_uncompressed_bytes[row + 1] == (even ? 4000ull * r : 0u));
     CHECK(f.comm_seconds[row + 1] == (even ? 1.0 + r : 0.0));
     if (size > 1) {
       const bool last = r == size - 1;

@@ -48,6 +48,14 @@ const char* to_string(CommBackend v) {
   return "?";
 }
 
+const char* to_string(CommCompression v) {
+  switch (v) {
+    case CommCompression::none: return "none";
+    case CommCompression::int8: return "int8";
+  }
+  return "?";
+}
+
 const char* to_string(VerifyMode v) {
   switch (v) {
     case VerifyMode::automatic: return "auto";

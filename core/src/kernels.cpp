@@ -1,5 +1,7 @@
 #include "moeproxy/core/kernels.hpp"
 
+#include <cmath>
+#include <cstring>
 #include <vector>
 
 namespace moeproxy {
@@ -375,6 +377,70 @@ void add_into(const ExecSpace& space, const ConstMatrix& y, const Matrix& x) {
       Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0},
                                                         {static_cast<int>(x.extent(0)), static_cast<int>(x.extent(1))}),
       KOKKOS_LAMBDA(const int t, const int j) { x(t, j) += y(t, j); });
+}
+
+namespace {
+
+KOKKOS_INLINE_FUNCTION float floor_f(float x) {
+#ifdef __CUDA_ARCH__
+  return ::floorf(x);
+#else
+  return std::floor(x);
+#endif
+}
+
+// The int8 code of x under scale s, as its two's-complement byte.
+KOKKOS_INLINE_FUNCTION unsigned char int8_code(float x, float s) {
+  if (s == 0.0f) return 0;
+  float q = x / s;
+  q = q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q);
+  const float r = q >= 0.0f ? floor_f(q + 0.5f) : -floor_f(0.5f - q);
+  return static_cast<unsigned char>(static_cast<int>(r));
+}
+
+}  // namespace
+
+int int8_row_words(int d) { return 1 + (d + 3) / 4; }
+
+void quantize_int8_rows(const ExecSpace& space, const ConstMatrix& x, const Matrix& packed) {
+  const int d = static_cast<int>(x.extent(1)), words = int8_row_words(d) - 1;
+  using Policy = Kokkos::TeamPolicy<ExecSpace>;
+  Kokkos::parallel_for(
+      "moeproxy::kernels::quantize_int8_rows", Policy(space, static_cast<int>(x.extent(0)), Kokkos::AUTO),
+      KOKKOS_LAMBDA(const Policy::member_type& team) {
+        const int t = team.league_rank();
+        float peak = 0.0f;
+        Kokkos::parallel_reduce(
+            Kokkos::TeamThreadRange(team, d),
+            [&](const int j, float& m) {
+              const float a = x(t, j) < 0.0f ? -x(t, j) : x(t, j);
+              if (a > m) m = a;
+            },
+            Kokkos::Max<float>(peak));
+        const float s = peak / 127.0f;
+        Kokkos::single(Kokkos::PerTeam(team), [&] { packed(t, 0) = s; });
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, words), [&](const int w) {
+          unsigned char bytes[4] = {0, 0, 0, 0};
+          for (int i = 0; i < 4 && 4 * w + i < d; ++i) bytes[i] = int8_code(x(t, 4 * w + i), s);
+          float word;
+          memcpy(&word, bytes, sizeof word);
+          packed(t, 1 + w) = word;
+        });
+      });
+}
+
+void dequantize_int8_rows(const ExecSpace& space, const ConstMatrix& packed, const Matrix& x) {
+  Kokkos::parallel_for(
+      "moeproxy::kernels::dequantize_int8_rows",
+      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0},
+                                                        {static_cast<int>(x.extent(0)), static_cast<int>(x.extent(1))}),
+      KOKKOS_LAMBDA(const int t, const int j) {
+        const float word = packed(t, 1 + j / 4);
+        unsigned char bytes[4];
+        memcpy(bytes, &word, sizeof bytes);
+        const int q = bytes[j % 4] > 127 ? bytes[j % 4] - 256 : bytes[j % 4];
+        x(t, j) = static_cast<float>(q) * packed(t, 0);
+      });
 }
 
 }  // namespace moeproxy

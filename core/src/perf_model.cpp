@@ -120,6 +120,7 @@ struct Cost {
     r.group_size = size;
     r.calls += 1;
     r.bytes += static_cast<std::uint64_t>(bytes);
+    r.uncompressed_bytes = r.bytes;
     r.seconds += s;
   }
   void add(const Cost& o, double times = 1.0) {
@@ -131,6 +132,7 @@ struct Cost {
       mine.group_size = r.group_size;
       mine.calls += static_cast<std::uint64_t>(std::llround(times * r.calls));
       mine.bytes += static_cast<std::uint64_t>(std::llround(times * r.bytes));
+      mine.uncompressed_bytes = mine.bytes;
       mine.seconds += times * r.seconds;
     }
   }

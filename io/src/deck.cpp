@@ -331,6 +331,9 @@ const std::vector<KeySpec>& key_specs() {
         "parallel.comm",
         std::vector<CommBackend>{CommBackend::automatic, CommBackend::nccl, CommBackend::mpi},
         MOEPROXY_FIELD(parallel.comm)));
+    s.push_back(choice_key("parallel.comm_compression",
+                           std::vector<CommCompression>{CommCompression::none, CommCompression::int8},
+                           MOEPROXY_FIELD(parallel.comm_compression)));
 
     s.push_back(string_key("output.file", "HDF5 path", MOEPROXY_FIELD(output.file)));
     s.push_back(bool_key("output.dump_hidden", MOEPROXY_FIELD(output.dump_hidden)));

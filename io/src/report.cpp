@@ -62,7 +62,12 @@ void print_report(std::ostream& out, const RunConfig& cfg, const RunSummary& s, 
   out << "VERIFICATION " << s.verification << " max_rel_error=" << s.max_rel_error
       << " tolerance=" << s.tolerance;
   if (!s.verification_note.empty()) out << " (" << s.verification_note << ")";
-  out << "\n" << s.verification << "\n";
+  out << "\n";
+  if (s.comm_compression != "none")
+    out << "COMPRESSION " << s.comm_compression << " bytes_saved=" << s.comm_bytes_saved
+        << " max_rel_error=" << s.max_rel_error << " tolerance=" << s.tolerance
+        << " compression_tolerance=" << s.compression_tolerance << "\n";
+  out << s.verification << "\n";
 }
 
 }  // namespace moeproxy::io

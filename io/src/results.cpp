@@ -123,7 +123,7 @@ Shared share_from_root(MPI_Comm comm, const RunConfig& cfg, const RunInfo& info,
            cfg.workload.decode_steps, cfg.model.hidden, experts.layers, experts.experts, summary};
   for (std::string* text : {&s.deck, &s.app_version, &s.git_sha, &s.command_line, &s.kokkos_config, &s.layout,
                             &s.comm_backend,
-                            &s.summary.verification, &s.summary.verification_note})
+                            &s.summary.verification, &s.summary.verification_note, &s.summary.comm_compression})
     bcast(comm, *text);
   for (int* value : {&s.predicted, &s.layers, &s.batch, &s.prompt, &s.decode_steps, &s.hidden, &s.expert_layers,
                      &s.experts})
@@ -131,16 +131,17 @@ Shared share_from_root(MPI_Comm comm, const RunConfig& cfg, const RunInfo& info,
   RunSummary& m = s.summary;
   for (double* value : {&m.prefill_tokens_per_s, &m.ttft_s, &m.tpot_s, &m.decode_tokens_per_s, &m.mfu,
                         &m.peak_flops, &m.comm_fraction, &m.comm_seconds_raw, &m.expert_imbalance,
-                        &m.max_rel_error, &m.tolerance})
+                        &m.max_rel_error, &m.tolerance, &m.compression_tolerance})
     bcast(comm, *value);
   bcast(comm, m.dropped_tokens);
+  bcast(comm, m.comm_bytes_saved);
   return s;
 }
 
 // The union over ranks of "operation@group" keys, and this rank's row of the table.
 struct CommTable {
   std::vector<std::string> keys;  // sorted
-  std::vector<std::uint64_t> calls, bytes;  // [local rank, key]
+  std::vector<std::uint64_t> calls, bytes, uncompressed_bytes;  // [local rank, key]
   std::vector<double> seconds;
   std::vector<double> algbw, busbw;  // bytes/s, 0 for a key this rank spent no time in
   std::vector<int> group_size;  // the largest any rank reported, per key
@@ -158,6 +159,7 @@ CommTable gather_comm(MPI_Comm comm, const std::vector<const RankMetrics*>& loca
       sum.group_size = std::max(sum.group_size, r.group_size);
       sum.calls += r.calls;
       sum.bytes += r.bytes;
+      sum.uncompressed_bytes += r.uncompressed_bytes;
       sum.alg_bytes += r.alg_bytes;
       sum.bus_bytes += r.bus_bytes;
       sum.seconds += r.seconds;
@@ -183,6 +185,7 @@ CommTable gather_comm(MPI_Comm comm, const std::vector<const RankMetrics*>& loca
       const CommRecord& r = found == rank.end() ? none : found->second;
       table.calls.push_back(r.calls);
       table.bytes.push_back(r.bytes);
+      table.uncompressed_bytes.push_back(r.uncompressed_bytes);
       table.seconds.push_back(r.seconds);
       table.algbw.push_back(r.seconds > 0.0 ? static_cast<double>(r.alg_bytes) / r.seconds : 0.0);
       table.busbw.push_back(r.seconds > 0.0 ? static_cast<double>(r.bus_bytes) / r.seconds : 0.0);
@@ -558,6 +561,9 @@ void write_file(MPI_Comm comm, const std::string& path, const RunConfig& cfg, co
     write_attribute(g, "max_rel_error", m.max_rel_error);
     write_attribute(g, "tolerance", m.tolerance);
     write_attribute(g, "verification_note", m.verification_note);
+    write_attribute(g, "comm_compression", m.comm_compression);
+    write_attribute(g, "compression_tolerance", m.compression_tolerance);
+    write_attribute(g, "comm_bytes_saved", m.comm_bytes_saved);
     MOEPROXY_H5(group.close());
   });
 
@@ -611,6 +617,7 @@ void write_file(MPI_Comm comm, const std::string& path, const RunConfig& cfg, co
     w.from_root(group.id(), "group_size", comm_table.group_size, {keys}, "ranks");
     w.per_rank(group.id(), "calls", comm_table.calls, {keys}, "calls");
     w.per_rank(group.id(), "bytes", comm_table.bytes, {keys}, "bytes");
+    w.per_rank(group.id(), "uncompressed_bytes", comm_table.uncompressed_bytes, {keys}, "bytes");
     w.per_rank(group.id(), "seconds", comm_table.seconds, {keys}, "s");
     w.per_rank(group.id(), "algbw", comm_table.algbw, {keys}, "B/s");
     w.per_rank(group.id(), "busbw", comm_table.busbw, {keys}, "B/s");
@@ -792,6 +799,12 @@ ResultsFile read_file(const std::string& path) {
     m.max_rel_error = read_attribute<double>(g, "max_rel_error");
     m.tolerance = read_attribute<double>(g, "tolerance");
     m.verification_note = read_attribute<std::string>(g, "verification_note");
+    // Files from before parallel.comm_compression compressed nothing.
+    if (MOEPROXY_H5(H5Aexists(g, "comm_compression")) > 0) {
+      m.comm_compression = read_attribute<std::string>(g, "comm_compression");
+      m.compression_tolerance = read_attribute<double>(g, "compression_tolerance");
+      m.comm_bytes_saved = read_attribute<std::uint64_t>(g, "comm_bytes_saved");
+    }
     MOEPROXY_H5(group.close());
   }
   {
@@ -833,6 +846,9 @@ ResultsFile read_file(const std::string& path) {
     out.comm_group_size = read_dataset<int>(group.id(), "group_size", {keys});
     out.comm_calls = read_dataset<std::uint64_t>(group.id(), "calls", {ranks, keys});
     out.comm_bytes = read_dataset<std::uint64_t>(group.id(), "bytes", {ranks, keys});
+    out.comm_uncompressed_bytes = has_link(group.id(), "uncompressed_bytes")
+                                      ? read_dataset<std::uint64_t>(group.id(), "uncompressed_bytes", {ranks, keys})
+                                      : out.comm_bytes;
     out.comm_seconds = read_dataset<double>(group.id(), "seconds", {ranks, keys});
     if (has_link(group.id(), "algbw")) {
       out.comm_algbw = read_dataset<double>(group.id(), "algbw", {ranks, keys});

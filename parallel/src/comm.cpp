@@ -99,9 +99,15 @@ void Communicator::wait_all() {
 }
 
 MPI_Request Communicator::post_send(const float* data, int count, int dest, int tag) {
+  return post_send(data, count, count, dest, tag);
+}
+
+MPI_Request Communicator::post_send(const float* data, int count, int uncompressed_count, int dest, int tag) {
   MPI_Request request;
-  timed(CommOp::isend, send_volume(sizeof(float) * static_cast<std::uint64_t>(count), rank_, dest),
-        [&] { MOEPROXY_MPI(MPI_Isend(data, count, MPI_FLOAT, dest, tag, comm_, &request)); });
+  CommVolume volume = send_volume(sizeof(float) * static_cast<std::uint64_t>(count), rank_, dest);
+  volume.saved = send_volume(sizeof(float) * static_cast<std::uint64_t>(uncompressed_count), rank_, dest).bytes -
+                 volume.bytes;
+  timed(CommOp::isend, volume, [&] { MOEPROXY_MPI(MPI_Isend(data, count, MPI_FLOAT, dest, tag, comm_, &request)); });
   return request;
 }
 

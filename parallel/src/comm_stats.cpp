@@ -63,11 +63,11 @@ CommVolume alltoallv_volume(const std::vector<std::uint64_t>& send_bytes, int ra
 
 CommVolume send_volume(std::uint64_t size, int rank, int peer) {
   const std::uint64_t moved = rank == peer ? 0 : size;
-  return CommVolume{moved, size, moved};
+  return CommVolume{moved, size, moved, 0};
 }
 
 CommVolume recv_volume(std::uint64_t size, int rank, int peer) {
-  return CommVolume{0, size, rank == peer ? 0 : size};
+  return CommVolume{0, size, rank == peer ? 0 : size, 0};
 }
 
 std::vector<int> displacements(const std::vector<int>& counts) {
@@ -83,6 +83,7 @@ void CommLog::add(CommOp op, const CommVolume& v, double seconds) {
   r.group_size = group_size_;
   r.calls += 1;
   r.bytes += v.bytes;
+  r.uncompressed_bytes += v.bytes + v.saved;
   r.alg_bytes += v.alg;
   r.bus_bytes += v.bus;
   r.seconds += seconds;

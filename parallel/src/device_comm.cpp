@@ -137,10 +137,13 @@ void DeviceComm::reduce_scatter_sum(const float* send, float* recv, std::size_t 
 
 void DeviceComm::alltoallv(const float* send, const std::vector<int>& send_counts,
                            const std::vector<int>& send_displs, float* recv, const std::vector<int>& recv_counts,
-                           const std::vector<int>& recv_displs) {
+                           const std::vector<int>& recv_displs, const std::vector<int>& uncompressed_send_counts) {
   check_counts("alltoallv send", send_counts, send_displs, size());
   check_counts("alltoallv recv", recv_counts, recv_displs, size());
-  timed(CommOp::alltoallv, alltoallv_volume(float_bytes(send_counts), rank()),
+  CommVolume volume = alltoallv_volume(float_bytes(send_counts), rank());
+  if (!uncompressed_send_counts.empty())
+    volume.saved = alltoallv_volume(float_bytes(uncompressed_send_counts), rank()).bytes - volume.bytes;
+  timed(CommOp::alltoallv, volume,
         [&] { transport_alltoallv(send, send_counts, send_displs, recv, recv_counts, recv_displs); });
 }
 

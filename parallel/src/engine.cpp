@@ -63,7 +63,8 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, CommBacken
                                     pp_data = make_device_comm(comm, pp, space),
                                     dim_data = make_device_comm(comm, dim, space);
   out.comm_backend = comm;
-  LayoutExchange exchange(*tp_data, *ep_data, *dim_data, shard.expert_begin, m.is_moe() ? shard.expert_count : 1);
+  LayoutExchange exchange(*tp_data, *ep_data, *dim_data, shard.expert_begin, m.is_moe() ? shard.expert_count : 1,
+                          cfg.parallel.comm_compression);
   Transformer model(space, m, w, out.slice, shard, &exchange, weights);
   // Decode inputs on the first stage: each sequence's newest final-normed row.
   std::vector<float> next_input(static_cast<std::size_t>(n) * d);
@@ -180,6 +181,9 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, CommBacken
       for (const CommRecord& r : c->records()) out.metrics.comm.push_back(r);
   for (const DeviceComm* c : {tp_data.get(), ep_data.get(), pp_data.get(), dim_data.get()})
     for (const CommRecord& r : c->records()) out.metrics.comm.push_back(r);
+  s.comm_compression = to_string(cfg.parallel.comm_compression);
+  for (const CommRecord& r : out.metrics.comm) s.comm_bytes_saved += r.uncompressed_bytes - r.bytes;
+  world.allreduce_sum(&s.comm_bytes_saved, 1);
   // The DeviceComms hold their own duplicates (MPI) or NCCL communicators: these can go.
   for (MPI_Comm* c : {&tp_comm, &ep_comm, &pp_comm, &dim_comm, &sep_comm})
     if (*c != MPI_COMM_NULL) MOEPROXY_MPI(MPI_Comm_free(c));

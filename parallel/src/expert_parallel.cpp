@@ -9,6 +9,9 @@
 //   -> experts                        y_in [received, d]
 //   -> alltoallv back                yp [kept, d] in xp's order
 //
+// Both all-to-all-v move wire rows (compression.hpp): the rows themselves, or int8 rows
+// encoded before and decoded after.
+//
 // Without an expert group (ep = 1) every rank routes all of its own tokens, and its experts'
 // rows are one block of xp: all of it, or, when the ranks of an m x n group split the
 // experts over tokens they all hold, its experts' share. They are computed in place; the
@@ -30,19 +33,30 @@ ExpertRows LayoutExchange::dispatch(const ExecSpace& space, const Matrix& xp, co
   std::vector<int> counts_in(static_cast<std::size_t>(ranks) * local, 0);
   ep_.host().alltoall(counts.data(), counts_in.data(), local);
 
+  const int wire = codec_.wire_width(d);
+  row_send_counts_.assign(ranks, 0);
+  row_recv_counts_.assign(ranks, 0);
   send_counts_.assign(ranks, 0);
   recv_counts_.assign(ranks, 0);
-  for (int r = 0; r < ranks; ++r)
+  for (int r = 0; r < ranks; ++r) {
     for (int e = 0; e < local; ++e) {
-      send_counts_[r] += counts[r * local + e] * d;
-      recv_counts_[r] += counts_in[r * local + e] * d;
+      row_send_counts_[r] += counts[r * local + e];
+      row_recv_counts_[r] += counts_in[r * local + e];
     }
+    send_counts_[r] = row_send_counts_[r] * wire;
+    recv_counts_[r] = row_recv_counts_[r] * wire;
+    row_send_counts_[r] *= d;
+    row_recv_counts_[r] *= d;
+  }
   send_displs_ = displacements(send_counts_);
   recv_displs_ = displacements(recv_counts_);
-  const int received = (recv_displs_.back() + recv_counts_.back()) / d;
+  const int received = (recv_displs_.back() + recv_counts_.back()) / wire;
 
   Matrix x_in(Kokkos::view_alloc(space, "moeproxy::ep::expert_in"), received, d);
-  ep_.alltoallv(xp.data(), send_counts_, send_displs_, x_in.data(), recv_counts_, recv_displs_);
+  const Matrix wire_in = codec_.receive_buffer(x_in);
+  ep_.alltoallv(codec_.encode(space, xp).data(), send_counts_, send_displs_, wire_in.data(), recv_counts_,
+                recv_displs_, row_send_counts_);
+  codec_.decode(space, wire_in, x_in);
   return ExpertRows{x_in, counts_in, -1};
 }
 
@@ -53,7 +67,10 @@ void LayoutExchange::undispatch(const ExecSpace& space, const Matrix& y_in, cons
     Kokkos::deep_copy(space, Kokkos::subview(yp, std::make_pair(local_rows_.second, kept), Kokkos::ALL), 0.0f);
     return;
   }
-  ep_.alltoallv(y_in.data(), recv_counts_, recv_displs_, yp.data(), send_counts_, send_displs_);
+  const Matrix wire_out = codec_.receive_buffer(yp);
+  ep_.alltoallv(codec_.encode(space, y_in).data(), recv_counts_, recv_displs_, wire_out.data(), send_counts_,
+                send_displs_, row_recv_counts_);
+  codec_.decode(space, wire_out, yp);
 }
 
 }  // namespace moeproxy::parallel

@@ -15,7 +15,8 @@
 // them, combines its share's outputs into rows that are zero elsewhere, and the tp
 // all-reduce of the FFN output assembles the whole. Messages between a pair of ranks keep
 // their order (MPI does not overtake), so both sides walk layers and micro-batches in the
-// same order and three tags suffice.
+// same order and three tags suffice. Rows travel as wire rows (compression.hpp): each side
+// encodes what it sends and decodes what it receives.
 #include "moeproxy/parallel/separation.hpp"
 
 #include <algorithm>
@@ -46,7 +47,8 @@ Separation::Separation(const ExecSpace& space, Transformer& model, Communicator&
     : space_(space), model_(model), sep_(sep), tp_(tp), cfg_(cfg), attn_ranks_(cfg.parallel.attn_ranks),
       ffn_ranks_(layout.ffn_ranks()),
       local_experts_(cfg.model.is_moe() ? cfg.model.experts / layout.ffn_ranks() : 1),
-      tp_index_(layout.coordinates(sep.rank()).tp), tp_size_(cfg.parallel.tp) {
+      tp_index_(layout.coordinates(sep.rank()).tp), tp_size_(cfg.parallel.tp),
+      codec_(cfg.parallel.comm_compression) {
   const int sequences = layout.sequences_of(sep_.rank()).count;
   const int per = sequences / cfg.parallel.micro_batches;
   for (int m = 0; m < cfg.parallel.micro_batches; ++m) micro_batches_.push_back(MicroBatch{m * per, per});
@@ -101,11 +103,12 @@ std::pair<int, int> Separation::share(int rows) const {
 void Separation::send(int l, InFlight& f, PhaseTable& timing) {
   Kokkos::Timer timer;
   const bool moe = cfg_.model.is_moe();
-  const int rows = static_cast<int>(f.in.rows.extent(0)), d = cfg_.model.hidden;
+  const int rows = static_cast<int>(f.in.rows.extent(0)), d = cfg_.model.hidden, wire = codec_.wire_width(d);
+  const Matrix encoded = codec_.encode(space_, f.in.rows);
   named_fence(space_, "moeproxy::sep::before_send");
-  reserve(f.sent, rows, d, "moeproxy::sep::sent");
-  reserve(f.received, moe ? rows : ffn_ranks_ * rows, d, "moeproxy::sep::received");
-  Kokkos::deep_copy(front(f.sent, rows), f.in.rows);
+  reserve(f.sent, rows, wire, "moeproxy::sep::sent");
+  reserve(f.received, moe ? rows : ffn_ranks_ * rows, wire, "moeproxy::sep::received");
+  Kokkos::deep_copy(front(f.sent, rows), encoded);
   f.counts.resize(ffn_ranks_);
   int offset = 0;
   for (int j = 0; j < ffn_ranks_; ++j) {
@@ -117,11 +120,11 @@ void Separation::send(int l, InFlight& f, PhaseTable& timing) {
     const int block = std::accumulate(f.counts[j].begin(), f.counts[j].end(), 0);
     // Experts' rows go to their rank and come back to where they were; every FFN rank gets
     // all dense rows and returns a partial sum of its own.
-    const std::size_t from = static_cast<std::size_t>(moe ? offset : 0) * d;
-    const std::size_t to = static_cast<std::size_t>(moe ? offset : j * rows) * d;
+    const std::size_t from = static_cast<std::size_t>(moe ? offset : 0) * wire;
+    const std::size_t to = static_cast<std::size_t>(moe ? offset : j * rows) * wire;
     f.requests.push_back(sep_.post_send(f.counts[j].data(), static_cast<int>(f.counts[j].size()), dest, counts_tag));
-    f.requests.push_back(sep_.post_send(f.sent.data() + from, block * d, dest, rows_tag));
-    f.requests.push_back(sep_.post_recv(f.received.data() + to, block * d, dest, results_tag));
+    f.requests.push_back(sep_.post_send(f.sent.data() + from, block * wire, block * d, dest, rows_tag));
+    f.requests.push_back(sep_.post_recv(f.received.data() + to, block * wire, dest, results_tag));
     offset += block;
   }
   timing.add(l, Phase::dispatch, timer.seconds());
@@ -141,7 +144,7 @@ void Separation::finish(int l, const Matrix& x, InFlight& f, PhaseTable& timing)
   const int got = moe ? static_cast<int>(f.in.rows.extent(0)) : ffn_ranks_ * own;
   reserve(y_, got, d, "moeproxy::sep::ffn_out");
   const Matrix y = front(y_, got);
-  timed(space_, timing, l, Phase::dispatch, [&] { Kokkos::deep_copy(y, front(f.received, got)); });
+  timed(space_, timing, l, Phase::dispatch, [&] { codec_.decode(space_, front(f.received, got), y); });
   timed(space_, timing, l, moe ? Phase::combine : Phase::ffn, [&] {
     Kokkos::deep_copy(space_, partial, 0.0f);
     if (moe) {
@@ -157,7 +160,7 @@ void Separation::finish(int l, const Matrix& x, InFlight& f, PhaseTable& timing)
 
 // The FFN side serves whatever rows arrive: prefill and decode differ only in their counts.
 void Separation::run_ffn(PhaseTable& timing) {
-  const int d = cfg_.model.hidden, per_source = local_experts_, sources = attn_ranks_;
+  const int d = cfg_.model.hidden, wire = codec_.wire_width(d), per_source = local_experts_, sources = attn_ranks_;
   std::vector<int> counts(static_cast<std::size_t>(sources) * per_source), rows(sources), offsets(sources);
   std::vector<MPI_Request> requests;
   for (int l = 0; l < cfg_.model.layers; ++l)
@@ -173,27 +176,28 @@ void Separation::run_ffn(PhaseTable& timing) {
         rows[c] = std::accumulate(counts.begin() + c * per_source, counts.begin() + (c + 1) * per_source, 0);
         total += rows[c];
       }
-      reserve(in_host_, total, d, "moeproxy::sep::ffn_in_host");
+      reserve(in_host_, total, wire, "moeproxy::sep::ffn_in_host");
       for (int c = 0; c < sources; ++c)
-        requests.push_back(sep_.post_recv(in_host_.data() + static_cast<std::size_t>(offsets[c]) * d, rows[c] * d,
-                                          c, rows_tag));
+        requests.push_back(sep_.post_recv(in_host_.data() + static_cast<std::size_t>(offsets[c]) * wire,
+                                          rows[c] * wire, c, rows_tag));
       sep_.wait(requests);
       timing.add(l, Phase::wait, timer.seconds());
 
       reserve(x_, total, d, "moeproxy::sep::ffn_in");
       reserve(y_, total, d, "moeproxy::sep::ffn_out");
       const Matrix x = front(x_, total), y = front(y_, total);
-      timed(space_, timing, l, Phase::recv, [&] { Kokkos::deep_copy(x, front(in_host_, total)); });
+      timed(space_, timing, l, Phase::recv, [&] { codec_.decode(space_, front(in_host_, total), x); });
       model_.ffn_rows(l, x, cfg_.model.is_moe() ? counts : rows, y, timing);
 
       // The previous results must have left before their staging buffer is reused.
       timer.reset();
+      const Matrix encoded = codec_.encode(space_, y);
       sep_.wait(out_requests_);
-      reserve(out_host_, total, d, "moeproxy::sep::ffn_out_host");
-      Kokkos::deep_copy(front(out_host_, total), y);
+      reserve(out_host_, total, wire, "moeproxy::sep::ffn_out_host");
+      Kokkos::deep_copy(front(out_host_, total), encoded);
       for (int c = 0; c < sources; ++c)
-        out_requests_.push_back(sep_.post_send(out_host_.data() + static_cast<std::size_t>(offsets[c]) * d,
-                                               rows[c] * d, c, results_tag));
+        out_requests_.push_back(sep_.post_send(out_host_.data() + static_cast<std::size_t>(offsets[c]) * wire,
+                                               rows[c] * wire, rows[c] * d, c, results_tag));
       timing.add(l, Phase::send, timer.seconds());
     }
   Kokkos::Timer timer;

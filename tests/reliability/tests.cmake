@@ -2,7 +2,7 @@
 # without memory growth. Included from tests/CMakeLists.txt.
 
 foreach(case layers-zero batch-negative hidden-absurd topk-experts dp-batch tp-three
-             precision-unknown precision-fp16 verify-file-missing checkpoint-missing
+             precision-unknown precision-fp16 compression-unknown compression-one-rank verify-file-missing checkpoint-missing
              checkpoint-not-hdf5 checkpoint-attribute checkpoint-shape checkpoint-dataset-missing
              output-proc output-parent-file output-directory output-empty
              toml-unterminated toml-binary toml-header-key set-no-equals set-empty-value set-not-number

@@ -14,6 +14,8 @@ enum class NormKind { layernorm, rmsnorm };
 enum class Precision { fp32, fp16 };
 enum class RoutingMode { learned, uniform, zipf };
 enum class CommBackend { automatic, nccl, mpi };
+// How activations travel on the compressed paths (parallel/compression.hpp).
+enum class CommCompression { none, int8 };
 enum class VerifyMode { automatic, reference, file, none };
 
 struct ModelConfig {
@@ -62,6 +64,7 @@ struct ParallelConfig {
   int dim_groups = 1;
   int micro_batches = 1;
   CommBackend comm = CommBackend::automatic;
+  CommCompression comm_compression = CommCompression::none;
 };
 
 struct OutputConfig {
@@ -90,6 +93,7 @@ const char* to_string(Activation v);
 const char* to_string(NormKind v);
 const char* to_string(Precision v);
 const char* to_string(CommBackend v);
+const char* to_string(CommCompression v);
 const char* to_string(VerifyMode v);
 std::string to_string(RoutingMode mode, double zipf_exponent);
 

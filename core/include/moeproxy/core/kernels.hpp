@@ -107,4 +107,15 @@ void combine(const ExecSpace& space, const ConstMatrix& y, const IndexVector& po
 // x += y, elementwise on [T, d].
 void add_into(const ExecSpace& space, const ConstMatrix& y, const Matrix& x);
 
+// Rows quantised to int8 for transfer (parallel/compression.hpp), symmetric with one scale per
+// row: row t of x [T, d] becomes row t of packed [T, int8_row_words(d)] holding in word 0 the
+// fp32 scale s = max_j |x(t, j)| / 127 and then q_j = round(x(t, j) / s) (to nearest, halves
+// away from zero; in [-127, 127]) one byte each, four to a 32-bit word in memory order, the
+// last word padded with zeros. A zero row has s = 0 and q = 0. Dequantised, x(t, j) = q_j * s
+// is within s / 2 of the original. The words are stored in a float buffer so that the
+// transports move them unchanged; they are bytes, not numbers. Finite inputs only.
+int int8_row_words(int d);
+void quantize_int8_rows(const ExecSpace& space, const ConstMatrix& x, const Matrix& packed);
+void dequantize_int8_rows(const ExecSpace& space, const ConstMatrix& packed, const Matrix& x);
+
 }  // namespace moeproxy

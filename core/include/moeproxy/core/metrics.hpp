@@ -64,6 +64,9 @@ struct CommRecord {
   // busbw = bus_bytes / seconds.
   std::uint64_t alg_bytes = 0;
   std::uint64_t bus_bytes = 0;
+  // What `bytes` would have been without parallel.comm_compression (equal when nothing was
+  // compressed).
+  std::uint64_t uncompressed_bytes = 0;
 };
 
 // Everything one rank measured.
@@ -92,8 +95,13 @@ struct RunSummary {
   std::uint64_t dropped_tokens = 0;
   std::string verification = "SKIPPED";  // "PASS" | "FAIL" | "SKIPPED"
   double max_rel_error = 0.0;
-  double tolerance = 0.0;
+  double tolerance = 0.0;         // what max_rel_error was compared with
   std::string verification_note;
+  std::string comm_compression = "none";  // parallel.comm_compression
+  // The part of `tolerance` compression adds (0 when nothing was compressed), and the bytes
+  // it kept off the network, all ranks.
+  double compression_tolerance = 0.0;
+  std::uint64_t comm_bytes_saved = 0;
 };
 
 }  // namespace moeproxy

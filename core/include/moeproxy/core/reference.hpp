@@ -35,5 +35,7 @@ double max_relative_error(const std::vector<float>& got, const std::vector<doubl
 
 // The verification tolerance for a precision.
 double verification_tolerance(Precision precision);
+// What compressed transfers (parallel.comm_compression) add to it, where a layout compresses.
+double compression_tolerance(CommCompression compression);
 
 }  // namespace moeproxy

@@ -70,6 +70,7 @@ struct ResultsFile {
   int batch = 0, prompt = 0, decode_steps = 0, hidden = 0;  // 0 if not dumped
   std::vector<std::string> comm_keys;  // "operation@group", sorted
   std::vector<std::uint64_t> comm_calls, comm_bytes;  // [rank, key]
+  std::vector<std::uint64_t> comm_uncompressed_bytes;  // [rank, key]; comm_bytes in older files
   std::vector<double> comm_seconds;                   // [rank, key]
   std::vector<double> comm_algbw, comm_busbw;         // [rank, key] bytes/s, nccl-tests' definitions
 

@@ -44,6 +44,9 @@ class Communicator {
   // Non-blocking point-to-point the caller completes with wait(): "isend" records the bytes,
   // "wait" the time spent blocked on completion.
   MPI_Request post_send(const float* data, int count, int dest, int tag);
+  // The same for compressed data (compression.hpp) that would have been `uncompressed_count`
+  // floats without compression, for the records.
+  MPI_Request post_send(const float* data, int count, int uncompressed_count, int dest, int tag);
   MPI_Request post_send(const int* data, int count, int dest, int tag);
   MPI_Request post_recv(float* data, int count, int source, int tag);
   MPI_Request post_recv(int* data, int count, int source, int tag);

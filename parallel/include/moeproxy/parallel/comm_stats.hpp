@@ -32,9 +32,9 @@ enum class CommOp { allreduce, allgather, reduce_scatter, alltoall, alltoallv, s
 const char* to_string(CommOp op);
 
 // Bytes of one call for the records. `bytes`: payload leaving this rank; `alg`: nccl-tests'
-// size; `bus`: alg x the bus factor.
+// size; `bus`: alg x the bus factor; `saved`: what compression kept off `bytes`.
 struct CommVolume {
-  std::uint64_t bytes = 0, alg = 0, bus = 0;
+  std::uint64_t bytes = 0, alg = 0, bus = 0, saved = 0;
 };
 
 // nccl-tests' bus factor of `op` over `n` ranks (0 for a barrier; 1-rank groups move nothing).

@@ -44,8 +44,11 @@ class DeviceComm {
   // recv [count] = the sum over the group of block `rank` of send [size * count].
   void reduce_scatter_sum(const float* send, float* recv, std::size_t count);
   // Counts and displacements in floats, per rank of the group (grouped send/recv on NCCL).
+  // `uncompressed_send_counts`, when the data is compressed (compression.hpp): what the
+  // send counts would have been without, for the records.
   void alltoallv(const float* send, const std::vector<int>& send_counts, const std::vector<int>& send_displs,
-                 float* recv, const std::vector<int>& recv_counts, const std::vector<int>& recv_displs);
+                 float* recv, const std::vector<int>& recv_counts, const std::vector<int>& recv_displs,
+                 const std::vector<int>& uncompressed_send_counts = {});
   // Messages between two ranks arrive in the order they were sent.
   void send(const float* data, std::size_t count, int dest);
   void recv(float* data, std::size_t count, int source);

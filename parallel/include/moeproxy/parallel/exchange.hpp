@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "moeproxy/core/exchange.hpp"
+#include "moeproxy/parallel/compression.hpp"
 #include "moeproxy/parallel/device_comm.hpp"
 
 namespace moeproxy::parallel {
@@ -18,8 +19,11 @@ class LayoutExchange : public LayerExchange {
   // `ep`: ranks the experts are spread over with all-to-all, `local_experts` each.
   // `dim`: ranks holding the other dimension slices of the same heads (n of m x n).
   // This rank holds experts [expert_begin, expert_begin + local_experts).
-  LayoutExchange(DeviceComm& tp, DeviceComm& ep, DeviceComm& dim, int expert_begin, int local_experts)
-      : tp_(tp), ep_(ep), dim_(dim), expert_begin_(expert_begin), local_experts_(local_experts) {}
+  // `compression`: how the experts' rows travel over `ep` (compression.hpp).
+  LayoutExchange(DeviceComm& tp, DeviceComm& ep, DeviceComm& dim, int expert_begin, int local_experts,
+                 CommCompression compression)
+      : tp_(tp), ep_(ep), dim_(dim), expert_begin_(expert_begin), local_experts_(local_experts),
+        codec_(compression) {}
 
   void reduce_partial(const ExecSpace& space, const Matrix& partial) override;
   void reduce_scores(const ExecSpace& space, const Scores& scores) override;
@@ -32,8 +36,10 @@ class LayoutExchange : public LayerExchange {
   DeviceComm& ep_;
   DeviceComm& dim_;
   int expert_begin_, local_experts_;
-  // The last dispatch's layout, in floats, reused in reverse by undispatch.
-  std::vector<int> send_counts_, send_displs_, recv_counts_, recv_displs_;
+  RowCodec codec_;
+  // The last dispatch's layout, in wire floats and in row floats (for the records), reused in
+  // reverse by undispatch.
+  std::vector<int> send_counts_, send_displs_, recv_counts_, recv_displs_, row_send_counts_, row_recv_counts_;
   // Without an expert group: the rows of xp the local experts computed in place.
   std::pair<int, int> local_rows_{0, 0};
 };

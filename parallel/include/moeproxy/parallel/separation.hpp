@@ -13,6 +13,7 @@
 #include "moeproxy/core/metrics.hpp"
 #include "moeproxy/core/model.hpp"
 #include "moeproxy/parallel/comm.hpp"
+#include "moeproxy/parallel/compression.hpp"
 #include "moeproxy/parallel/layout.hpp"
 #include "moeproxy/parallel/pipeline.hpp"
 
@@ -37,7 +38,7 @@ class Separation {
   // One micro-batch's rows on their way to the FFN ranks and back (attention side).
   struct InFlight {
     Transformer::FfnInput in;
-    HostMatrix sent, received;           // host staging, alive until the requests complete
+    HostMatrix sent, received;           // host staging of wire rows, alive until the requests complete
     std::vector<std::vector<int>> counts;  // per FFN rank: its experts' row counts (dense: {rows})
     std::vector<MPI_Request> requests;
   };
@@ -59,7 +60,8 @@ class Separation {
   std::vector<MicroBatch> micro_batches_;
   std::vector<InFlight> flights_;
   Matrix x_, y_, partial_;       // attention: the slice's rows, FFN outputs, FFN sum; FFN: rows in, out
-  HostMatrix in_host_, out_host_;  // FFN side staging
+  HostMatrix in_host_, out_host_;  // FFN side staging of wire rows
+  RowCodec codec_;                 // how rows travel (compression.hpp)
   std::vector<MPI_Request> out_requests_;
 };
 

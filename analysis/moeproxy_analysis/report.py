@@ -30,6 +30,8 @@ COLUMNS = [
     ("peak_memory_bytes", "bytes", "largest per-rank peak (high-water mark, else sum of kinds)"),
     ("verification", "", "PASS, FAIL or SKIPPED"),
     ("max_rel_error", "1", "largest relative error against the reference"),
+    ("comm_compression", "", "parallel.comm_compression: none or int8"),
+    ("comm_bytes_saved", "bytes", "bytes compression kept off the network, all ranks (/comm)"),
 ]
 BASELINE_COLUMNS = [
     ("baseline", "", "run the improvement columns compare with"),
@@ -82,6 +84,8 @@ def row(run, baseline=None):
         "peak_memory_bytes": int(run.derived["peak_memory_bytes"]),
         "verification": str(s.get("verification", "?")),
         "max_rel_error": _float(s.get("max_rel_error")),
+        "comm_compression": str(s.get("comm_compression", "none")),
+        "comm_bytes_saved": int(run.derived["comm_bytes_saved"]),
     }
     if baseline is not None:
         b = baseline.summary
@@ -207,6 +211,10 @@ def write_markdown(path, runs, rows, baseline, figures, comparison_png):
                 f"(tolerance {fmt_number(_float(s.get('tolerance')))}); {s.get('verification_note', '')}",
                 f"- communication: comm_seconds_raw {fmt_time(r['comm_seconds_raw'])}; whole run (/comm): "
                 f"{fmt_bytes(run.derived['comm_bytes_total'])} over {len(run.comm_keys)} keys",
+                f"- compression: {r['comm_compression']}; {fmt_bytes(r['comm_bytes_saved'])} saved of "
+                f"{fmt_bytes(run.derived['comm_bytes_uncompressed_total'])} uncompressed"
+                + (f" (tolerance includes {fmt_number(_float(s.get('compression_tolerance')))} for it)"
+                   if _float(s.get("compression_tolerance")) > 0 else ""),
                 ""]
         out += _phase_table(run) + [""]
         for kind, name in figures[run.label]:

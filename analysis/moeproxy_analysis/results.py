@@ -119,6 +119,7 @@ class Run:
     comm_calls: np.ndarray         # [rank, key]
     comm_bytes: np.ndarray         # [rank, key] bytes
     comm_seconds: np.ndarray       # [rank, key] s
+    comm_uncompressed_bytes: np.ndarray  # [rank, key] bytes without compression (= comm_bytes in older files)
     derived: dict = field(default_factory=dict)
 
     def peak_memory_per_rank(self):
@@ -162,6 +163,8 @@ def _derive(run):
         "prefill_wall_max_s": float(run.prefill_wall.max()) if run.prefill_wall.size else 0.0,
         "decode_wall_max_s": float(run.decode_wall.max()) if run.decode_wall.size else 0.0,
         "comm_bytes_total": float(run.comm_bytes.sum()),
+        "comm_bytes_uncompressed_total": float(run.comm_uncompressed_bytes.sum()),
+        "comm_bytes_saved": float(run.comm_uncompressed_bytes.sum() - run.comm_bytes.sum()),
     }
     if run.expert_tokens is not None and run.expert_tokens.size:
         t = run.expert_tokens.astype(np.float64)
@@ -231,6 +234,8 @@ def load(path, label=None):
                 comm_calls=comm["calls"][()].reshape(ranks, -1),
                 comm_bytes=comm["bytes"][()].reshape(ranks, -1),
                 comm_seconds=comm["seconds"][()].reshape(ranks, -1).astype(np.float64),
+                comm_uncompressed_bytes=(comm["uncompressed_bytes"] if "uncompressed_bytes" in comm
+                                         else comm["bytes"])[()].reshape(ranks, -1),
             )
         except KeyError as e:
             raise ResultsError(f"{path}: damaged result file, missing {e}") from None

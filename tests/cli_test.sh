@@ -72,6 +72,25 @@ case $case_name in
     printf '[model]\nexperts = 4\ntop_k = 5\n[output]\nfile = "%s"\n' "$result" > "$bad"
     refuse "model.top_k = 5" "$bad:3" "model.experts = 4" -- "$exe" run "$bad" ;;
   dp-batch) refuse "parallel.dp=3" "workload.batch=8" -- "$mpiexec" -n 3 "$exe" run "$quick" --set parallel.dp=3 --set output.file="$result" ;;
+  expert-map-duplicate) refuse "parallel.expert_map" "expert 3 is on ranks 0 and 1" "exactly one rank" -- \
+    "$mpiexec" -n 2 "$exe" run "$quick" --set parallel.dp=2 --set parallel.ep=2 \
+    --set 'parallel.expert_map=[[0,1,2,3],[3,4,5,6,7]]' --set output.file="$result" ;;
+  expert-map-missing) refuse "parallel.expert_map" "expert 3 is on no rank" -- \
+    "$mpiexec" -n 2 "$exe" run "$quick" --set parallel.dp=2 --set parallel.ep=2 \
+    --set 'parallel.expert_map=[[0,1,2],[4,5,6,7]]' --set output.file="$result" ;;
+  expert-map-length) refuse "parallel.expert_map" "1 rank lists" "parallel.ep=2" -- \
+    "$mpiexec" -n 2 "$exe" run "$quick" --set parallel.dp=2 --set parallel.ep=2 \
+    --set 'parallel.expert_map=[[0,1,2,3,4,5,6,7]]' --set output.file="$result" ;;
+  expert-map-layers) refuse "parallel.expert_map" "for 3 layers" "model.layers=2" -- \
+    "$mpiexec" -n 2 "$exe" run "$quick" --set parallel.dp=2 --set parallel.ep=2 \
+    --set 'parallel.expert_map=[[[0,1,2,3],[4,5,6,7]],[[0,1,2,3],[4,5,6,7]],[[0],[1,2,3,4,5,6,7]]]' \
+    --set output.file="$result" ;;
+  heads-sum) refuse "parallel.head_distribution" "sums to 7" "model.heads=8" -- \
+    "$mpiexec" -n 2 "$exe" run "$quick" --set parallel.dp=1 --set parallel.tp=2 \
+    --set 'parallel.head_distribution=[4,3]' --set output.file="$result" ;;
+  heads-mxn) refuse "parallel.head_distribution" "parallel.head_groups=2" "evenly" -- \
+    "$mpiexec" -n 2 "$exe" run "$quick" --set parallel.dp=1 --set parallel.head_groups=2 \
+    --set 'parallel.head_distribution=[5,3]' --set output.file="$result" ;;
   tp-three) refuse "parallel.tp=3" -- "$mpiexec" -n 3 "$exe" run "$quick" --set parallel.dp=1 --set parallel.tp=3 --set output.file="$result" ;;
   precision-unknown) refuse "model.precision" "bf16" '"fp32" | "fp16"' -- "$exe" "${one[@]}" --set model.precision=bf16 ;;
   compression-unknown)

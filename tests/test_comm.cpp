@@ -286,8 +286,7 @@ TEST_CASE("layout: head x dim slicing splits heads, pairs and experts inside eac
     CHECK(s.head_count == 2);
     CHECK(s.dim_begin == 4 * c.dim);
     CHECK(s.dim_count == 4);
-    CHECK(s.expert_begin == r % 4);  // 4 experts on 4 ranks: whole experts, no column split
-    CHECK(s.expert_count == 1);
+    CHECK(s.experts_in(cfg.model, 0) == std::vector<int>{r % 4});  // 4 experts on 4 ranks: whole experts
     CHECK(s.ffn_count == cfg.model.ffn_hidden);
     CHECK(layout.tp_group(r) == r / 4);
     CHECK(layout.dim_group(r) == r / 2);
@@ -299,8 +298,7 @@ TEST_CASE("layout: head x dim slicing splits heads, pairs and experts inside eac
   cfg.model.experts = 2;  // 2 experts on 4 ranks: each expert's columns split in two
   for (int r = 0; r < 4; ++r) {
     const ShardSpec s = RankLayout::build(cfg, 8).shard_of(r);
-    CHECK(s.expert_begin == r / 2);
-    CHECK(s.expert_count == 1);
+    CHECK(s.experts_in(cfg.model, 0) == std::vector<int>{r / 2});
     CHECK(s.ffn_begin == r % 2 * cfg.model.ffn_hidden / 2);
     CHECK(s.ffn_count == cfg.model.ffn_hidden / 2);
   }
@@ -346,7 +344,7 @@ TEST_CASE("layout: separation puts attention first and splits the experts over t
     CHECK_FALSE(layout.ffn_rank(r));
     CHECK(s.head_begin == 2 * (r % 2));
     CHECK(s.head_count == 2);
-    CHECK(s.expert_count == 0);
+    CHECK(s.experts_in(cfg.model, 0).empty());
     CHECK(s.ffn_count == 0);
     CHECK(layout.sequences_of(r).begin == 2 * (r / 2));
     CHECK(layout.owns_outputs(r) == (r % 2 == 0));
@@ -355,8 +353,7 @@ TEST_CASE("layout: separation puts attention first and splits the experts over t
     const ShardSpec s = layout.shard_of(r);
     CHECK(layout.ffn_rank(r));
     CHECK(s.head_count == 0);
-    CHECK(s.expert_begin == 2 * (r - 4));
-    CHECK(s.expert_count == 2);
+    CHECK(s.experts_in(cfg.model, 1) == std::vector<int>{2 * (r - 4), 2 * (r - 4) + 1});
     CHECK(layout.sequences_of(r).count == 0);
     CHECK_FALSE(layout.owns_outputs(r));
     CHECK(layout.memory_of(r).kv_cache == 0);
@@ -377,6 +374,87 @@ TEST_CASE("layout: separation puts attention first and splits the experts over t
     CHECK(uneven.shard_of(r).head_count == (r < 2 ? 2 : 1));
     CHECK(uneven.shard_of(r).head_begin == (r < 2 ? 2 * r : r + 2));
   }
+}
+
+TEST_CASE("layout: head_distribution and expert_map place heads and experts explicitly", "[layout]") {
+  RunConfig cfg;  // 2 layers, 4 heads, 4 experts, batch 4
+  cfg.model.ffn_hidden = 120;
+  cfg.parallel.tp = 3;
+  cfg.parallel.head_distribution = {2, 1, 1};
+  const RankLayout tp = RankLayout::build(cfg, 3);
+  CHECK(tp.shard_of(0).head_begin == 0);
+  CHECK(tp.shard_of(0).head_count == 2);
+  CHECK(tp.shard_of(2).head_begin == 3);
+  CHECK(tp.shard_of(2).head_count == 1);
+  CHECK_THAT(tp.rank_map(), Catch::Contains("rank 1: layers 0-1, heads 2-2"));
+
+  cfg = RunConfig{};
+  cfg.parallel.dp = 2;
+  cfg.parallel.ep = 2;
+  cfg.parallel.expert_map = {{{1, 3}, {0, 2}}};
+  const RankLayout ep = RankLayout::build(cfg, 2);
+  CHECK(ep.placement().order(1) == std::vector<int>{1, 3, 0, 2});
+  CHECK(ep.shard_of(1).experts_in(cfg.model, 1) == std::vector<int>{0, 2});
+  CHECK_THAT(ep.rank_map(), Catch::Contains("experts 1,3"));
+
+  cfg.parallel.expert_map = {{{}, {0, 1, 2, 3}}, {{3}, {0, 1, 2}}};  // per layer; rank 0 holds none of layer 0
+  cfg.parallel.expert_map_per_layer = true;
+  const RankLayout per_layer = RankLayout::build(cfg, 2);
+  CHECK(per_layer.shard_of(0).experts_in(cfg.model, 0).empty());
+  CHECK(per_layer.shard_of(0).experts_in(cfg.model, 1) == std::vector<int>{3});
+  CHECK_THAT(per_layer.rank_map(), Catch::Contains("experts by layer 0:none 1:3"));
+  CHECK(per_layer.memory_of(0).weights < per_layer.memory_of(1).weights);
+
+  cfg = RunConfig{};  // separation: 3 FFN ranks, 6 experts, 3 + 2 + 1
+  cfg.model.experts = 6;
+  cfg.parallel.attn_ranks = 1;
+  cfg.parallel.expert_map = {{{5, 0, 2}, {1, 4}, {3}}};
+  const RankLayout sep = RankLayout::build(cfg, 4);
+  CHECK(sep.shard_of(0).experts_in(cfg.model, 0).empty());
+  CHECK(sep.shard_of(1).experts_in(cfg.model, 0) == std::vector<int>{5, 0, 2});
+  CHECK(sep.shard_of(3).experts_in(cfg.model, 1) == std::vector<int>{3});
+  CHECK(sep.memory_of(1).activations > sep.memory_of(3).activations);
+  CHECK_THAT(sep.rank_map(), Catch::Contains("rank 2: FFN, layers 0-1, experts 1,4"));
+}
+
+TEST_CASE("layout: bad head_distribution and expert_map are refused, naming what is wrong", "[layout]") {
+  RunConfig cfg;  // 2 layers, 4 heads, 4 experts
+  cfg.parallel.dp = 2;
+  cfg.parallel.ep = 2;
+  cfg.parallel.expert_map = {{{0, 1}, {1, 2, 3}}};
+  CHECK_THROWS_WITH(RankLayout::build(cfg, 2), Catch::Contains("parallel.expert_map: expert 1 is on ranks 0 and 1"));
+  cfg.parallel.expert_map = {{{0, 1}, {2}}};
+  CHECK_THROWS_WITH(RankLayout::build(cfg, 2), Catch::Contains("expert 3 is on no rank"));
+  cfg.parallel.expert_map = {{{0, 1}, {2, 7}}};
+  CHECK_THROWS_WITH(RankLayout::build(cfg, 2), Catch::Contains("expert 7 on rank 1") && Catch::Contains("ids 0-3"));
+  cfg.parallel.expert_map = {{{0, 1, 2, 3}}};
+  CHECK_THROWS_WITH(RankLayout::build(cfg, 2), Catch::Contains("1 rank lists") && Catch::Contains("parallel.ep=2"));
+  cfg.parallel.expert_map = {{{0, 1}, {2, 3}}};
+  cfg.parallel.expert_map_per_layer = true;
+  CHECK_THROWS_WITH(RankLayout::build(cfg, 2), Catch::Contains("for 1 layers") && Catch::Contains("model.layers=2"));
+  cfg.parallel.expert_map = {{{0, 1}, {2, 3}}, {{0}, {1, 2}}};
+  CHECK_THROWS_WITH(RankLayout::build(cfg, 2), Catch::Contains("(layer 1): expert 3 is on no rank"));
+  cfg.parallel.expert_map_per_layer = false;
+  cfg.parallel.expert_map = {{{0, 1}, {2, 3}}};
+  cfg.model.ffn = FfnKind::dense;
+  CHECK_THROWS_WITH(RankLayout::build(cfg, 2), Catch::Contains("parallel.expert_map needs an MoE model"));
+
+  cfg = RunConfig{};
+  cfg.parallel.tp = 2;
+  cfg.parallel.head_distribution = {3, 2};
+  CHECK_THROWS_WITH(RankLayout::build(cfg, 2), Catch::Contains("sums to 5") && Catch::Contains("model.heads=4"));
+  cfg.parallel.head_distribution = {4};
+  CHECK_THROWS_WITH(RankLayout::build(cfg, 2), Catch::Contains("1 entries") && Catch::Contains("parallel.tp=2"));
+  cfg.parallel.head_distribution = {4, 0};
+  CHECK_THROWS_WITH(RankLayout::build(cfg, 2), Catch::Contains("entry 1 is 0"));
+  cfg.parallel.tp = 1;
+  cfg.parallel.head_groups = 2;
+  cfg.parallel.head_distribution = {3, 1};
+  CHECK_THROWS_WITH(RankLayout::build(cfg, 2), Catch::Contains("parallel.head_distribution = [3, 1] with "
+                                                               "parallel.head_groups=2 x parallel.dim_groups=1"));
+  cfg.parallel.head_distribution.clear();
+  cfg.parallel.expert_map = {{{0, 1, 2, 3}}};
+  CHECK_THROWS_WITH(RankLayout::build(cfg, 2), Catch::Contains("parallel.expert_map with parallel.head_groups=2"));
 }
 
 TEST_CASE("layout: separation refuses what it cannot run, naming the keys", "[layout]") {

@@ -375,3 +375,34 @@ TEST_CASE("deck: the --help table lists every key with its default", "[deck]") {
   }
   CHECK_THAT(help, Contains("\"results/run.h5\"") && Contains("zipf:<exponent>"));
 }
+
+TEST_CASE("deck: head_distribution and expert_map read as lists, per layer when nested deeper", "[deck]") {
+  RunConfig c = parse("[parallel]\ntp = 3\nhead_distribution = [2, 1, 1]\nexpert_map = [[1, 3], [0, 2]]\n");
+  CHECK(c.parallel.head_distribution == std::vector<int>{2, 1, 1});
+  REQUIRE(c.parallel.expert_map.size() == 1);
+  CHECK_FALSE(c.parallel.expert_map_per_layer);
+  CHECK(c.parallel.expert_map[0] == std::vector<std::vector<int>>{{1, 3}, {0, 2}});
+
+  c = parse("[parallel]\nexpert_map = [[[0], [1], []], [[], [], [0, 1]]]\n");
+  CHECK(c.parallel.expert_map_per_layer);
+  REQUIRE(c.parallel.expert_map.size() == 2);
+  CHECK(c.parallel.expert_map[0] == std::vector<std::vector<int>>{{0}, {1}, {}});
+  CHECK(c.parallel.expert_map[1] == std::vector<std::vector<int>>{{}, {}, {0, 1}});
+
+  c = parse("", {"parallel.expert_map=[[0,1],[2,3]]", "parallel.head_distribution=[3,1]"});
+  CHECK(c.parallel.expert_map[0] == std::vector<std::vector<int>>{{0, 1}, {2, 3}});
+  CHECK(c.parallel.head_distribution == std::vector<int>{3, 1});
+  CHECK(parse("").parallel.expert_map.empty());
+  CHECK_THAT(moeproxy::io::deck_keys_help(), Contains("parallel.head_distribution") && Contains("parallel.expert_map"));
+}
+
+TEST_CASE("deck: malformed head_distribution and expert_map name the key and the shape expected", "[deck]") {
+  CHECK_THAT(error_of("[parallel]\nhead_distribution = 3\n"),
+             Contains("parallel.head_distribution = 3 at decks/x.toml:2:1") && Contains("an array of head counts"));
+  CHECK_THAT(error_of("[parallel]\nhead_distribution = [2, 0]\n"), Contains("between 1 and"));
+  CHECK_THAT(error_of("[parallel]\nhead_distribution = [2, \"a\"]\n"), Contains("found a string"));
+  CHECK_THAT(error_of("[parallel]\nexpert_map = [0, 1]\n"),
+             Contains("parallel.expert_map") && Contains("one array of expert ids per rank"));
+  CHECK_THAT(error_of("[parallel]\nexpert_map = [[0, -1]]\n"), Contains("parallel.expert_map") && Contains("between 0"));
+  CHECK_THAT(error_of("[parallel]\nexpert_map = [[[0]], [1]]\n"), Contains("found an integer"));
+}

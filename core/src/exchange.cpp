@@ -6,7 +6,7 @@ void LayerExchange::reduce_partial(const ExecSpace&, const Matrix&) {}
 
 void LayerExchange::reduce_scores(const ExecSpace&, const Scores&) {}
 
-ExpertRows LayerExchange::dispatch(const ExecSpace&, const Matrix& xp, const std::vector<int>& counts) {
+ExpertRows LayerExchange::dispatch(const ExecSpace&, int, const Matrix& xp, const std::vector<int>& counts) {
   return ExpertRows{xp, counts, 0};
 }
 

@@ -293,6 +293,13 @@ void route_synthetic(const ExecSpace& space, std::uint64_t seed, int layer, std:
       });
 }
 
+void relabel_experts(const ExecSpace& space, const IndexMatrix& idx, const ConstIndexVector& position) {
+  Kokkos::parallel_for(
+      "moeproxy::router::relabel",
+      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0}, {idx.extent(0), idx.extent(1)}),
+      KOKKOS_LAMBDA(const int t, const int j) { idx(t, j) = position(idx(t, j)); });
+}
+
 std::int64_t permute(const ExecSpace& space, const IndexMatrix& idx, int experts, int capacity,
                      Permutation& perm) {
   const int top_k = static_cast<int>(idx.extent(1));

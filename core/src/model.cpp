@@ -34,7 +34,6 @@ Transformer::Transformer(const ExecSpace& space, const ModelConfig& model,
   pairs_ = shard.dim_count;
   head_dims_ = shard.head_dims(cfg_);
   ffn_ = shard.ffn_count < 0 ? cfg_.ffn_hidden : shard.ffn_count;
-  experts_ = cfg_.is_moe() ? (shard.expert_count < 0 ? cfg_.experts : shard.expert_count) : 1;
   layer_begin_ = shard.layer_begin;
   layer_end_ = shard.layer_count < 0 ? cfg_.layers : shard.layer_begin + shard.layer_count;
   weights_ = make_weights(space_, cfg_, shard, layer_begin_, layer_end_, weights);
@@ -70,6 +69,15 @@ Transformer::Transformer(const ExecSpace& space, const ModelConfig& model,
     ws_.xp = Matrix("moeproxy::model::permuted_in", t * cfg_.top_k, cfg_.hidden);
     ws_.yp = Matrix("moeproxy::model::permuted_out", t * cfg_.top_k, cfg_.hidden);
     expert_tokens_.assign(static_cast<std::size_t>(cfg_.layers) * cfg_.experts, 0);
+    if (!shard.placement.in_id_order()) {
+      expert_position_ = IndexMatrix("moeproxy::model::expert_position", cfg_.layers, cfg_.experts);
+      auto position = Kokkos::create_mirror_view(expert_position_);
+      for (int l = 0; l < cfg_.layers; ++l) {
+        expert_order_.push_back(shard.placement.order(l));
+        for (int p = 0; p < cfg_.experts; ++p) position(l, expert_order_.back()[p]) = p;
+      }
+      Kokkos::deep_copy(expert_position_, position);
+    }
   }
   reserve_expert_rows(cfg_.is_moe() ? t * cfg_.top_k : t);
 }
@@ -242,9 +250,10 @@ void Transformer::ffn_rows(int l, const Matrix& x, const std::vector<int>& count
     return;
   }
   // Blocks of rows by (source rank, local expert): each block through its expert's weights.
+  const std::size_t held = lw.experts.size();
   std::vector<GemmGroup> groups;
   for (std::size_t block = 0; block < counts.size(); ++block)
-    groups.push_back(GemmGroup{counts[block], static_cast<int>(block % experts_)});
+    groups.push_back(GemmGroup{counts[block], static_cast<int>(block % held)});
   timed(space_, timing, l, Phase::expert, [&] { expert_ffn(lw, groups, x, a, b, y); });
 }
 
@@ -308,7 +317,7 @@ void Transformer::moe(int l, const Matrix& x, const Matrix& h, std::int64_t toke
   const int kept = route(l, h, token0, timing, count_experts, w.route_w, perm, counts, w.xp);
 
   ExpertRows in;
-  timed(space_, timing, l, Phase::dispatch, [&] { in = exchange_->dispatch(space_, head_rows(w.xp, kept), counts); });
+  timed(space_, timing, l, Phase::dispatch, [&] { in = exchange_->dispatch(space_, l, head_rows(w.xp, kept), counts); });
   const int received = static_cast<int>(in.x.extent(0));
   // Rows computed where they lie in xp write their outputs straight into yp.
   const Matrix y_in = in.xp_row >= 0
@@ -338,6 +347,8 @@ int Transformer::route(int l, const Matrix& h, std::int64_t token0, PhaseTable& 
       const double s = workload_.routing == RoutingMode::zipf ? workload_.zipf_exponent : 0.0;
       route_synthetic(space_, cfg_.seed, l, token0, cfg_.experts, s, w.route_idx, w.route_w);
     }
+    if (!expert_order_.empty())
+      relabel_experts(space_, w.route_idx, Kokkos::subview(expert_position_, l, Kokkos::ALL));
   });
   int kept = 0;
   timed(space_, timing, l, Phase::permute, [&] {
@@ -346,8 +357,12 @@ int Transformer::route(int l, const Matrix& h, std::int64_t token0, PhaseTable& 
     for (int e = 0; e < cfg_.experts; ++e) kept += (counts[e] = h_counts(e));
     gather_rows(space_, h, perm.source, head_rows(xp, kept));
   });
+  // counts are by placement position; the statistics stay by global expert.
   if (count_experts)
-    for (int e = 0; e < cfg_.experts; ++e) expert_tokens_[static_cast<std::size_t>(l) * cfg_.experts + e] += counts[e];
+    for (int p = 0; p < cfg_.experts; ++p) {
+      const int e = expert_order_.empty() ? p : expert_order_[l][p];
+      expert_tokens_[static_cast<std::size_t>(l) * cfg_.experts + e] += counts[p];
+    }
   return kept;
 }
 
@@ -363,16 +378,23 @@ MemoryEstimate estimate_memory(const ModelConfig& m, const WorkloadConfig& w, in
   const std::uint64_t d = m.hidden, q = heads * dims;
   const std::uint64_t kv = kv_heads_of(m, shard.head_begin, heads).count * dims;
   const std::uint64_t ff = shard.ffn_count < 0 ? m.ffn_hidden : shard.ffn_count;
-  const std::uint64_t experts = m.is_moe() ? (shard.expert_count < 0 ? m.experts : shard.expert_count) : 1;
+  const int first_layer = shard.layer_begin, held_layers = shard.layer_count < 0 ? m.layers : shard.layer_count;
+  // Expert matrices summed over the layers held: a placement may hold different counts per layer.
+  std::uint64_t expert_layers = held_layers;
+  if (m.is_moe()) {
+    expert_layers = 0;
+    for (int l = first_layer; l < first_layer + held_layers; ++l) expert_layers += shard.experts_in(m, l).size();
+  }
   const std::uint64_t mats = m.activation == Activation::swiglu ? 3 : 2;
   const std::uint64_t norms = m.norm == NormKind::layernorm ? 2 : 1;
   // Projections, experts and the KV cache in the storage precision; norms and router in fp32.
   const std::uint64_t stored = m.precision == Precision::fp16 ? sizeof(Half) : sizeof(float);
   MemoryEstimate e;
-  const std::uint64_t per_layer_stored = d * (q + 2 * kv) + q * d + experts * mats * d * ff;
+  const std::uint64_t per_layer_stored = d * (q + 2 * kv) + q * d;
   const std::uint64_t per_layer_fp32 = 2 * norms * d + (m.is_moe() ? d * m.experts : 0);
-  const std::uint64_t layers = shard.layer_count < 0 ? m.layers : shard.layer_count;
-  e.weights = stored * layers * per_layer_stored + f * (layers * per_layer_fp32 + norms * d);
+  const std::uint64_t layers = held_layers;
+  e.weights = stored * (layers * per_layer_stored + expert_layers * mats * d * ff) +
+              f * (layers * per_layer_fp32 + norms * d);
   const std::uint64_t positions = static_cast<std::uint64_t>(w.prompt) + w.decode_steps;
   e.kv_cache = stored * layers * 2 * sequences * positions * kv;
   const std::uint64_t t = static_cast<std::uint64_t>(sequences) * w.prompt;

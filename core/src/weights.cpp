@@ -169,6 +169,13 @@ std::uint64_t ModelWeights::bytes() const {
   return total;
 }
 
+std::vector<int> ShardSpec::experts_in(const ModelConfig& cfg, int layer) const {
+  if (!placement.empty()) return placement_rank < 0 ? std::vector<int>{} : placement.experts(layer, placement_rank);
+  std::vector<int> ids(expert_count < 0 ? cfg.experts : expert_count);
+  for (std::size_t e = 0; e < ids.size(); ++e) ids[e] = expert_begin + static_cast<int>(e);
+  return ids;
+}
+
 KvRange kv_heads_of(const ModelConfig& cfg, int head_begin, int head_count) {
   const int group = cfg.heads / cfg.effective_kv_heads();
   if (head_count == 0) return KvRange{head_begin / group, 0};  // a rank holding no attention
@@ -188,8 +195,6 @@ ModelWeights make_weights(const ExecSpace& space, const ModelConfig& cfg, const 
                                : AxisMap::contiguous(static_cast<std::int64_t>(first_head) * hd);
   };
   const AxisMap whole = AxisMap::contiguous(0);
-  const int experts = cfg.is_moe() ? (shard.expert_count < 0 ? cfg.experts : shard.expert_count) : 1;
-  const int expert_begin = cfg.is_moe() ? shard.expert_begin : 0;
   const int f_begin = shard.ffn_begin;
   const int f = shard.ffn_count < 0 ? cfg.ffn_hidden : shard.ffn_count;
 
@@ -213,12 +218,13 @@ ModelWeights make_weights(const ExecSpace& space, const ModelConfig& cfg, const 
       lw.router = Matrix("moeproxy::weights::router", cfg.hidden, cfg.experts);
       load(space, cfg, source, lw.router, TensorRef{TensorKind::router, l, 0}, whole, whole);
     }
-    lw.expert_begin = expert_begin;
+    lw.experts = cfg.is_moe() ? shard.experts_in(cfg, l) : std::vector<int>{0};
+    const int experts = static_cast<int>(lw.experts.size());
     const AxisMap ffn_cols = AxisMap::contiguous(f_begin);
     auto ffn = [&](const char* label, TensorKind kind, int rows, int cols, const AxisMap& row_map,
                    const AxisMap& col_map) {
       return stored_stack(space, cfg, label, experts, rows, cols, [&](const Matrix& m, int e) {
-        load(space, cfg, source, m, TensorRef{kind, l, expert_begin + e}, row_map, col_map);
+        load(space, cfg, source, m, TensorRef{kind, l, lw.experts[e]}, row_map, col_map);
       });
     };
     lw.w1 = ffn("moeproxy::weights::w1", TensorKind::w1, cfg.hidden, f, whole, ffn_cols);

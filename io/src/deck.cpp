@@ -146,7 +146,7 @@ const std::string& get_string(const Field& f) {
   fail(f, "expected a string, got " + type_phrase(*f.node));
 }
 
-enum class Type { integer, number, boolean, string };
+enum class Type { integer, number, boolean, string, array };
 
 const char* type_name(Type t) {
   switch (t) {
@@ -154,6 +154,7 @@ const char* type_name(Type t) {
     case Type::number: return "float";
     case Type::boolean: return "bool";
     case Type::string: return "string";
+    case Type::array: return "array";
   }
   return "?";
 }
@@ -274,6 +275,83 @@ KeySpec routing_key() {
           }};
 }
 
+std::string show_list(const std::vector<int>& v) {
+  std::string out;
+  for (const int x : v) out += (out.empty() ? "" : ", ") + std::to_string(x);
+  return "[" + out + "]";
+}
+
+// An array of integers at `node` (the whole value or one of its nested lists), each in [lo, hi].
+std::vector<int> get_int_list(const Field& f, const toml::node& node, std::int64_t lo, std::int64_t hi,
+                              const std::string& expected) {
+  const toml::array* a = node.as_array();
+  if (!a) fail(f, "expected " + expected + ", found " + type_phrase(node) + " " + render(node));
+  std::vector<int> out;
+  for (const toml::node& item : *a) {
+    const auto* v = item.as_integer();
+    if (!v) fail(f, "expected " + expected + ", found " + type_phrase(item) + " " + render(item));
+    if (v->get() < lo || v->get() > hi)
+      fail(f, "entry " + render(item) + " must be between " + std::to_string(lo) + " and " + std::to_string(hi));
+    out.push_back(static_cast<int>(v->get()));
+  }
+  return out;
+}
+
+KeySpec head_distribution_key() {
+  const std::string valid = "[heads of tp rank 0, ...]: tp entries >= 1 adding up to model.heads; [] = even split";
+  return {"parallel.head_distribution", Type::array, valid,
+          [](const Field& f, RunConfig& c) {
+            c.parallel.head_distribution = get_int_list(f, *f.node, 1, kMaxHeads, "an array of head counts, e.g. [3, 3, 2]");
+          },
+          [](const RunConfig& c) { return show_list(c.parallel.head_distribution); }};
+}
+
+// One list of experts per rank of the expert group, for every layer ([[0, 1], [2, 3]]), or
+// one such list of lists per layer ([[[0], [1]], [[1], [0]]]): the nesting says which.
+KeySpec expert_map_key() {
+  const std::string valid =
+      "[[experts of rank 0], ...] for every layer, or [[[layer 0, rank 0], ...], ...] per layer; "
+      "[] = even split";
+  return {"parallel.expert_map", Type::array, valid,
+          [](const Field& f, RunConfig& c) {
+            const std::string expected = "an array with one array of expert ids per rank of the expert group "
+                                         "(e.g. [[0, 1], [2, 3]]), or an array of those, one per layer";
+            const toml::array* top = f.node->as_array();
+            if (!top) fail(f, "expected " + expected + ", got " + type_phrase(*f.node));
+            bool per_layer = false;
+            for (const toml::node& rank : *top)
+              if (const toml::array* inner = rank.as_array(); inner && !inner->empty())
+                per_layer = per_layer || inner->front().is_array();
+            std::vector<std::vector<std::vector<int>>> map;
+            auto rank_lists = [&](const toml::node& node) {
+              const toml::array* ranks = node.as_array();
+              if (!ranks) fail(f, "expected " + expected + ", found " + type_phrase(node) + " " + render(node));
+              std::vector<std::vector<int>> lists;
+              for (const toml::node& rank : *ranks) lists.push_back(get_int_list(f, rank, 0, kMaxExperts - 1, expected));
+              return lists;
+            };
+            if (per_layer)
+              for (const toml::node& layer : *top) map.push_back(rank_lists(layer));
+            else if (!top->empty())
+              map.push_back(rank_lists(*top));
+            c.parallel.expert_map = std::move(map);
+            c.parallel.expert_map_per_layer = per_layer;
+          },
+          [](const RunConfig& c) {
+            auto ranks = [](const std::vector<std::vector<int>>& lists) {
+              std::string out;
+              for (const std::vector<int>& l : lists) out += (out.empty() ? "" : ", ") + show_list(l);
+              return "[" + out + "]";
+            };
+            const auto& map = c.parallel.expert_map;
+            if (map.empty()) return std::string("[]");
+            if (!c.parallel.expert_map_per_layer) return ranks(map.front());
+            std::string out;
+            for (const auto& layer : map) out += (out.empty() ? "" : ", ") + ranks(layer);
+            return "[" + out + "]";
+          }};
+}
+
 const std::vector<KeySpec>& key_specs() {
   static const std::vector<KeySpec> specs = [] {
     std::vector<KeySpec> s;
@@ -334,6 +412,8 @@ const std::vector<KeySpec>& key_specs() {
     s.push_back(choice_key("parallel.comm_compression",
                            std::vector<CommCompression>{CommCompression::none, CommCompression::int8},
                            MOEPROXY_FIELD(parallel.comm_compression)));
+    s.push_back(head_distribution_key());
+    s.push_back(expert_map_key());
 
     s.push_back(string_key("output.file", "HDF5 path", MOEPROXY_FIELD(output.file)));
     s.push_back(bool_key("output.dump_hidden", MOEPROXY_FIELD(output.dump_hidden)));

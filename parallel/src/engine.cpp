@@ -63,7 +63,7 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, CommBacken
                                     pp_data = make_device_comm(comm, pp, space),
                                     dim_data = make_device_comm(comm, dim, space);
   out.comm_backend = comm;
-  LayoutExchange exchange(*tp_data, *ep_data, *dim_data, shard.expert_begin, m.is_moe() ? shard.expert_count : 1,
+  LayoutExchange exchange(*tp_data, *ep_data, *dim_data, shard.placement, shard.placement_rank,
                           cfg.parallel.comm_compression);
   Transformer model(space, m, w, out.slice, shard, &exchange, weights);
   // Decode inputs on the first stage: each sequence's newest final-normed row.

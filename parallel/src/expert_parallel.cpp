@@ -1,10 +1,12 @@
-// Expert parallelism: rank i of the expert group holds experts [i*L, (i+1)*L). The routed
-// rows arrive grouped by global expert, so each destination's rows are one contiguous
-// block; an all-to-all of per-expert counts tells every rank what it will receive, an
-// all-to-all-v moves the rows, and the same exchange reversed brings the results home.
+// Expert parallelism: rank i of the expert group holds the experts of its block of the
+// layer's placement order (placement.hpp: [i*L, (i+1)*L) for the even split, any lists for
+// parallel.expert_map). The routed rows arrive grouped by placement position, so each
+// destination's rows are one contiguous block; an all-to-all of per-expert counts tells
+// every rank what it will receive, an all-to-all-v moves the rows, and the same exchange
+// reversed brings the results home.
 //
-//   xp [kept, d], counts[E]          (rows by global expert g = dest * L + e)
-//   -> alltoall counts               counts_in[src * L + e]
+//   xp [kept, d], counts[E]          (rows by placement position, rank by rank)
+//   -> alltoall counts               counts_in[src * L + e]  (L: this rank's experts of the layer)
 //   -> alltoallv rows                x_in [received, d], by source rank then local expert
 //   -> experts                        y_in [received, d]
 //   -> alltoallv back                yp [kept, d] in xp's order
@@ -22,25 +24,35 @@
 
 namespace moeproxy::parallel {
 
-ExpertRows LayoutExchange::dispatch(const ExecSpace& space, const Matrix& xp, const std::vector<int>& counts) {
+ExpertRows LayoutExchange::dispatch(const ExecSpace& space, int layer, const Matrix& xp,
+                                    const std::vector<int>& counts) {
+  const int local = placement_.count(layer, placement_rank_);
   if (ep_.size() == 1) {
-    const auto first = counts.begin() + expert_begin_, last = first + local_experts_;
+    const auto first = counts.begin() + placement_.first(layer, placement_rank_), last = first + local;
     local_rows_.first = std::accumulate(counts.begin(), first, 0);
     local_rows_.second = local_rows_.first + std::accumulate(first, last, 0);
     return ExpertRows{Kokkos::subview(xp, local_rows_, Kokkos::ALL), std::vector<int>(first, last), local_rows_.first};
   }
-  const int ranks = ep_.size(), local = local_experts_, d = static_cast<int>(xp.extent(1));
-  std::vector<int> counts_in(static_cast<std::size_t>(ranks) * local, 0);
-  ep_.host().alltoall(counts.data(), counts_in.data(), local);
+  const int ranks = ep_.size(), d = static_cast<int>(xp.extent(1));
+  // Ranks may hold different numbers of experts: counts travel padded to the largest block.
+  const int width = placement_.max_count(layer);
+  std::vector<int> counts_out(static_cast<std::size_t>(ranks) * width, 0), counts_padded(counts_out.size());
+  row_send_counts_.assign(ranks, 0);
+  for (int r = 0, position = 0; r < ranks; ++r)
+    for (int e = 0; e < placement_.count(layer, r); ++e, ++position) {
+      counts_out[r * width + e] = counts[position];
+      row_send_counts_[r] += counts[position];
+    }
+  ep_.host().alltoall(counts_out.data(), counts_padded.data(), width);
 
   const int wire = codec_.wire_width(d);
-  row_send_counts_.assign(ranks, 0);
+  std::vector<int> counts_in(static_cast<std::size_t>(ranks) * local, 0);
   row_recv_counts_.assign(ranks, 0);
   send_counts_.assign(ranks, 0);
   recv_counts_.assign(ranks, 0);
   for (int r = 0; r < ranks; ++r) {
     for (int e = 0; e < local; ++e) {
-      row_send_counts_[r] += counts[r * local + e];
+      counts_in[r * local + e] = counts_padded[r * width + e];
       row_recv_counts_[r] += counts_in[r * local + e];
     }
     send_counts_[r] = row_send_counts_[r] * wire;

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <numeric>
 #include <sstream>
+#include <utility>
+#include <vector>
 
 namespace moeproxy::parallel {
 
@@ -25,6 +27,90 @@ std::string mxn(const ParallelConfig& p) {
 int expert_sets(const RunConfig& cfg) {
   const int group = cfg.parallel.head_groups * cfg.parallel.dim_groups;
   return cfg.model.is_moe() ? std::gcd(cfg.model.experts, group) : 1;
+}
+
+std::string list_text(const std::vector<int>& v) {
+  std::string out;
+  for (const int x : v) out += (out.empty() ? "" : ", ") + std::to_string(x);
+  return "[" + out + "]";
+}
+
+// Query heads [first, second) of tensor-parallel index `index` of `slices`: the deck's
+// parallel.head_distribution, else an even split (with separation the first heads % slices
+// ranks take one more).
+std::pair<int, int> head_range(const RunConfig& cfg, int index, int slices) {
+  const std::vector<int>& given = cfg.parallel.head_distribution;
+  if (!given.empty()) {
+    const int begin = std::accumulate(given.begin(), given.begin() + index, 0);
+    return {begin, begin + given[index]};
+  }
+  const int per = cfg.model.heads / slices, extra = cfg.model.heads % slices;
+  const int begin = index * per + std::min(index, extra);
+  return {begin, begin + per + (index < extra ? 1 : 0)};
+}
+
+void check_head_distribution(const RunConfig& cfg) {
+  const ParallelConfig& p = cfg.parallel;
+  const std::vector<int>& h = p.head_distribution;
+  if (h.empty()) return;
+  const std::string key = "parallel.head_distribution = " + list_text(h);
+  if (p.head_groups * p.dim_groups > 1)
+    throw InputError(key + " with " + mxn(p) +
+                     ": head x dim slicing splits the heads evenly over its head groups; remove "
+                     "parallel.head_distribution, or use parallel.tp instead of head x dim slicing");
+  if (static_cast<int>(h.size()) != p.tp)
+    throw InputError(key + " has " + std::to_string(h.size()) + " entries but " + kv("parallel.tp", p.tp) +
+                     ": give one query-head count per tensor-parallel rank");
+  for (std::size_t i = 0; i < h.size(); ++i)
+    if (h[i] < 1)
+      throw InputError(key + ": entry " + std::to_string(i) + " is " + std::to_string(h[i]) +
+                       "; every tensor-parallel rank needs at least one head");
+  const long sum = std::accumulate(h.begin(), h.end(), 0L);
+  if (sum != cfg.model.heads)
+    throw InputError(key + " sums to " + std::to_string(sum) + " but " + kv("model.heads", cfg.model.heads) +
+                     ": the entries must add up to " + std::to_string(cfg.model.heads));
+}
+
+// parallel.expert_map over an expert group of `group` ranks (`group_text` says which).
+void check_expert_map(const RunConfig& cfg, int group, const std::string& group_text) {
+  const ParallelConfig& p = cfg.parallel;
+  const ModelConfig& m = cfg.model;
+  if (p.expert_map.empty()) return;
+  const std::string key = "parallel.expert_map";
+  if (!m.is_moe())
+    throw InputError(key + " needs an MoE model (model.ffn = \"moe\"); remove parallel.expert_map");
+  if (p.head_groups * p.dim_groups > 1)
+    throw InputError(key + " with " + mxn(p) +
+                     ": head x dim slicing places the experts over its m x n ranks itself; remove "
+                     "parallel.expert_map, or use parallel.ep or parallel.attn_ranks");
+  const int lists = static_cast<int>(p.expert_map.size());
+  if (p.expert_map_per_layer && lists != m.layers)
+    throw InputError(key + " gives rank lists for " + std::to_string(lists) + " layers but " +
+                     kv("model.layers", m.layers) +
+                     ": give one list of rank lists per layer, or a single list of rank lists for every layer");
+  for (int l = 0; l < lists; ++l) {
+    const std::string where = p.expert_map_per_layer ? key + " (layer " + std::to_string(l) + ")" : key;
+    const std::vector<std::vector<int>>& ranks = p.expert_map[l];
+    if (static_cast<int>(ranks.size()) != group)
+      throw InputError(where + " has " + std::to_string(ranks.size()) + " rank lists but the expert group has " +
+                       std::to_string(group) + " ranks (" + group_text + "); give one list of experts per rank");
+    std::vector<int> holder(m.experts, -1);
+    for (int r = 0; r < group; ++r)
+      for (const int e : ranks[r]) {
+        if (e < 0 || e >= m.experts)
+          throw InputError(where + ": expert " + std::to_string(e) + " on rank " + std::to_string(r) +
+                           " is not an expert of " + kv("model.experts", m.experts) + " (ids 0-" +
+                           std::to_string(m.experts - 1) + ")");
+        if (holder[e] >= 0)
+          throw InputError(where + ": expert " + std::to_string(e) + " is on ranks " + std::to_string(holder[e]) +
+                           " and " + std::to_string(r) + "; every expert must be on exactly one rank");
+        holder[e] = r;
+      }
+    for (int e = 0; e < m.experts; ++e)
+      if (holder[e] < 0)
+        throw InputError(where + ": expert " + std::to_string(e) + " is on no rank; every expert of " +
+                         kv("model.experts", m.experts) + " must be on exactly one rank");
+  }
 }
 
 void check_head_dim(const RunConfig& cfg) {
@@ -97,14 +183,15 @@ void check_separation(const RunConfig& cfg, int world_size) {
   if (p.tp > m.heads)
     throw InputError(kv("parallel.tp", p.tp) + " exceeds " + kv("model.heads", m.heads) +
                      ": every attention rank needs at least one head; choose parallel.tp <= " + std::to_string(m.heads));
+  check_expert_map(cfg, ffn, "the " + std::to_string(ffn) + " ranks after " + sep);
   const int split = m.is_moe() ? m.experts : m.ffn_hidden;
-  if (split % ffn != 0)
+  if (p.expert_map.empty() && split % ffn != 0)
     throw InputError(sep + " on " + std::to_string(world_size) + " ranks leaves " + std::to_string(ffn) +
                      " FFN ranks, which do not divide " +
                      (m.is_moe() ? kv("model.experts", m.experts) : kv("model.ffn_hidden", m.ffn_hidden)) +
                      ": each holds an equal share of the " + (m.is_moe() ? "experts" : "FFN columns") +
                      "; choose attn_ranks (or the rank count) so that ranks - attn_ranks divides " +
-                     std::to_string(split));
+                     std::to_string(split) + (m.is_moe() ? ", or place the experts with parallel.expert_map" : ""));
 }
 
 }  // namespace
@@ -113,6 +200,7 @@ RankLayout RankLayout::build(const RunConfig& cfg, int world_size) {
   const ParallelConfig& p = cfg.parallel;
   const ModelConfig& m = cfg.model;
   const bool separated = p.attn_ranks > 0;
+  check_head_distribution(cfg);
   if (separated) check_separation(cfg, world_size);
   check_head_dim(cfg);
   const bool sliced = p.head_groups * p.dim_groups > 1;
@@ -136,12 +224,20 @@ RankLayout RankLayout::build(const RunConfig& cfg, int world_size) {
                      std::to_string(cfg.workload.batch) + " / parallel.dp=" + std::to_string(p.dp) +
                      "); choose a divisor of " + std::to_string(per_replica));
   if (separated) return RankLayout(cfg, world_size);
-  must_divide(p.tp, "parallel.tp", m.heads, "model.heads");
+  if (p.head_distribution.empty() && m.heads % p.tp != 0)
+    throw InputError(kv("parallel.tp", p.tp) + " does not divide " + kv("model.heads", m.heads) +
+                     "; choose a parallel.tp that divides " + std::to_string(m.heads) +
+                     ", or give each rank's heads with parallel.head_distribution");
   must_divide(p.tp, "parallel.tp", m.ffn_hidden, "model.ffn_hidden");
+  check_expert_map(cfg, p.ep, p.ep > 1 ? kv("parallel.ep", p.ep)
+                                       : "parallel.ep=1: every rank holds every expert, a single list");
   if (p.ep > 1) {
     if (!m.is_moe())
       throw InputError(kv("parallel.ep", p.ep) + " needs an MoE model (model.ffn = \"moe\"); set parallel.ep = 1");
-    must_divide(p.ep, "parallel.ep", m.experts, "model.experts");
+    if (p.expert_map.empty() && m.experts % p.ep != 0)
+      throw InputError(kv("parallel.ep", p.ep) + " does not divide " + kv("model.experts", m.experts) +
+                       "; choose a parallel.ep that divides " + std::to_string(m.experts) +
+                       ", or place the experts with parallel.expert_map");
     if (p.dp % p.ep != 0)
       throw InputError(kv("parallel.ep", p.ep) + " must divide " + kv("parallel.dp", p.dp) +
                        ": expert parallelism spreads the experts over data-parallel replicas, whose "
@@ -183,35 +279,54 @@ SequenceSlice RankLayout::sequences_of(int rank) const {
   return SequenceSlice{coordinates(rank).dp * per, per, cfg_.workload.batch};
 }
 
+ExpertPlacement RankLayout::placement() const {
+  const ModelConfig& m = cfg_.model;
+  const ParallelConfig& p = cfg_.parallel;
+  if (!m.is_moe()) return ExpertPlacement();
+  if (!p.expert_map.empty())
+    return ExpertPlacement(p.expert_map_per_layer ? p.expert_map
+                                                  : std::vector<std::vector<std::vector<int>>>(m.layers, p.expert_map[0]));
+  return ExpertPlacement::even(m.layers, m.experts, separated() ? ffn_ranks() : p.ep * expert_sets(cfg_));
+}
+
+int RankLayout::placement_rank(int rank) const {
+  if (separated()) return ffn_rank(rank) ? rank - cfg_.parallel.attn_ranks : -1;
+  const Coordinates c = coordinates(rank);
+  const int sets = expert_sets(cfg_), columns = tensor_group() / sets;
+  return c.ep * sets + c.tp / columns;
+}
+
 ShardSpec RankLayout::shard_of(int rank) const {
   const Coordinates c = coordinates(rank);
   const ModelConfig& m = cfg_.model;
   const ParallelConfig& p = cfg_.parallel;
   ShardSpec s;
+  if (m.is_moe()) {
+    // Attention ranks of a separated layout route by the placement but hold no expert.
+    s.placement = placement();
+    s.placement_rank = placement_rank(rank);
+  }
   if (separated()) {
     s.layer_begin = 0;
     s.layer_count = m.layers;
     if (ffn_rank(rank)) {
-      const int j = rank - p.attn_ranks, f = ffn_ranks();
       s.head_count = 0;
-      if (m.is_moe()) {
-        s.expert_count = m.experts / f;
-        s.expert_begin = j * s.expert_count;
-      } else {
+      if (!m.is_moe()) {
+        const int j = rank - p.attn_ranks, f = ffn_ranks();
         s.ffn_count = m.ffn_hidden / f;
         s.ffn_begin = j * s.ffn_count;
       }
       return s;
     }
-    const int per = m.heads / p.tp, extra = m.heads % p.tp;
-    s.head_count = per + (c.tp < extra ? 1 : 0);
-    s.head_begin = c.tp * per + std::min(c.tp, extra);
+    const std::pair<int, int> heads = head_range(cfg_, c.tp, p.tp);
+    s.head_begin = heads.first;
+    s.head_count = heads.second - heads.first;
     s.ffn_count = 0;
-    s.expert_count = 0;
     return s;
   }
-  s.head_count = m.heads / (p.tp * p.head_groups);
-  s.head_begin = c.head * s.head_count;
+  const std::pair<int, int> heads = head_range(cfg_, c.head, p.tp * p.head_groups);
+  s.head_begin = heads.first;
+  s.head_count = heads.second - heads.first;
   if (p.dim_groups > 1) {
     s.dim_count = m.effective_head_dim() / 2 / p.dim_groups;
     s.dim_begin = c.dim * s.dim_count;
@@ -220,10 +335,6 @@ ShardSpec RankLayout::shard_of(int rank) const {
   const int sets = expert_sets(cfg_), columns = tensor_group() / sets;
   s.ffn_count = m.ffn_hidden / columns;
   s.ffn_begin = (c.tp % columns) * s.ffn_count;
-  if (m.is_moe()) {
-    s.expert_count = m.experts / (p.ep * sets);
-    s.expert_begin = (c.ep * sets + c.tp / columns) * s.expert_count;
-  }
   const int per = m.layers / cfg_.parallel.pp, extra = m.layers % cfg_.parallel.pp;
   s.layer_begin = c.pp * per + std::min(c.pp, extra);
   s.layer_count = per + (c.pp < extra ? 1 : 0);
@@ -245,6 +356,8 @@ std::string RankLayout::describe() const {
   if (p.head_groups * p.dim_groups > 1)
     s += " mxn=" + std::to_string(p.head_groups) + "x" + std::to_string(p.dim_groups);
   if (separated()) s += " attn_ranks=" + std::to_string(p.attn_ranks) + " ep=" + std::to_string(ffn_ranks());
+  if (!p.head_distribution.empty()) s += " head_distribution=" + list_text(p.head_distribution);
+  if (!p.expert_map.empty()) s += p.expert_map_per_layer ? " expert_map(per layer)" : " expert_map";
   if (p.micro_batches > 1) s += " micro_batches=" + std::to_string(p.micro_batches);
   return s;
 }
@@ -257,13 +370,33 @@ MemoryEstimate RankLayout::memory_of(int rank) const {
   // staging, plus the FFN's hidden activations (two with SwiGLU).
   const std::uint64_t tokens = static_cast<std::uint64_t>(cfg_.workload.batch) / cfg_.parallel.micro_batches *
                                cfg_.workload.prompt;
-  const std::uint64_t rows = m.is_moe() ? tokens * m.top_k / ffn_ranks() : tokens;
   const ShardSpec s = shard_of(rank);
+  // Balanced routing brings each expert tokens * top_k / experts rows: the most in the layer
+  // where this rank holds the most experts.
+  std::uint64_t held = 0;
+  for (int l = 0; m.is_moe() && l < m.layers; ++l) held = std::max<std::uint64_t>(held, s.experts_in(m, l).size());
+  const std::uint64_t rows = m.is_moe() ? tokens * m.top_k * held / m.experts : tokens;
   const std::uint64_t columns = s.ffn_count < 0 ? m.ffn_hidden : s.ffn_count;
   const std::uint64_t hidden_mats = m.activation == Activation::swiglu ? 2 : 1;
   e.activations += sizeof(float) * rows * (4 * static_cast<std::uint64_t>(m.hidden) + hidden_mats * columns);
   return e;
 }
+
+namespace {
+
+// "experts 1,3" when the shard holds the same experts in each of its layers, else
+// "experts by layer 0:1,3 1:none ...".
+std::string experts_text(const ModelConfig& m, const ShardSpec& s) {
+  const int first = s.layer_begin, last = s.layer_count < 0 ? m.layers : s.layer_begin + s.layer_count;
+  bool same = true;
+  for (int l = first + 1; l < last; ++l) same = same && s.experts_in(m, l) == s.experts_in(m, first);
+  if (same) return "experts " + ExpertPlacement::describe(s.experts_in(m, first));
+  std::string out = "experts by layer";
+  for (int l = first; l < last; ++l) out += " " + std::to_string(l) + ":" + ExpertPlacement::describe(s.experts_in(m, l));
+  return out;
+}
+
+}  // namespace
 
 std::string RankLayout::rank_map() const {
   std::ostringstream out;
@@ -274,7 +407,7 @@ std::string RankLayout::rank_map() const {
     if (ffn_rank(r)) {
       out << "  rank " << r << ": FFN, layers 0-" << cfg_.model.layers - 1;
       if (cfg_.model.is_moe())
-        out << ", experts " << s.expert_begin << "-" << s.expert_begin + s.expert_count - 1;
+        out << ", " << experts_text(cfg_.model, s);
       else
         out << ", ffn columns " << s.ffn_begin << "-" << s.ffn_begin + s.ffn_count - 1;
       out << ", rows from attention ranks 0-" << cfg_.parallel.attn_ranks - 1 << "\n";
@@ -287,8 +420,7 @@ std::string RankLayout::rank_map() const {
           << hd / 2 + s.dim_begin + s.dim_count - 1 << " of " << hd << ")";
     else
       out << " (x" << hd << ")";
-    if (cfg_.model.is_moe() && !separated())
-      out << ", experts " << s.expert_begin << "-" << s.expert_begin + s.expert_count - 1;
+    if (cfg_.model.is_moe() && !separated()) out << ", " << experts_text(cfg_.model, s);
     if (!separated() && s.ffn_count < cfg_.model.ffn_hidden) out << ", ffn columns " << s.ffn_begin << "-" << s.ffn_begin + s.ffn_count - 1;
     out << ", sequences " << q.begin << "-" << q.begin + q.count - 1 << "\n";
   }

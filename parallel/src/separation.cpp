@@ -1,9 +1,9 @@
 // Attention/MoE separation, one layer of one micro-batch:
 //
-//   attention rank (its share of the tokens)          FFN rank j (experts [j*L, (j+1)*L))
+//   attention rank (its share of the tokens)          FFN rank j (its L_j experts of the layer)
 //   attention_half: attention, router, permute
-//   rows [kept, d] by global expert, counts[E]
-//   isend counts[j*L, (j+1)*L) and that block ---->  recv every attention rank's counts, then rows
+//   rows [kept, d] by placement position, counts[E]
+//   isend j's L_j counts and that block ---------->  recv every attention rank's counts, then rows
 //   irecv the block's outputs                         [rows by source, then local expert]
 //   ... the next micro-batch's attention ...          ffn_rows: the experts on them
 //   wait <------------------------------------------  isend each attention rank its block
@@ -45,8 +45,7 @@ void reserve(View& v, int rows, int cols, const std::string& label) {
 Separation::Separation(const ExecSpace& space, Transformer& model, Communicator& sep, LayerExchange& tp,
                        const RankLayout& layout, const RunConfig& cfg)
     : space_(space), model_(model), sep_(sep), tp_(tp), cfg_(cfg), attn_ranks_(cfg.parallel.attn_ranks),
-      ffn_ranks_(layout.ffn_ranks()),
-      local_experts_(cfg.model.is_moe() ? cfg.model.experts / layout.ffn_ranks() : 1),
+      ffn_ranks_(layout.ffn_ranks()), placement_(layout.placement()),
       tp_index_(layout.coordinates(sep.rank()).tp), tp_size_(cfg.parallel.tp),
       codec_(cfg.parallel.comm_compression) {
   const int sequences = layout.sequences_of(sep_.rank()).count;
@@ -111,12 +110,15 @@ void Separation::send(int l, InFlight& f, PhaseTable& timing) {
   Kokkos::deep_copy(front(f.sent, rows), encoded);
   f.counts.resize(ffn_ranks_);
   int offset = 0;
-  for (int j = 0; j < ffn_ranks_; ++j) {
+  for (int j = 0, position = 0; j < ffn_ranks_; ++j) {
     const int dest = attn_ranks_ + j;
-    if (moe)
-      f.counts[j].assign(f.in.counts.begin() + j * local_experts_, f.in.counts.begin() + (j + 1) * local_experts_);
-    else
+    if (moe) {
+      const int held = placement_.count(l, j);
+      f.counts[j].assign(f.in.counts.begin() + position, f.in.counts.begin() + position + held);
+      position += held;
+    } else {
       f.counts[j].assign(1, rows);
+    }
     const int block = std::accumulate(f.counts[j].begin(), f.counts[j].end(), 0);
     // Experts' rows go to their rank and come back to where they were; every FFN rank gets
     // all dense rows and returns a partial sum of its own.
@@ -160,11 +162,14 @@ void Separation::finish(int l, const Matrix& x, InFlight& f, PhaseTable& timing)
 
 // The FFN side serves whatever rows arrive: prefill and decode differ only in their counts.
 void Separation::run_ffn(PhaseTable& timing) {
-  const int d = cfg_.model.hidden, wire = codec_.wire_width(d), per_source = local_experts_, sources = attn_ranks_;
-  std::vector<int> counts(static_cast<std::size_t>(sources) * per_source), rows(sources), offsets(sources);
+  const int d = cfg_.model.hidden, wire = codec_.wire_width(d), sources = attn_ranks_, j = sep_.rank() - attn_ranks_;
+  std::vector<int> counts, rows(sources), offsets(sources);
   std::vector<MPI_Request> requests;
   for (int l = 0; l < cfg_.model.layers; ++l)
     for (std::size_t i = 0; i < micro_batches_.size(); ++i) {
+      // This rank's experts of the layer (none is possible: it still answers every message).
+      const int per_source = placement_.empty() ? 1 : placement_.count(l, j);
+      counts.assign(static_cast<std::size_t>(sources) * per_source, 0);
       // Idle until every attention rank has sent this micro-batch.
       Kokkos::Timer timer;
       for (int c = 0; c < sources; ++c)

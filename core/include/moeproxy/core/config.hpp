@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace moeproxy {
 
@@ -65,6 +66,12 @@ struct ParallelConfig {
   int micro_batches = 1;
   CommBackend comm = CommBackend::automatic;
   CommCompression comm_compression = CommCompression::none;
+  // Query heads per tensor-parallel rank (length tp, sum model.heads); empty = even split.
+  std::vector<int> head_distribution;
+  // Global experts per rank of the expert group: expert_map[layer][rank] when
+  // expert_map_per_layer, else expert_map[0][rank] for every layer; empty = even split.
+  std::vector<std::vector<std::vector<int>>> expert_map;
+  bool expert_map_per_layer = false;
 };
 
 struct OutputConfig {

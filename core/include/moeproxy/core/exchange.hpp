@@ -30,11 +30,12 @@ class LayerExchange {
   // the other slices of the same heads' dimensions (intra-head slicing), before the softmax.
   virtual void reduce_scores(const ExecSpace& space, const Scores& scores);
 
-  // The experts' rows. `xp` holds the routed rows grouped by global expert, `counts[e]`
-  // rows of expert e. Returns the rows of the experts this rank holds: with expert
+  // The experts' rows of layer `layer`. `xp` holds the routed rows grouped by expert in the
+  // layer's placement order (placement.hpp; the ids' order without one), `counts[p]` rows
+  // of position p. Returns the rows of the experts this rank holds: with expert
   // parallelism those every rank of the expert group routed to them; otherwise the block
   // of xp's own rows that belongs to them.
-  virtual ExpertRows dispatch(const ExecSpace& space, const Matrix& xp, const std::vector<int>& counts);
+  virtual ExpertRows dispatch(const ExecSpace& space, int layer, const Matrix& xp, const std::vector<int>& counts);
   // Completes yp [kept, d] in xp's order from the expert outputs `y_in` (laid out as
   // dispatch returned them): brings rows back from the ranks they went to, or fills in the
   // rows no local expert computed (zero: another rank's partial sum holds them).

@@ -82,6 +82,10 @@ void route_synthetic(const ExecSpace& space, std::uint64_t seed, int layer, std:
                      int experts, double zipf_exponent, const IndexMatrix& idx,
                      const Matrix& weight);
 
+// idx(t, j) = position(idx(t, j)): expert ids to their positions in an expert placement's
+// order (placement.hpp), so that each rank's experts permute into one block of rows.
+void relabel_experts(const ExecSpace& space, const IndexMatrix& idx, const ConstIndexVector& position);
+
 // Deterministic permutation of the T*k (token, slot) pairs by expert: slot s = t*k + j goes
 // to position offsets[e] + (number of earlier slots with the same expert e), so the order
 // never depends on thread timing. Slots past `capacity` tokens of their expert are dropped

@@ -129,7 +129,7 @@ class Transformer {
   ModelConfig cfg_;
   WorkloadConfig workload_;
   SequenceSlice slice_;
-  int head_begin_ = 0, heads_ = 0, kv_heads_ = 0, ffn_ = 0, experts_ = 0;  // held here
+  int head_begin_ = 0, heads_ = 0, kv_heads_ = 0, ffn_ = 0;  // held here
   int pair_begin_ = 0, pairs_ = -1;  // RoPE pairs of each head held (ShardSpec); -1 = all
   int head_dims_ = 0;                // dimensions of each head held
   int layer_begin_ = 0, layer_end_ = 0;
@@ -140,6 +140,10 @@ class Transformer {
   std::vector<Cache> k_cache_, v_cache_;
   std::vector<HalfCache> k_half_, v_half_;
   Workspace ws_;
+  // With an expert placement not in id order (placement.hpp): [layer, expert] -> position in
+  // the layer's placement order, and per layer the experts in that order; empty otherwise.
+  IndexMatrix expert_position_;
+  std::vector<std::vector<int>> expert_order_;
   std::vector<std::uint64_t> expert_tokens_;
   std::uint64_t dropped_ = 0;
 };

@@ -17,6 +17,7 @@ using ConstMatrix = Kokkos::View<const float**, Kokkos::LayoutRight, MemSpace>;
 using Vector = Kokkos::View<float*, MemSpace>;
 using ConstVector = Kokkos::View<const float*, MemSpace>;
 using IndexVector = Kokkos::View<int*, MemSpace>;
+using ConstIndexVector = Kokkos::View<const int*, MemSpace>;
 using IndexMatrix = Kokkos::View<int**, Kokkos::LayoutRight, MemSpace>;
 // Weights and KV cache in binary16 storage (model.precision = "fp16").
 using HalfMatrix = Kokkos::View<Half**, Kokkos::LayoutRight, MemSpace>;

@@ -10,6 +10,7 @@
 #include "moeproxy/core/config.hpp"
 #include "moeproxy/core/gemm.hpp"
 #include "moeproxy/core/hash.hpp"
+#include "moeproxy/core/placement.hpp"
 #include "moeproxy/core/types.hpp"
 #include "moeproxy/core/weight_source.hpp"
 
@@ -80,6 +81,14 @@ struct ShardSpec {
   int expert_begin = 0, expert_count = -1;   // MoE experts; -1 = all
   int ffn_begin = 0, ffn_count = -1;         // columns of each FFN's hidden dimension; -1 = all
   int layer_begin = 0, layer_count = -1;     // pipeline stage's layers; -1 = all
+  // An expert placement (placement.hpp) this shard is rank `placement_rank` of (-1: it holds
+  // none, but routes by it): its experts of each layer. Empty: [expert_begin, expert_begin +
+  // expert_count) of every layer.
+  ExpertPlacement placement;
+  int placement_rank = 0;
+
+  // The global MoE experts held of layer `layer`, in the order they are stored.
+  std::vector<int> experts_in(const ModelConfig& cfg, int layer) const;
 
   // Dimensions of each head held: the whole head, or 2 * dim_count (whole RoPE pairs).
   int head_dims(const ModelConfig& cfg) const {
@@ -110,7 +119,7 @@ struct LayerWeights {
   Matrix router;  // [hidden, experts], MoE only
   // Dense FFN: one "expert". MoE: the shard's experts, [local expert, in, out].
   StoredStack w1, w3, w2;
-  int expert_begin = 0;
+  std::vector<int> experts;  // global ids of the stacks' experts (dense: {0})
 
   std::uint64_t bytes() const;
 };

@@ -9,6 +9,7 @@
 
 #include "moeproxy/core/exchange.hpp"
 #include "moeproxy/parallel/compression.hpp"
+#include "moeproxy/core/placement.hpp"
 #include "moeproxy/parallel/device_comm.hpp"
 
 namespace moeproxy::parallel {
@@ -16,18 +17,19 @@ namespace moeproxy::parallel {
 class LayoutExchange : public LayerExchange {
  public:
   // `tp`: ranks sharing these tokens, holding other heads / FFN columns / experts (tp or m x n).
-  // `ep`: ranks the experts are spread over with all-to-all, `local_experts` each.
+  // `ep`: ranks the experts are spread over with all-to-all.
   // `dim`: ranks holding the other dimension slices of the same heads (n of m x n).
-  // This rank holds experts [expert_begin, expert_begin + local_experts).
+  // `placement`: the experts of each rank of the expert group (ep, or with ep = 1 the sets of
+  // an m x n group); this rank is its rank `placement_rank`.
   // `compression`: how the experts' rows travel over `ep` (compression.hpp).
-  LayoutExchange(DeviceComm& tp, DeviceComm& ep, DeviceComm& dim, int expert_begin, int local_experts,
+  LayoutExchange(DeviceComm& tp, DeviceComm& ep, DeviceComm& dim, ExpertPlacement placement, int placement_rank,
                  CommCompression compression)
-      : tp_(tp), ep_(ep), dim_(dim), expert_begin_(expert_begin), local_experts_(local_experts),
+      : tp_(tp), ep_(ep), dim_(dim), placement_(std::move(placement)), placement_rank_(placement_rank),
         codec_(compression) {}
 
   void reduce_partial(const ExecSpace& space, const Matrix& partial) override;
   void reduce_scores(const ExecSpace& space, const Scores& scores) override;
-  ExpertRows dispatch(const ExecSpace& space, const Matrix& xp, const std::vector<int>& counts) override;
+  ExpertRows dispatch(const ExecSpace& space, int layer, const Matrix& xp, const std::vector<int>& counts) override;
   void undispatch(const ExecSpace& space, const Matrix& y_in, const Matrix& yp) override;
   int expert_group_size() const override { return ep_.size(); }
 
@@ -35,7 +37,8 @@ class LayoutExchange : public LayerExchange {
   DeviceComm& tp_;
   DeviceComm& ep_;
   DeviceComm& dim_;
-  int expert_begin_, local_experts_;
+  ExpertPlacement placement_;
+  int placement_rank_;
   RowCodec codec_;
   // The last dispatch's layout, in wire floats and in row floats (for the records), reused in
   // reverse by undispatch.

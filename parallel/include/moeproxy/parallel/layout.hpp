@@ -41,6 +41,14 @@
 // routes its share of its replica's tokens (tensor-parallel peers split them) and trades
 // rows with every FFN rank every layer (separation.cpp). E.g. 8 ranks, attn_ranks=4, dp=2, tp=2, 8 experts:
 // ranks 0-1 sequences 0..B/2-1, ranks 2-3 the rest, rank 4 experts 0-1 ... rank 7 experts 6-7.
+//
+// Explicit placements replace the even splits: parallel.head_distribution gives the query
+// heads of each tensor-parallel rank (consecutive ranges, any counts >= 1), and
+// parallel.expert_map the experts of each rank of the expert group (the ep ranks of an
+// expert group, or the FFN ranks under separation), the same in every layer or per layer
+// (placement.hpp: a rank may hold no expert of a layer). E.g. 64 ranks, dp=64, ep=64 and a
+// per-layer map putting layer l's 16 experts on ranks [16l, 16l+16): one expert of one
+// layer per rank, attention data-parallel on all (seed 001).
 
 #include <string>
 
@@ -75,6 +83,10 @@ class RankLayout {
   SequenceSlice sequences_of(int rank) const;
   // The part of every layer's weights rank `rank` holds.
   ShardSpec shard_of(int rank) const;
+  // MoE: the experts of each rank of an expert group, in every layer (empty for dense models):
+  // parallel.expert_map, or the even split over the ep ranks, the FFN ranks of a separated
+  // layout, or the sets of an m x n group.
+  ExpertPlacement placement() const;
   // The rank whose outputs stand for global sequence `seq` (tensor-parallel index 0).
   int owner_of_sequence(int seq) const;
   // Whether `rank` owns its sequences' outputs: the last stage's tensor-parallel rank 0
@@ -99,6 +111,8 @@ class RankLayout {
   int tensor_group() const {
     return cfg_.parallel.tp * cfg_.parallel.head_groups * cfg_.parallel.dim_groups;
   }
+  // Rank `rank`'s index in placement(); -1 for an attention rank of a separated layout.
+  int placement_rank(int rank) const;
   RunConfig cfg_;
   int world_;
 };

@@ -55,7 +55,8 @@ class Separation {
   Communicator& sep_;
   LayerExchange& tp_;
   RunConfig cfg_;
-  int attn_ranks_, ffn_ranks_, local_experts_;
+  int attn_ranks_, ffn_ranks_;
+  ExpertPlacement placement_;    // MoE: each FFN rank's experts per layer (empty: dense)
   int tp_index_, tp_size_;       // attention side: place in the tensor-parallel group
   std::vector<MicroBatch> micro_batches_;
   std::vector<InFlight> flights_;

@@ -145,8 +145,8 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, CommBacken
   mem[static_cast<int>(MemoryKind::high_water)] = host_high_water_bytes();
 
   // Tensor-parallel peers route the same tokens, except under separation where each routes
-  // its own share: count each token once.
-  const bool routes_own_tokens = out.owns_outputs || layout.separated();
+  // its own share: count each token once. Every pipeline stage routes its own layers.
+  const bool routes_own_tokens = layout.separated() || layout.coordinates(world.rank()).tp == 0;
   // Run-wide figures: walls are the slowest rank's; FLOPs and tokens add up.
   double walls[2] = {out.metrics.prefill_seconds, out.metrics.decode_seconds};
   world.allreduce_max(walls, 2);

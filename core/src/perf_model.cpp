@@ -86,6 +86,18 @@ void must_divide(int degree, const char* degree_key, int value, const char* valu
 
 // The part of every layer a rank holds. Attention-less ranks (experts of a separated layout)
 // have heads = 0; FFN-less ranks (attention of a separated layout) have experts = 0.
+// The most experts one rank of an expert group of `ranks` holds in any layer: the deck's
+// parallel.expert_map, else the even split. The busiest rank sets the pace of each layer's
+// all-to-all; its share of the group's routed rows is busiest / experts.
+int busiest_experts(const RunConfig& cfg, int ranks) {
+  const auto& map = cfg.parallel.expert_map;
+  if (map.empty()) return cfg.model.experts / ranks;
+  std::size_t most = 0;
+  for (const auto& layer : map)
+    for (const auto& held : layer) most = std::max(most, held.size());
+  return static_cast<int>(most);
+}
+
 struct Shard {
   int heads = 0, kv_heads = 0, head_dims = 0;
   int ffn = 0;         // columns of each FFN held
@@ -371,7 +383,7 @@ Prediction predict_grid(const RunConfig& cfg, const MachineSpec& machine, int ra
   must_divide(p.micro_batches, "parallel.micro_batches", per_replica, "sequences per data-parallel replica");
   if (p.ep > 1) {
     if (!m.is_moe()) throw InputError(kv("parallel.ep", p.ep) + " needs an MoE model");
-    must_divide(p.ep, "parallel.ep", m.experts, "model.experts");
+    if (p.expert_map.empty()) must_divide(p.ep, "parallel.ep", m.experts, "model.experts");
     must_divide(p.ep, "parallel.ep", p.dp, "parallel.dp");
   }
   const int gpn = machine.devices_per_node;
@@ -382,8 +394,8 @@ Prediction predict_grid(const RunConfig& cfg, const MachineSpec& machine, int ra
   s.head_dims = m.effective_head_dim() / p.dim_groups;
   s.kv_heads = kv_heads_held(m, s.heads);
   s.ffn = m.ffn_hidden / columns;
-  s.experts = m.is_moe() ? m.experts / (p.ep * sets) : 1;
-  s.rows = 1.0 / sets;
+  s.experts = m.is_moe() ? (p.expert_map.empty() ? m.experts / (p.ep * sets) : busiest_experts(cfg, p.ep)) : 1;
+  s.rows = p.expert_map.empty() ? 1.0 / sets : static_cast<double>(p.ep) * s.experts / m.experts;
   Groups g;
   g.tensor = group_shape(group, 1, gpn);
   g.dim = group_shape(p.dim_groups, 1, gpn);
@@ -506,7 +518,7 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
     throw InputError(kv("parallel.attn_ranks", A) + " leaves no rank for the experts of a " + std::to_string(ranks) +
                      "-rank job; pass --ranks " + std::to_string(A + std::max(1, p.ep)) + " or lower parallel.attn_ranks");
   if (p.pp > 1) throw InputError(kv("parallel.pp", p.pp) + " with parallel.attn_ranks is not modelled; set parallel.pp = 1");
-  if (m.experts % E != 0)
+  if (p.expert_map.empty() && m.experts % E != 0)
     throw InputError(std::to_string(E) + " expert ranks (" + std::to_string(ranks) + " - " + kv("parallel.attn_ranks", A) +
                      ") do not divide " + kv("model.experts", m.experts));
   const int gpn = machine.devices_per_node;
@@ -537,7 +549,7 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
   ga.tensor = group_shape(attn_group, 1, gpn);
   if (data_parallel) ga.dim = group_shape(p.dim_groups, 1, gpn);
   Shard moe;
-  moe.experts = m.experts / E;
+  moe.experts = busiest_experts(cfg, E);
   moe.ffn = m.ffn_hidden;
   moe.router = false;
   Groups none;
@@ -565,11 +577,11 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
     if (last) a.add(Phase::norm, model.final_norm(t));
     // Replicas send their own rows; ranks sharing heads hold every row and send 1/group each.
     const double sent = es * t * k * d / (data_parallel ? 1.0 : A);
-    const double received = es * all * k * d / E;  // per expert rank
+    const double received = es * all * k * d * moe.experts / m.experts;  // per (busiest) expert rank
     const double hop = link.latency + E * machine.peer_overhead + std::max(sent, received) / (link.bandwidth * link.efficiency);
     Cost e;
     const double mats = m.activation == Activation::swiglu ? 3.0 : 2.0;
-    e.add(Phase::expert, model.expert_block(all * k / E, m.ffn_hidden, moe.experts, mats));
+    e.add(Phase::expert, model.expert_block(all * k * moe.experts / m.experts, m.ffn_hidden, moe.experts, mats));
     const double work_a = a.total(), work_e = e.total();
     const double loop = work_a + 2.0 * hop + work_e;
     L.wall = std::max(loop, mb * std::max({work_a, work_e, hop}));

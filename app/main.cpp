@@ -269,7 +269,7 @@ std::string memory_advice(const RunConfig& cfg, const parallel::RankLayout& layo
   // Fewer sequences help unless the weights alone are too big.
   if (weights < available || per_sequence >= available) {
     s << "\n  the KV cache, activations and result buffers (" << format_bytes(per_sequence) << ") grow with the "
-      << layout.sequences_of(rank).count << " sequences on this rank (workload.batch = " << w.batch
+      << layout.cache_of(rank).count << " sequences on this rank (workload.batch = " << w.batch
       << " over parallel.dp = " << cfg.parallel.dp << ") of workload.prompt = " << w.prompt
       << " + workload.decode_steps = " << w.decode_steps
       << " tokens: run fewer sequences per rank (more ranks and a larger parallel.dp, or a smaller "
@@ -283,7 +283,7 @@ std::string memory_advice(const RunConfig& cfg, const parallel::RankLayout& layo
 // everything on a CPU build, the result buffers on a GPU build.
 std::string host_preflight(const RunConfig& cfg, const parallel::RankLayout& layout,
                            [[maybe_unused]] const MemoryEstimate& e, std::ostream* progress) {
-  const int rank = world_rank(), sequences = layout.sequences_of(rank).count;
+  const int rank = world_rank(), sequences = layout.cache_of(rank).count;
   const std::uint64_t results = host_result_bytes(cfg, sequences);
 #ifdef KOKKOS_ENABLE_CUDA
   const std::uint64_t weights = 0, per_sequence = results;

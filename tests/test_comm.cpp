@@ -490,3 +490,44 @@ TEST_CASE("layout: separation refuses what it cannot run, naming the keys", "[la
   cfg.parallel.micro_batches = 3;
   CHECK_THROWS_WITH(RankLayout::build(cfg, 4), Catch::Contains("parallel.micro_batches=3"));
 }
+
+TEST_CASE("layout: attention replicas keep KV cache for their group; a drill hands a replica to its buddy", "[layout]") {
+  RunConfig cfg;  // 4 heads, 4 experts, batch 4
+  cfg.parallel.attn_ranks = 4;
+  cfg.parallel.dp = 2;
+  cfg.parallel.tp = 2;
+  const MemoryEstimate single = RankLayout::build(cfg, 6).memory_of(0);
+  cfg.parallel.attn_replicas = 2;
+  const RankLayout layout = RankLayout::build(cfg, 6);
+  CHECK(layout.describe() == "dp=2 tp=2 attn_ranks=4 ep=2 attn_replicas=2");
+  for (int r = 0; r < 4; ++r) {
+    CHECK(layout.cache_of(r).begin == 0);
+    CHECK(layout.cache_of(r).count == 4);
+    CHECK(layout.sequences_of(r).count == 2);
+    CHECK_FALSE(layout.out_of_service(r));
+  }
+  CHECK(layout.memory_of(0).kv_cache == 2 * single.kv_cache);
+  CHECK(layout.owner_of_sequence(3) == 2);
+  CHECK_THAT(layout.rank_map(), Catch::Contains("sequences 2-3 (kv cache for its replica group's 0-3)"));
+
+  cfg.faults.fail_rank = 3;
+  cfg.faults.fail_step = 0;
+  const RankLayout drill = RankLayout::build(cfg, 6);
+  CHECK(drill.failed_replica() == 1);
+  CHECK(drill.takeover_replica() == 0);
+  CHECK(drill.takeover_rank() == 1);
+  for (int r = 0; r < 6; ++r) CHECK(drill.out_of_service(r) == (r == 2 || r == 3));
+  CHECK(drill.owner_of_sequence(2) == 0);
+  CHECK(drill.owner_of_sequence(3) == 0);
+  CHECK_FALSE(drill.owns_outputs(2));
+  CHECK(drill.owns_outputs(0));
+
+  cfg.faults.fail_rank = 4;
+  CHECK_THROWS_WITH(RankLayout::build(cfg, 6), Catch::Contains("faults.fail_rank=4") && Catch::Contains("FFN rank"));
+  cfg.faults = FaultConfig{};
+  cfg.parallel.dp = 1;
+  cfg.parallel.tp = 4;
+  CHECK_THROWS_WITH(RankLayout::build(cfg, 6), Catch::Contains("parallel.attn_replicas=2") &&
+                                                   Catch::Contains("parallel.dp=1") &&
+                                                   Catch::Contains("parallel.dp=2 and parallel.tp=2"));
+}

@@ -126,6 +126,23 @@ def write_csv(path, rows, with_baseline):
             w.writerow([_csv_value(r.get(c)) for c in cols])
 
 
+def _failover_lines(run):
+    """The failover drill of a run (/failover), stated as the drill it was."""
+    f = run.failover
+    if f is None:
+        return []
+    before = _float(f.get("decode_tokens_per_s_before"))
+    return [f"- failover drill: rank {f.get('fail_rank')} failed before decode step {f.get('fail_step')}; "
+            f"rank {f.get('takeover_rank')} (its replica) took over {f.get('sequences')} sequences; "
+            f"recovery {fmt_time(_float(f.get('recovery_s')))} (failure to serving again: the taken-over "
+            f"sequences' KV cache rebuilt); decode "
+            + (f"{fmt_rate(before)} before, " if before > 0 else "no step before the failure, ")
+            + f"{fmt_rate(_float(f.get('decode_tokens_per_s_after')))} after the recovery",
+            "- this was a drill inside a healthy MPI job: the failed rank's process was not killed "
+            "(docs/reliability.md covers real crashes, which end the job)",
+            ""]
+
+
 def _md_escape(text):
     return str(text).replace("|", "\\|")
 
@@ -216,6 +233,7 @@ def write_markdown(path, runs, rows, baseline, figures, comparison_png):
                 + (f" (tolerance includes {fmt_number(_float(s.get('compression_tolerance')))} for it)"
                    if _float(s.get("compression_tolerance")) > 0 else ""),
                 ""]
+        out += _failover_lines(run)
         out += _phase_table(run) + [""]
         for kind, name in figures[run.label]:
             out += [f"![{kind} of {run.label}]({name})", ""]

@@ -121,6 +121,7 @@ class Run:
     comm_seconds: np.ndarray       # [rank, key] s
     comm_uncompressed_bytes: np.ndarray  # [rank, key] bytes without compression (= comm_bytes in older files)
     derived: dict = field(default_factory=dict)
+    failover: object = None        # /failover attributes of a failover drill, else None
 
     def peak_memory_per_rank(self):
         """Bytes per rank: the device high-water mark where measured, else the sum of kinds.
@@ -236,6 +237,7 @@ def load(path, label=None):
                 comm_seconds=comm["seconds"][()].reshape(ranks, -1).astype(np.float64),
                 comm_uncompressed_bytes=(comm["uncompressed_bytes"] if "uncompressed_bytes" in comm
                                          else comm["bytes"])[()].reshape(ranks, -1),
+                failover={k: _scalar(v) for k, v in f["failover"].attrs.items()} if "failover" in f else None,
             )
         except KeyError as e:
             raise ResultsError(f"{path}: damaged result file, missing {e}") from None

@@ -36,7 +36,7 @@ constexpr std::int64_t kMaxBatch = 1 << 20;
 constexpr std::int64_t kMaxTokens = 1 << 24;
 constexpr std::int64_t kMaxDegree = 1 << 20;
 
-const char* const kSections[] = {"model", "workload", "parallel", "output", "verify"};
+const char* const kSections[] = {"model", "workload", "parallel", "output", "verify", "faults"};
 
 std::string section_list() {
   std::string out;
@@ -405,6 +405,8 @@ const std::vector<KeySpec>& key_specs() {
     s.push_back(int_key("parallel.dim_groups", 1, kMaxDegree, MOEPROXY_FIELD(parallel.dim_groups)));
     s.push_back(
         int_key("parallel.micro_batches", 1, kMaxDegree, MOEPROXY_FIELD(parallel.micro_batches)));
+    s.push_back(int_key("parallel.attn_replicas", 1, kMaxDegree, MOEPROXY_FIELD(parallel.attn_replicas),
+                        "1.." + std::to_string(kMaxDegree) + "; divides parallel.dp"));
     s.push_back(choice_key(
         "parallel.comm",
         std::vector<CommBackend>{CommBackend::automatic, CommBackend::nccl, CommBackend::mpi},
@@ -425,6 +427,11 @@ const std::vector<KeySpec>& key_specs() {
     s.push_back(int_key("verify.sample", 0, kMaxBatch, MOEPROXY_FIELD(verify.sample)));
     s.push_back(string_key("verify.file", "HDF5 path; needed when mode = \"file\"",
                            MOEPROXY_FIELD(verify.file)));
+
+    s.push_back(int_key("faults.fail_rank", -1, kMaxDegree, MOEPROXY_FIELD(faults.fail_rank),
+                        "-1 (no drill) or an attention rank with a replica"));
+    s.push_back(int_key("faults.fail_step", -1, kMaxTokens, MOEPROXY_FIELD(faults.fail_step),
+                        "-1 (no drill) or 0..decode_steps-1"));
     return s;
   }();
   return specs;
@@ -661,6 +668,16 @@ void check_combinations(const RunConfig& c, const std::map<std::string, Field>& 
                      d("workload.decode_steps") + " make batch * (prompt + decode_steps) = " +
                      std::to_string(tokens) + " tokens; at most " + std::to_string(INT_MAX) +
                      " are supported");
+  }
+  if ((c.faults.fail_rank >= 0) != (c.faults.fail_step >= 0)) {
+    throw InputError(d("faults.fail_rank") + " and " + d("faults.fail_step") +
+                     ": a failover drill needs both (the attention rank that fails and the decode step "
+                     "at which it fails); set both, or neither");
+  }
+  if (c.faults.fail_step >= c.workload.decode_steps) {
+    throw InputError(d("faults.fail_step") + " is not a decode step of " + d("workload.decode_steps") +
+                     ": choose 0.." + std::to_string(c.workload.decode_steps - 1) +
+                     " (the rank fails before that step)");
   }
   if (c.verify.mode == VerifyMode::file && c.verify.file.empty()) {
     throw InputError(d("verify.mode") +

@@ -1,5 +1,7 @@
 #include "moeproxy/io/report.hpp"
 
+#include "moeproxy/io/results.hpp"
+
 #include <cstdio>
 #include <iomanip>
 
@@ -59,6 +61,13 @@ void print_report(std::ostream& out, const RunConfig& cfg, const RunSummary& s, 
   out << "\n";
   out << "FRACTION comm=" << s.comm_fraction << " comm_seconds_raw=" << s.comm_seconds_raw
       << " expert_imbalance=" << s.expert_imbalance << " dropped_tokens=" << s.dropped_tokens << "\n";
+  if (s.failover.ran) {
+    const FailoverSummary& f = s.failover;
+    out << "FAILOVER fail_rank=" << f.fail_rank << " fail_step=" << f.fail_step << " takeover_rank=" << f.takeover_rank
+        << " sequences=" << f.sequences << " recovery_s=" << f.recovery_s
+        << " decode_tokens_per_s_before=" << f.tokens_per_s_before
+        << " decode_tokens_per_s_after=" << f.tokens_per_s_after << " (" << failover_drill_kind << ")\n";
+  }
   out << "VERIFICATION " << s.verification << " max_rel_error=" << s.max_rel_error
       << " tolerance=" << s.tolerance;
   if (!s.verification_note.empty()) out << " (" << s.verification_note << ")";

@@ -135,6 +135,11 @@ Shared share_from_root(MPI_Comm comm, const RunConfig& cfg, const RunInfo& info,
     bcast(comm, *value);
   bcast(comm, m.dropped_tokens);
   bcast(comm, m.comm_bytes_saved);
+  FailoverSummary& f = m.failover;
+  int ran = f.ran ? 1 : 0;
+  for (int* value : {&ran, &f.fail_rank, &f.fail_step, &f.takeover_rank, &f.sequences}) bcast(comm, *value);
+  for (double* value : {&f.recovery_s, &f.tokens_per_s_before, &f.tokens_per_s_after}) bcast(comm, *value);
+  f.ran = ran != 0;
   return s;
 }
 
@@ -567,6 +572,23 @@ void write_file(MPI_Comm comm, const std::string& path, const RunConfig& cfg, co
     MOEPROXY_H5(group.close());
   });
 
+  if (s.summary.failover.ran) {
+    collective_step(comm, "writing /failover", [&] {
+      Handle group = create_group(root, "failover");
+      const FailoverSummary& f = s.summary.failover;
+      const hid_t g = group.id();
+      write_attribute(g, "kind", std::string(failover_drill_kind));
+      write_attribute(g, "fail_rank", f.fail_rank);
+      write_attribute(g, "fail_step", f.fail_step);
+      write_attribute(g, "takeover_rank", f.takeover_rank);
+      write_attribute(g, "sequences", f.sequences);
+      write_attribute(g, "recovery_s", f.recovery_s);
+      write_attribute(g, "decode_tokens_per_s_before", f.tokens_per_s_before);
+      write_attribute(g, "decode_tokens_per_s_after", f.tokens_per_s_after);
+      MOEPROXY_H5(group.close());
+    });
+  }
+
   collective_step(comm, "writing /timing", [&] {
     Handle group = create_group(root, "timing");
     std::vector<std::string> phases;
@@ -805,6 +827,20 @@ ResultsFile read_file(const std::string& path) {
       m.compression_tolerance = read_attribute<double>(g, "compression_tolerance");
       m.comm_bytes_saved = read_attribute<std::uint64_t>(g, "comm_bytes_saved");
     }
+    MOEPROXY_H5(group.close());
+  }
+  if (has_link(root, "failover")) {
+    Handle group = open_group(root, "failover");
+    const hid_t g = group.id();
+    FailoverSummary& f = out.summary.failover;
+    f.ran = true;
+    f.fail_rank = read_attribute<int>(g, "fail_rank");
+    f.fail_step = read_attribute<int>(g, "fail_step");
+    f.takeover_rank = read_attribute<int>(g, "takeover_rank");
+    f.sequences = read_attribute<int>(g, "sequences");
+    f.recovery_s = read_attribute<double>(g, "recovery_s");
+    f.tokens_per_s_before = read_attribute<double>(g, "decode_tokens_per_s_before");
+    f.tokens_per_s_after = read_attribute<double>(g, "decode_tokens_per_s_after");
     MOEPROXY_H5(group.close());
   }
   {

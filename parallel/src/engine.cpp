@@ -2,6 +2,7 @@
 
 #include "moeproxy/parallel/device_comm.hpp"
 #include "moeproxy/parallel/exchange.hpp"
+#include "moeproxy/parallel/failover.hpp"
 #include "moeproxy/parallel/pipeline.hpp"
 #include "moeproxy/parallel/separation.hpp"
 
@@ -36,6 +37,12 @@ double comm_seconds(const PhaseTable& t) {
   return s;
 }
 
+// Keeps rows [first, first + count) of `rows` (each `row` floats long).
+void keep_rows(std::vector<float>& rows, int first, int count, std::size_t row) {
+  rows.erase(rows.begin() + static_cast<std::ptrdiff_t>((first + count) * row), rows.end());
+  rows.erase(rows.begin(), rows.begin() + static_cast<std::ptrdiff_t>(first * row));
+}
+
 }  // namespace
 
 RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, CommBackend comm, Communicator& world,
@@ -44,8 +51,10 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, CommBacken
   const WorkloadConfig& w = cfg.workload;
   ExecSpace space;
   RunOutput out;
-  out.slice = layout.sequences_of(world.rank());
+  // With attention replicas a rank keeps KV cache (and output rows) for its replica group.
+  out.slice = layout.cache_of(world.rank());
   out.owns_outputs = layout.owns_outputs(world.rank());
+  const Failover failover(layout, cfg, world.rank());
   const ShardSpec shard = layout.shard_of(world.rank());
   out.metrics.prefill = PhaseTable(m.layers);
   out.metrics.decode = PhaseTable(m.layers);
@@ -85,6 +94,13 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, CommBacken
     else
       pipeline.run(step, input, output, next_input, timing);
   };
+  auto serve = [&](std::vector<Transformer::MicroBatch> micro_batches) {
+    if (separation)
+      separation->serve(std::move(micro_batches));
+    else
+      pipeline.serve(std::move(micro_batches));
+  };
+  if (layout.replicas() > 1 && !layout.ffn_rank(world.rank())) serve(failover.own());
   named_fence(space, "moeproxy::engine::weights_ready");
   out.hidden_prefill.resize(static_cast<std::size_t>(n) * w.prompt * d);
   out.hidden_decode.resize(static_cast<std::size_t>(n) * w.decode_steps * d);
@@ -92,12 +108,13 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, CommBacken
   world.barrier();
   Kokkos::Timer timer;
   Kokkos::Profiling::pushRegion("moeproxy::prefill");
-  pass(
-      -1, [&](const Transformer::MicroBatch& mb, const Matrix& x) { Kokkos::deep_copy(space, x, model.inputs(mb)); },
-      [&](const Transformer::MicroBatch& mb, const Matrix& y) {
-        copy_rows_to_host(y, out.hidden_prefill, static_cast<std::size_t>(mb.first) * w.prompt * d);
-      },
-      out.metrics.prefill);
+  const Pipeline::Input prefill_input = [&](const Transformer::MicroBatch& mb, const Matrix& x) {
+    Kokkos::deep_copy(space, x, model.inputs(mb));
+  };
+  const Pipeline::Output prefill_output = [&](const Transformer::MicroBatch& mb, const Matrix& y) {
+    copy_rows_to_host(y, out.hidden_prefill, static_cast<std::size_t>(mb.first) * w.prompt * d);
+  };
+  pass(-1, prefill_input, prefill_output, out.metrics.prefill);
   named_fence(space, "moeproxy::engine::prefill_end");
   Kokkos::Profiling::popRegion();
   out.metrics.prefill_seconds = timer.seconds();
@@ -106,26 +123,47 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, CommBacken
               << out.metrics.prefill_seconds << " s (rank 0)\n" << std::flush;
 
   std::vector<float> step_out;
+  const Pipeline::Input decode_input = [&](const Transformer::MicroBatch& mb, const Matrix& x) {
+    auto host = Kokkos::create_mirror_view(Kokkos::HostSpace(), x);
+    std::copy_n(next_input.begin() + static_cast<std::ptrdiff_t>(mb.first) * d, host.span(), host.data());
+    Kokkos::deep_copy(space, x, host);
+  };
+  auto decode_output = [&](int g) -> Pipeline::Output {
+    return [&, g](const Transformer::MicroBatch& mb, const Matrix& y) {
+      step_out.resize(y.span());
+      copy_rows_to_host(y, step_out, 0);
+      for (int b = 0; b < mb.count; ++b)
+        std::copy_n(step_out.begin() + static_cast<std::ptrdiff_t>(b) * d, d,
+                    out.hidden_decode.begin() + (static_cast<std::ptrdiff_t>(mb.first + b) * w.decode_steps + g) * d);
+    };
+  };
+  // The failover drill (failover.hpp): when the failure happens, and when the buddy serves again.
+  double failed_at = 0.0, recovered_at = 0.0;
+  auto recover = [&](int g) {
+    failed_at = recovered_at = timer.seconds();
+    if (!failover.rebuilds()) return;
+    Kokkos::Profiling::pushRegion("moeproxy::failover::recovery");
+    PhaseTable recovery(m.layers);  // kept apart from the decode steps' phases
+    if (separation) separation->set_sources(failover.recovery_sources());
+    if (failover.takes_over()) serve(failover.failed());
+    pass(-1, prefill_input, prefill_output, recovery);
+    for (int s = 0; s < g; ++s) pass(s, decode_input, decode_output(s), recovery);
+    if (failover.takes_over()) serve(failover.merged());
+    if (separation) separation->set_sources(failover.sources_after());
+    named_fence(space, "moeproxy::failover::recovered");
+    Kokkos::Profiling::popRegion();
+    recovered_at = timer.seconds();
+  };
   world.barrier();
   timer.reset();
   Kokkos::Profiling::pushRegion("moeproxy::decode");
   const int report_every = std::max(1, w.decode_steps / 10);
   for (int g = 0; g < w.decode_steps; ++g) {
-    pass(
-        g,
-        [&](const Transformer::MicroBatch& mb, const Matrix& x) {
-          auto host = Kokkos::create_mirror_view(Kokkos::HostSpace(), x);
-          std::copy_n(next_input.begin() + static_cast<std::ptrdiff_t>(mb.first) * d, host.span(), host.data());
-          Kokkos::deep_copy(space, x, host);
-        },
-        [&](const Transformer::MicroBatch& mb, const Matrix& y) {
-          step_out.resize(y.span());
-          copy_rows_to_host(y, step_out, 0);
-          for (int b = 0; b < mb.count; ++b)
-            std::copy_n(step_out.begin() + static_cast<std::ptrdiff_t>(b) * d, d,
-                        out.hidden_decode.begin() + (static_cast<std::ptrdiff_t>(mb.first + b) * w.decode_steps + g) * d);
-        },
-        out.metrics.decode);
+    if (failover.fails_at(g)) recover(g);
+    if (!failover.stopped(g)) pass(g, decode_input, decode_output(g), out.metrics.decode);
+    if (progress && failover.fails_at(g))
+      *progress << "[moeproxy] failover drill: rank " << cfg.faults.fail_rank << " failed before decode step " << g
+                << "; rank " << layout.takeover_rank() << " took over\n" << std::flush;
     if (progress && ((g + 1) % report_every == 0 || g + 1 == w.decode_steps))
       *progress << "[moeproxy] decode step " << g + 1 << "/" << w.decode_steps << "\n" << std::flush;
   }
@@ -133,11 +171,15 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, CommBacken
   Kokkos::Profiling::popRegion();
   out.metrics.decode_seconds = timer.seconds();
 
-  // Model FLOPs of this rank's sequences and layers, shared evenly by the tensor-parallel group.
+  // Model FLOPs of the sequences this rank served and its layers, shared evenly by the
+  // tensor-parallel group (a failover's recomputation is not counted).
   const double share = static_cast<double>(shard.layer_count) / m.layers / tp.size();
-  out.metrics.prefill_flops = share * forward_flops(m, n, w.prompt, 0);
-  for (int g = 0; g < w.decode_steps; ++g)
-    out.metrics.decode_flops += share * forward_flops(m, n, 1, w.prompt + g);
+  const int own = layout.sequences_of(world.rank()).count, served = failover.served().count;
+  out.metrics.prefill_flops = share * forward_flops(m, own, w.prompt, 0);
+  for (int g = 0; g < w.decode_steps; ++g) {
+    const int serving = failover.stopped(g) ? 0 : g >= cfg.faults.fail_step && cfg.faults.drill() ? served : own;
+    out.metrics.decode_flops += share * forward_flops(m, serving, 1, w.prompt + g);
+  }
   auto& mem = out.metrics.memory;
   mem[static_cast<int>(MemoryKind::weights)] = model.weight_bytes();
   mem[static_cast<int>(MemoryKind::kv_cache)] = model.kv_cache_bytes();
@@ -164,6 +206,23 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, CommBacken
   s.comm_seconds_raw = sums[2];
   s.comm_fraction = sums[2] / world.size() / (walls[0] + walls[1]);
   s.dropped_tokens = static_cast<std::uint64_t>(sums[3]);
+  if (cfg.faults.drill()) {
+    FailoverSummary& f = s.failover;
+    // The slowest rank's failure and recovery times; the recovery is the buddy's.
+    double times[2] = {failed_at, failover.takes_over() ? recovered_at - failed_at : 0.0};
+    world.allreduce_max(times, 2);
+    double recovered = recovered_at;
+    world.allreduce_max(&recovered, 1);
+    const int g = cfg.faults.fail_step;
+    f.ran = true;
+    f.fail_rank = cfg.faults.fail_rank;
+    f.fail_step = g;
+    f.takeover_rank = layout.takeover_rank();
+    f.sequences = w.batch / cfg.parallel.dp;
+    f.recovery_s = times[1];
+    f.tokens_per_s_before = g > 0 ? static_cast<double>(w.batch) * g / times[0] : 0.0;
+    f.tokens_per_s_after = static_cast<double>(w.batch) * (w.decode_steps - g) / (walls[1] - recovered);
+  }
 
   out.expert_tokens = model.expert_tokens();
   if (!routes_own_tokens) std::fill(out.expert_tokens.begin(), out.expert_tokens.end(), 0);
@@ -175,6 +234,15 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, CommBacken
       const double mx = static_cast<double>(*std::max_element(first, first + m.experts));
       if (mean > 0.0) s.expert_imbalance = std::max(s.expert_imbalance, (mx - mean) / mean);
     }
+  }
+  // Outputs of the sequences served to the end: the buddy's and the failed replica's after a
+  // failover, one's own otherwise.
+  const SequenceSlice kept = failover.served();
+  if (kept.count != out.slice.count) {
+    keep_rows(out.hidden_prefill, kept.begin - out.slice.begin, kept.count, static_cast<std::size_t>(w.prompt) * d);
+    keep_rows(out.hidden_decode, kept.begin - out.slice.begin, kept.count,
+              static_cast<std::size_t>(w.decode_steps) * d);
+    out.slice = kept;
   }
   for (const Communicator* c : {&tp, &ep, &pp, &dim, sep.get()})
     if (c)

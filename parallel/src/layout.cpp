@@ -1,5 +1,7 @@
 #include "moeproxy/parallel/layout.hpp"
 
+#include "moeproxy/parallel/failover.hpp"
+
 #include <algorithm>
 #include <numeric>
 #include <sstream>
@@ -203,6 +205,7 @@ RankLayout RankLayout::build(const RunConfig& cfg, int world_size) {
   check_head_distribution(cfg);
   if (separated) check_separation(cfg, world_size);
   check_head_dim(cfg);
+  check_replicas(cfg, world_size);
   const bool sliced = p.head_groups * p.dim_groups > 1;
   const long needed = static_cast<long>(p.dp) * p.tp * p.pp * p.head_groups * p.dim_groups;
   if (!separated && needed != world_size)
@@ -262,7 +265,7 @@ Coordinates RankLayout::coordinates(int rank) const {
 bool RankLayout::owns_outputs(int rank) const {
   if (ffn_rank(rank)) return false;
   const Coordinates c = coordinates(rank);
-  return c.tp == 0 && c.pp == cfg_.parallel.pp - 1;
+  return c.tp == 0 && c.pp == cfg_.parallel.pp - 1 && !out_of_service(rank);
 }
 
 int RankLayout::ep_group(int rank) const {
@@ -344,7 +347,8 @@ ShardSpec RankLayout::shard_of(int rank) const {
 int RankLayout::owner_of_sequence(int seq) const {
   const ParallelConfig& p = cfg_.parallel;
   const int per = cfg_.workload.batch / p.dp;
-  return ((p.pp - 1) * p.dp + seq / per) * tensor_group();
+  const int replica = cfg_.faults.drill() && seq / per == failed_replica() ? takeover_replica() : seq / per;
+  return ((p.pp - 1) * p.dp + replica) * tensor_group();
 }
 
 std::string RankLayout::describe() const {
@@ -359,12 +363,13 @@ std::string RankLayout::describe() const {
   if (!p.head_distribution.empty()) s += " head_distribution=" + list_text(p.head_distribution);
   if (!p.expert_map.empty()) s += p.expert_map_per_layer ? " expert_map(per layer)" : " expert_map";
   if (p.micro_batches > 1) s += " micro_batches=" + std::to_string(p.micro_batches);
+  if (p.attn_replicas > 1) s += " attn_replicas=" + std::to_string(p.attn_replicas);
   return s;
 }
 
 MemoryEstimate RankLayout::memory_of(int rank) const {
   const ModelConfig& m = cfg_.model;
-  MemoryEstimate e = estimate_memory(m, cfg_.workload, sequences_of(rank).count, shard_of(rank));
+  MemoryEstimate e = estimate_memory(m, cfg_.workload, cache_of(rank).count, shard_of(rank));
   if (!ffn_rank(rank)) return e;
   // One micro-batch of every replica's prompts: rows in and out on the device and their host
   // staging, plus the FFN's hidden activations (two with SwiGLU).
@@ -422,7 +427,15 @@ std::string RankLayout::rank_map() const {
       out << " (x" << hd << ")";
     if (cfg_.model.is_moe() && !separated()) out << ", " << experts_text(cfg_.model, s);
     if (!separated() && s.ffn_count < cfg_.model.ffn_hidden) out << ", ffn columns " << s.ffn_begin << "-" << s.ffn_begin + s.ffn_count - 1;
-    out << ", sequences " << q.begin << "-" << q.begin + q.count - 1 << "\n";
+    out << ", sequences " << q.begin << "-" << q.begin + q.count - 1;
+    if (replicas() > 1) {
+      const SequenceSlice cache = cache_of(r);
+      out << " (kv cache for its replica group's " << cache.begin << "-" << cache.begin + cache.count - 1 << ")";
+    }
+    if (cfg_.faults.drill() && out_of_service(r)) out << ", stops at decode step " << cfg_.faults.fail_step;
+    if (cfg_.faults.drill() && coordinates(r).dp == takeover_replica())
+      out << ", takes over replica " << failed_replica() << "'s sequences at decode step " << cfg_.faults.fail_step;
+    out << "\n";
   }
   return out.str();
 }

@@ -52,6 +52,12 @@ Separation::Separation(const ExecSpace& space, Transformer& model, Communicator&
   const int per = sequences / cfg.parallel.micro_batches;
   for (int m = 0; m < cfg.parallel.micro_batches; ++m) micro_batches_.push_back(MicroBatch{m * per, per});
   flights_.resize(micro_batches_.size());
+  for (int r = 0; r < attn_ranks_; ++r) sources_.push_back(r);
+}
+
+void Separation::serve(std::vector<MicroBatch> micro_batches) {
+  micro_batches_ = std::move(micro_batches);
+  flights_.resize(micro_batches_.size());
 }
 
 void Separation::run(int step, const Pipeline::Input& input, const Pipeline::Output& output,
@@ -66,9 +72,11 @@ void Separation::run_attention(int step, const Pipeline::Input& input, const Pip
                                std::vector<float>& feedback, PhaseTable& timing) {
   const int n = step < 0 ? cfg_.workload.prompt : 1, d = cfg_.model.hidden, layers = cfg_.model.layers;
   const int mbs = static_cast<int>(micro_batches_.size());
-  reserve(x_, micro_batches_.back().first * n + micro_batches_.back().count * n, d, "moeproxy::sep::rows");
+  const int base = micro_batches_.front().first;
+  reserve(x_, (micro_batches_.back().first - base + micro_batches_.back().count) * n, d, "moeproxy::sep::rows");
   auto rows_of = [&](const MicroBatch& mb) {
-    return Matrix(Kokkos::subview(x_, std::make_pair(mb.first * n, (mb.first + mb.count) * n), Kokkos::ALL));
+    return Matrix(
+        Kokkos::subview(x_, std::make_pair((mb.first - base) * n, (mb.first - base + mb.count) * n), Kokkos::ALL));
   };
   for (const MicroBatch& mb : micro_batches_) input(mb, rows_of(mb));
   // Layer-major: micro-batch i's layer l waits only for its own layer l-1 FFN rows, which
@@ -162,7 +170,8 @@ void Separation::finish(int l, const Matrix& x, InFlight& f, PhaseTable& timing)
 
 // The FFN side serves whatever rows arrive: prefill and decode differ only in their counts.
 void Separation::run_ffn(PhaseTable& timing) {
-  const int d = cfg_.model.hidden, wire = codec_.wire_width(d), sources = attn_ranks_, j = sep_.rank() - attn_ranks_;
+  const int d = cfg_.model.hidden, wire = codec_.wire_width(d), j = sep_.rank() - attn_ranks_;
+  const int sources = static_cast<int>(sources_.size());
   std::vector<int> counts, rows(sources), offsets(sources);
   std::vector<MPI_Request> requests;
   for (int l = 0; l < cfg_.model.layers; ++l)
@@ -173,7 +182,7 @@ void Separation::run_ffn(PhaseTable& timing) {
       // Idle until every attention rank has sent this micro-batch.
       Kokkos::Timer timer;
       for (int c = 0; c < sources; ++c)
-        requests.push_back(sep_.post_recv(counts.data() + c * per_source, per_source, c, counts_tag));
+        requests.push_back(sep_.post_recv(counts.data() + c * per_source, per_source, sources_[c], counts_tag));
       sep_.wait(requests);
       int total = 0;
       for (int c = 0; c < sources; ++c) {
@@ -184,7 +193,7 @@ void Separation::run_ffn(PhaseTable& timing) {
       reserve(in_host_, total, wire, "moeproxy::sep::ffn_in_host");
       for (int c = 0; c < sources; ++c)
         requests.push_back(sep_.post_recv(in_host_.data() + static_cast<std::size_t>(offsets[c]) * wire,
-                                          rows[c] * wire, c, rows_tag));
+                                          rows[c] * wire, sources_[c], rows_tag));
       sep_.wait(requests);
       timing.add(l, Phase::wait, timer.seconds());
 
@@ -202,7 +211,7 @@ void Separation::run_ffn(PhaseTable& timing) {
       Kokkos::deep_copy(front(out_host_, total), encoded);
       for (int c = 0; c < sources; ++c)
         out_requests_.push_back(sep_.post_send(out_host_.data() + static_cast<std::size_t>(offsets[c]) * wire,
-                                               rows[c] * wire, rows[c] * d, c, results_tag));
+                                               rows[c] * wire, rows[c] * d, sources_[c], results_tag));
       timing.add(l, Phase::send, timer.seconds());
     }
   Kokkos::Timer timer;

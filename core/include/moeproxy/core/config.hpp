@@ -64,6 +64,7 @@ struct ParallelConfig {
   int head_groups = 1;
   int dim_groups = 1;
   int micro_batches = 1;
+  int attn_replicas = 1;  // data-parallel replicas per replica group (failover buddies)
   CommBackend comm = CommBackend::automatic;
   CommCompression comm_compression = CommCompression::none;
   // Query heads per tensor-parallel rank (length tp, sum model.heads); empty = even split.
@@ -72,6 +73,14 @@ struct ParallelConfig {
   // expert_map_per_layer, else expert_map[0][rank] for every layer; empty = even split.
   std::vector<std::vector<std::vector<int>>> expert_map;
   bool expert_map_per_layer = false;
+};
+
+// A failover drill: attention rank `fail_rank` stops serving before decode step `fail_step`
+// (-1: no drill). No process is killed (docs/reliability.md).
+struct FaultConfig {
+  int fail_rank = -1;
+  int fail_step = -1;
+  bool drill() const { return fail_rank >= 0; }
 };
 
 struct OutputConfig {
@@ -91,6 +100,7 @@ struct RunConfig {
   ParallelConfig parallel;
   OutputConfig output;
   VerifyConfig verify;
+  FaultConfig faults;
   std::string deck_path;
   std::string deck_text;  // the deck as read, overrides applied as a trailer
 };

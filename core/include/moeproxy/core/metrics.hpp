@@ -82,6 +82,17 @@ struct RankMetrics {
 };
 
 // Run-wide figures, identical on every rank after the reduction.
+// What a failover drill measured ([faults]; a drill inside a healthy job, no process killed).
+struct FailoverSummary {
+  bool ran = false;
+  int fail_rank = -1, fail_step = -1;
+  int takeover_rank = -1;          // the buddy replica's rank with fail_rank's tensor-group index
+  int sequences = 0;               // sequences taken over
+  double recovery_s = 0.0;         // failure to the buddy serving again (KV cache rebuilt)
+  double tokens_per_s_before = 0.0;  // decode steps [0, fail_step); 0 when fail_step = 0
+  double tokens_per_s_after = 0.0;   // decode steps [fail_step, decode_steps), recovery excluded
+};
+
 struct RunSummary {
   double prefill_tokens_per_s = 0.0;
   double ttft_s = 0.0;
@@ -102,6 +113,7 @@ struct RunSummary {
   // it kept off the network, all ranks.
   double compression_tolerance = 0.0;
   std::uint64_t comm_bytes_saved = 0;
+  FailoverSummary failover;
 };
 
 }  // namespace moeproxy

@@ -15,6 +15,9 @@
 namespace moeproxy::io {
 
 constexpr int results_schema_version = 1;
+// /failover's `kind`: what the drill was, so that nobody reads it as a crash recovery.
+constexpr const char* failover_drill_kind =
+    "drill inside a healthy MPI job: the failed rank's process was not killed (docs/reliability.md)";
 
 // Provenance, the same on all ranks except host and device.
 struct RunInfo {

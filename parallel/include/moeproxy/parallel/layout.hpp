@@ -49,6 +49,12 @@
 // (placement.hpp: a rank may hold no expert of a layer). E.g. 64 ranks, dp=64, ep=64 and a
 // per-layer map putting layer l's 16 experts on ranks [16l, 16l+16): one expert of one
 // layer per rank, attention data-parallel on all (seed 001).
+// Attention replicas (parallel.attn_replicas = R, failover.cpp): every data-parallel
+// replica already holds the same attention weights; R consecutive replicas form a replica
+// group of failover buddies. Each serves its own sequences and keeps KV cache for the
+// whole group's, so that a neighbour in the group can take over a failed replica's
+// sequences (failover.hpp). E.g. attn_ranks=4, dp=2, tp=2, R=2: ranks 0-1 and 2-3 are
+// buddies; if rank 1 fails, ranks 0-1 stop serving and ranks 2-3 serve all sequences.
 
 #include <string>
 
@@ -92,6 +98,18 @@ class RankLayout {
   // Whether `rank` owns its sequences' outputs: the last stage's tensor-parallel rank 0
   // (its tensor-parallel peers hold copies; earlier stages hold none).
   bool owns_outputs(int rank) const;
+  // Attention replicas and the failover drill (failover.cpp).
+  int replicas() const { return cfg_.parallel.attn_replicas; }
+  // The sequences `rank` keeps KV cache for: its replica group's (its own when R = 1).
+  SequenceSlice cache_of(int rank) const;
+  // Data-parallel replica of faults.fail_rank, and the buddy in its group that takes over.
+  int failed_replica() const;
+  int takeover_replica() const;
+  // The rank of the buddy replica with faults.fail_rank's tensor-group index.
+  int takeover_rank() const;
+  // Whether `rank` stops serving at faults.fail_step: it is faults.fail_rank or one of its
+  // tensor-group peers (a tensor group serves only whole).
+  bool out_of_service(int rank) const;
   // Colours for MPI_Comm_split: ranks with equal colours form one group.
   int tp_group(int rank) const { return ffn_rank(rank) ? rank : rank / tensor_group(); }
   int dim_group(int rank) const { return rank / cfg_.parallel.dim_groups; }

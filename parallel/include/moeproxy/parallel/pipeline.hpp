@@ -6,6 +6,7 @@
 // One stage and one micro-batch is the plain single-rank forward.
 
 #include <functional>
+#include <utility>
 #include <vector>
 
 #include "moeproxy/core/metrics.hpp"
@@ -31,6 +32,9 @@ class Pipeline {
   // last final-normed row, the input of the next decode step.
   void run(int step, const Input& input, const Output& output, std::vector<float>& feedback,
            PhaseTable& timing);
+
+  // The micro-batches to run from now on (the failover drill changes them; failover.hpp).
+  void serve(std::vector<MicroBatch> micro_batches) { micro_batches_ = std::move(micro_batches); }
 
   bool first_stage() const { return stages_.rank() == 0; }
   bool last_stage() const { return stages_.rank() == stages_.size() - 1; }

@@ -21,6 +21,7 @@ namespace moeproxy::parallel {
 
 class Separation {
  public:
+  using MicroBatch = Transformer::MicroBatch;
   // `sep` spans every rank, ranks numbered as in the world; `tp` is the attention rank's
   // tensor-parallel group (reduce_partial gathers the peers' shares of the FFN output).
   Separation(const ExecSpace& space, Transformer& model, Communicator& sep, LayerExchange& tp,
@@ -32,9 +33,13 @@ class Separation {
   // ranks serve the attention ranks' rows and call neither.
   void run(int step, const Pipeline::Input& input, const Pipeline::Output& output, std::vector<float>& feedback,
            PhaseTable& timing);
+  // The micro-batches this attention rank runs, in ascending order (the failover drill
+  // changes them; failover.hpp), and the attention ranks the FFN ranks serve (all of them
+  // until set).
+  void serve(std::vector<MicroBatch> micro_batches);
+  void set_sources(std::vector<int> attention_ranks) { sources_ = std::move(attention_ranks); }
 
  private:
-  using MicroBatch = Transformer::MicroBatch;
   // One micro-batch's rows on their way to the FFN ranks and back (attention side).
   struct InFlight {
     Transformer::FfnInput in;
@@ -59,6 +64,7 @@ class Separation {
   ExpertPlacement placement_;    // MoE: each FFN rank's experts per layer (empty: dense)
   int tp_index_, tp_size_;       // attention side: place in the tensor-parallel group
   std::vector<MicroBatch> micro_batches_;
+  std::vector<int> sources_;     // FFN side: the attention ranks sending rows
   std::vector<InFlight> flights_;
   Matrix x_, y_, partial_;       // attention: the slice's rows, FFN outputs, FFN sum; FFN: rows in, out
   HostMatrix in_host_, out_host_;  // FFN side staging of wire rows

@@ -1,5 +1,6 @@
 #include "moeproxy/parallel/engine.hpp"
 
+#include "moeproxy/parallel/balance.hpp"
 #include "moeproxy/parallel/device_comm.hpp"
 #include "moeproxy/parallel/exchange.hpp"
 #include "moeproxy/parallel/pipeline.hpp"
@@ -110,6 +111,9 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, CommBacken
   timer.reset();
   Kokkos::Profiling::pushRegion("moeproxy::decode");
   const int report_every = std::max(1, w.decode_steps / 10);
+  std::unique_ptr<Balancer> balancer;
+  if (separation && cfg.parallel.balance_threshold > 0.0)
+    balancer = std::make_unique<Balancer>(cfg, layout, world, *separation);
   for (int g = 0; g < w.decode_steps; ++g) {
     pass(
         g,
@@ -126,12 +130,14 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, CommBacken
                         out.hidden_decode.begin() + (static_cast<std::ptrdiff_t>(mb.first + b) * w.decode_steps + g) * d);
         },
         out.metrics.decode);
+    if (balancer) balancer->after_step(g, out.metrics.decode);
     if (progress && ((g + 1) % report_every == 0 || g + 1 == w.decode_steps))
       *progress << "[moeproxy] decode step " << g + 1 << "/" << w.decode_steps << "\n" << std::flush;
   }
   named_fence(space, "moeproxy::engine::decode_end");
   Kokkos::Profiling::popRegion();
   out.metrics.decode_seconds = timer.seconds();
+  if (balancer) out.balance = balancer->log();
 
   // Model FLOPs of this rank's sequences and layers, shared evenly by the tensor-parallel group.
   const double share = static_cast<double>(shard.layer_count) / m.layers / tp.size();

@@ -6,7 +6,8 @@ foreach(case layers-zero batch-negative hidden-absurd topk-experts dp-batch tp-t
              checkpoint-not-hdf5 checkpoint-attribute checkpoint-shape checkpoint-dataset-missing
              output-proc output-parent-file output-directory output-empty
              toml-unterminated toml-binary toml-header-key set-no-equals set-empty-value set-not-number
-             memory-model memory-batch no-preflight)
+             memory-model memory-batch no-preflight balance-threshold-negative balance-threshold-one
+             balance-interval-zero balance-no-separation balance-machine-missing)
   add_test(NAME reliability/cli/${case}
            COMMAND bash ${CMAKE_SOURCE_DIR}/tests/cli_test.sh ${case} $<TARGET_FILE:moeproxy>
                    ${MPIEXEC_EXECUTABLE} ${CMAKE_SOURCE_DIR} ${CMAKE_CURRENT_BINARY_DIR}/cli-out)

@@ -65,6 +65,12 @@ struct ParallelConfig {
   int micro_batches = 1;
   CommBackend comm = CommBackend::automatic;
   CommCompression comm_compression = CommCompression::none;
+  // Separation only (parallel/balance.hpp): the attention/FFN busy-time imbalance above which
+  // the decode micro-batches are re-split (0 = off), checked every balance_interval decode
+  // steps; the machine file the suggested rank split is modelled for ("" = no suggestion).
+  double balance_threshold = 0.0;
+  int balance_interval = 10;
+  std::string balance_machine;
 };
 
 struct OutputConfig {

@@ -33,6 +33,11 @@ class Separation {
   void run(int step, const Pipeline::Input& input, const Pipeline::Output& output, std::vector<float>& feedback,
            PhaseTable& timing);
 
+  // Between passes, on every rank alike: the attention ranks' sequences in `count`
+  // micro-batches (parallel/balance.hpp re-splits decode).
+  void split(int count);
+  int micro_batches() const { return static_cast<int>(micro_batches_.size()); }
+
  private:
   using MicroBatch = Transformer::MicroBatch;
   // One micro-batch's rows on their way to the FFN ranks and back (attention side).
@@ -57,6 +62,7 @@ class Separation {
   RunConfig cfg_;
   int attn_ranks_, ffn_ranks_, local_experts_;
   int tp_index_, tp_size_;       // attention side: place in the tensor-parallel group
+  int sequences_;                // attention side: this rank's sequences
   std::vector<MicroBatch> micro_batches_;
   std::vector<InFlight> flights_;
   Matrix x_, y_, partial_;       // attention: the slice's rows, FFN outputs, FFN sum; FFN: rows in, out

@@ -135,6 +135,8 @@ std::string check_output_writable(const std::string& path) {
   return "";
 }
 
+// The machine file is only read after the run, for the suggested split: a wrong path must
+// not cost the run.
 std::string check_balance_machine(const RunConfig& cfg) {
   const ParallelConfig& p = cfg.parallel;
   if (p.balance_threshold <= 0.0 || p.balance_machine.empty()) return "";

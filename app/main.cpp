@@ -23,6 +23,7 @@
 #include "moeproxy/core/weights.hpp"
 #include "moeproxy/io/checkpoint.hpp"
 #include "moeproxy/io/deck.hpp"
+#include "moeproxy/io/machine.hpp"
 #include "moeproxy/io/report.hpp"
 #include "moeproxy/io/results.hpp"
 #include "moeproxy/parallel/comm_stats.hpp"
@@ -132,6 +133,30 @@ std::string check_output_writable(const std::string& path) {
   f.close();
   fs::remove(probe, ec);
   return "";
+}
+
+// The machine file is only read after the run, for the suggested split: a wrong path must
+// not cost the run.
+std::string check_balance_machine(const RunConfig& cfg) {
+  const ParallelConfig& p = cfg.parallel;
+  if (p.balance_threshold <= 0.0 || p.balance_machine.empty()) return "";
+  try {
+    (void)io::load_machine(p.balance_machine);
+  } catch (const InputError& e) {
+    return "parallel.balance_machine = \"" + p.balance_machine + "\": " + e.what();
+  }
+  return "";
+}
+
+// The split the performance model prefers, made on rank 0 (write_results shares it).
+RankSplitSuggestion suggest_split(const RunConfig& cfg, int ranks) {
+  if (cfg.parallel.balance_machine.empty()) {
+    RankSplitSuggestion none;
+    none.current_attn_ranks = cfg.parallel.attn_ranks;
+    none.note = "set parallel.balance_machine to a machine file (inputs/machines/) for one";
+    return none;
+  }
+  return suggest_attention_split(cfg, io::load_machine(cfg.parallel.balance_machine), ranks);
 }
 
 // Keys the deck accepts for features this version does not have yet: running something else
@@ -457,6 +482,7 @@ int run_command(const Options& opt, int argc, char** argv) {
       error = e.what();
     }
   }
+  if (error.empty() && world_rank() == 0) error = check_balance_machine(cfg);
   if (error.empty() && world_rank() == 0) error = check_output_writable(cfg.output.file);
   if (!agree(error.empty())) {
     if (world_rank() == 0) std::cerr << "moeproxy: input error: " << error << "\n";
@@ -491,6 +517,9 @@ int run_command(const Options& opt, int argc, char** argv) {
   parallel::RunOutput out = parallel::run_forward(cfg, layout, comm, world, progress, weights.get());
   verify(cfg, layout, out, world, weights.get(), out.summary);
   io::ReportInput report = reduce_for_report(out, world);
+  const bool balanced = out.balance.threshold > 0.0;
+  if (balanced && world.rank() == 0) out.balance.suggestion = suggest_split(cfg, world.size());
+  if (balanced) report.balance = &out.balance;
 
   io::RunInfo info;
   info.app_version = MOEPROXY_VERSION;
@@ -522,7 +551,7 @@ int run_command(const Options& opt, int argc, char** argv) {
     }
   }
   io::write_results(MPI_COMM_WORLD, cfg.output.file, cfg, info, out.metrics, out.summary, experts,
-                    cfg.output.dump_hidden ? &dump : nullptr);
+                    cfg.output.dump_hidden ? &dump : nullptr, balanced ? &out.balance : nullptr);
 
   if (world.rank() == 0) {
     report.app_version = MOEPROXY_VERSION;

@@ -27,6 +27,8 @@ refuse() {
 }
 
 quick=$src/inputs/quickstart.toml
+# A separated deck: one attention rank, the rest experts.
+sep=(run "$src/tests/decks/tiny-moe8.toml" --set parallel.attn_ranks=1 --set output.file="$result")
 # The quickstart deck on one rank, writing this case's results file.
 one=(run "$quick" --set parallel.dp=1 --set output.file="$result")
 # Two attention ranks, replica buddies, and two FFN ranks.
@@ -199,5 +201,19 @@ PY
          --set output.file="$out/capacity.h5")
     expect 0 "^VERIFICATION SKIPPED" "dropped tokens depend" -- "$exe" "${cap[@]}" --set verify.sample=2
     expect 0 "^PASS$" -- "$exe" "${cap[@]}" --set verify.sample=16 ;;
+  # Balancing keys: a fraction in [0, 1), an interval of at least one step, separation only,
+  # a machine file that exists.
+  balance-threshold-negative)
+    refuse "parallel.balance_threshold = -0.1" ">= 0.0 and < 1.0" -- "$exe" "${sep[@]}" --set parallel.balance_threshold=-0.1 ;;
+  balance-threshold-one)
+    refuse "parallel.balance_threshold = 1" ">= 0.0 and < 1.0" -- "$exe" "${sep[@]}" --set parallel.balance_threshold=1 ;;
+  balance-interval-zero)
+    refuse "parallel.balance_interval = 0" "between 1 and" -- "$exe" "${sep[@]}" --set parallel.balance_interval=0 ;;
+  balance-no-separation)
+    refuse "parallel.balance_threshold = 0.05" "parallel.attn_ranks = 0" "set parallel.attn_ranks > 0" -- \
+      "$exe" "${one[@]}" --set parallel.balance_threshold=0.05 ;;
+  balance-machine-missing)
+    refuse "parallel.balance_machine" "no-such-machine.toml" -- "$mpiexec" -n 2 "$exe" "${sep[@]}" \
+      --set parallel.balance_threshold=0.05 --set parallel.balance_machine="$out/no-such-machine.toml" ;;
   *) echo "unknown case $case_name"; exit 2 ;;
 esac

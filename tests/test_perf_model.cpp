@@ -154,6 +154,40 @@ TEST_CASE("perf model: attention/MoE separation from the deck keys", "[perf]") {
   REQUIRE_THROWS_AS(predict(cfg, m, 6), InputError);  // 3 expert ranks do not divide 4 experts
 }
 
+TEST_CASE("perf model: the suggested attention/FFN split is the fastest one the runtime accepts", "[perf]") {
+  RunConfig cfg;
+  cfg.model.layers = 2;
+  cfg.model.hidden = 64;
+  cfg.model.heads = 8;
+  cfg.model.experts = 4;
+  cfg.workload.batch = 12;
+  cfg.parallel.attn_ranks = 3;
+  cfg.parallel.dp = 3;
+  const MachineSpec m = compute_bound();
+  // On 7 ranks the FFN ranks divide the 4 experts for 3 (4 FFN ranks), 5 (2) and 6 (1)
+  // attention ranks: 3 as the deck, 6 as 3 replicas of tp = 2; 5 is not a multiple of the 3
+  // replicas, and 5 replicas of tp = 1 do not split 12 sequences.
+  const RankSplitSuggestion s = suggest_attention_split(cfg, m, 7);
+  auto tpot = [&](int attn, int tp) {
+    RunConfig c = cfg;
+    c.parallel.attn_ranks = attn;
+    c.parallel.dp = attn / tp;
+    c.parallel.tp = tp;
+    c.parallel.ep = 7 - attn;
+    return predict(c, m, 7).summary.tpot_s;
+  };
+  const double t3 = tpot(3, 1), t6 = tpot(6, 2);
+  CHECK(s.attn_ranks == (t6 < t3 ? 6 : 3));
+  CHECK(s.tpot_s == std::min(t3, t6));
+  CHECK(s.current_attn_ranks == 3);
+  CHECK(s.current_tpot_s == t3);
+  CHECK(s.machine == "test");
+  cfg.model.ffn = FfnKind::dense;
+  const RankSplitSuggestion dense = suggest_attention_split(cfg, m, 7);
+  CHECK(dense.attn_ranks == 0);
+  CHECK(dense.note.find("dense") != std::string::npos);
+}
+
 TEST_CASE("machine file: figures in human units, unknown keys named with their line", "[perf]") {
   const std::string text =
       "[machine]\nname = \"x\"\ndevices_per_node = 4\n[compute]\npeak_tflops_fp16 = 2\npeak_tflops_fp32 = 1\n"

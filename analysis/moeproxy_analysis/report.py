@@ -174,6 +174,38 @@ def _phase_table(run):
     return lines
 
 
+def _balance_section(b):
+    """The attention/FFN balancing of a separated run: each check, each trial, the suggestion."""
+    a, c, t = b["attrs"], b["checks"], b["trials"]
+    out = [f"Balancing (threshold {fmt_number(_float(a.get('threshold')))}, every {a.get('interval')} decode "
+           "steps; busy = compute per decode step, busiest rank of the side; "
+           "imbalance = (busier - idler) / busier):", "",
+           "| after step | micro-batches | attention busy | FFN busy | imbalance | step | action |",
+           "| ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for i in range(len(c["step"])):
+        action = c["action"][i]
+        if c["next_micro_batches"][i] != c["micro_batches"][i]:
+            action += f" (-> {c['next_micro_batches'][i]})"
+        out.append(f"| {c['step'][i]} | {c['micro_batches'][i]} | {fmt_time(c['attention_busy'][i])} | "
+                   f"{fmt_time(c['ffn_busy'][i])} | {fmt_number(c['imbalance'][i])} | "
+                   f"{fmt_time(c['step_seconds'][i])} | {action} |")
+    out.append("")
+    for i in range(len(t["step"])):
+        after = ("not judged (the run ended first)" if t["verdict"][i] == "unjudged" else
+                 f"imbalance {fmt_number(t['imbalance_before'][i])} -> {fmt_number(t['imbalance_after'][i])}, "
+                 f"step {fmt_time(t['step_seconds_before'][i])} -> {fmt_time(t['step_seconds_after'][i])}: "
+                 f"{t['verdict'][i]}")
+        out.append(f"- trial at step {t['step'][i]}: micro-batches {t['from_micro_batches'][i]} -> "
+                   f"{t['to_micro_batches'][i]}, {after}")
+    if int(a.get("suggested_attn_ranks", 0)) > 0:
+        out.append(f"- suggested split (performance model, {a.get('machine')}): attn_ranks = "
+                   f"{a.get('suggested_attn_ranks')}, predicted TPOT {fmt_time(_float(a.get('suggested_tpot_s')))} "
+                   f"against {fmt_time(_float(a.get('current_tpot_s')))} for attn_ranks = {a.get('current_attn_ranks')}")
+    else:
+        out.append(f"- suggested split: none ({a.get('note', '')})")
+    return out + [""]
+
+
 def _ranks(n):
     return f"{n} rank" if n == 1 else f"{n} ranks"
 
@@ -235,6 +267,8 @@ def write_markdown(path, runs, rows, baseline, figures, comparison_png):
                 ""]
         out += _failover_lines(run)
         out += _phase_table(run) + [""]
+        if run.balance is not None:
+            out += _balance_section(run.balance)
         for kind, name in figures[run.label]:
             out += [f"![{kind} of {run.label}]({name})", ""]
     with open(path, "w") as fh:

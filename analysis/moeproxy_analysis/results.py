@@ -122,6 +122,9 @@ class Run:
     comm_uncompressed_bytes: np.ndarray  # [rank, key] bytes without compression (= comm_bytes in older files)
     derived: dict = field(default_factory=dict)
     failover: object = None        # /failover attributes of a failover drill, else None
+    # /balance of a separated run with balancing on: {"attrs": {...}, "checks": {column: array},
+    # "trials": {column: array}} (strings decoded), else None.
+    balance: object = None
 
     def peak_memory_per_rank(self):
         """Bytes per rank: the device high-water mark where measured, else the sum of kinds.
@@ -173,6 +176,18 @@ def _derive(run):
         d["expert_tokens_max"] = float(t.max())
         d["expert_tokens_std"] = float(t.std(axis=1).max())
     run.derived = d
+
+
+def _balance(group):
+    def columns(g):
+        out = {}
+        for name, dset in g.items():
+            v = dset[()]
+            out[name] = [x.decode() if isinstance(x, bytes) else x for x in v] if v.dtype.kind == "S" else v
+        return out
+
+    return {"attrs": {k: _scalar(v) for k, v in group.attrs.items()},
+            "checks": columns(group["checks"]), "trials": columns(group["trials"])}
 
 
 def load(path, label=None):
@@ -239,6 +254,8 @@ def load(path, label=None):
                                          else comm["bytes"])[()].reshape(ranks, -1),
                 failover={k: _scalar(v) for k, v in f["failover"].attrs.items()} if "failover" in f else None,
             )
+            if "balance" in f:
+                run.balance = _balance(f["balance"])
         except KeyError as e:
             raise ResultsError(f"{path}: damaged result file, missing {e}") from None
     _derive(run)

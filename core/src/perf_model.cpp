@@ -682,4 +682,47 @@ Prediction predict(const RunConfig& cfg, const MachineSpec& machine, int ranks) 
   return out;
 }
 
+RankSplitSuggestion suggest_attention_split(const RunConfig& cfg, const MachineSpec& machine, int ranks) {
+  RankSplitSuggestion out;
+  const ParallelConfig& p = cfg.parallel;
+  out.machine = machine.name;
+  out.current_attn_ranks = p.attn_ranks;
+  if (!cfg.model.is_moe()) {
+    out.note = "the performance model separates attention from experts only: a dense FFN is not modelled";
+    return out;
+  }
+  std::string first_refusal;
+  for (int a = 1; a < ranks; ++a) {
+    // The deck's replicas with wider or narrower tensor groups, else its tensor group
+    // replicated more or less often.
+    int dp = 0, tp = 0;
+    if (a % p.dp == 0 && a / p.dp <= cfg.model.heads)
+      dp = p.dp, tp = a / p.dp;
+    else if (a % p.tp == 0)
+      dp = a / p.tp, tp = p.tp;
+    if (dp == 0 || cfg.workload.batch % dp != 0 || (cfg.workload.batch / dp) % p.micro_batches != 0 ||
+        cfg.model.experts % (ranks - a) != 0)
+      continue;
+    RunConfig candidate = cfg;
+    candidate.parallel.attn_ranks = a;
+    candidate.parallel.dp = dp;
+    candidate.parallel.tp = tp;
+    candidate.parallel.ep = ranks - a;
+    try {
+      const double tpot = predict(candidate, machine, ranks).summary.tpot_s;
+      if (a == p.attn_ranks) out.current_tpot_s = tpot;
+      if (out.attn_ranks == 0 || tpot < out.tpot_s) {
+        out.attn_ranks = a;
+        out.tpot_s = tpot;
+      }
+    } catch (const InputError& e) {
+      if (first_refusal.empty()) first_refusal = e.what();
+    }
+  }
+  if (out.attn_ranks == 0)
+    out.note = "no attention/FFN split of " + std::to_string(ranks) + " ranks could be modelled" +
+               (first_refusal.empty() ? std::string() : ": " + first_refusal);
+  return out;
+}
+
 }  // namespace moeproxy

@@ -186,6 +186,18 @@ KeySpec int_key(const char* key, std::int64_t lo, std::int64_t hi, Ref ref,
           [=](const RunConfig& c) { return std::to_string(ref(c)); }};
 }
 
+// A fraction in [0, 1).
+template <class Ref>
+KeySpec fraction_key(const char* key, const std::string& note, Ref ref) {
+  return {key, Type::number, ">= 0.0 and < 1.0; " + note,
+          [=](const Field& f, RunConfig& c) {
+            const double v = get_number(f);
+            if (v < 0.0 || v >= 1.0) fail(f, "must be a fraction >= 0.0 and < 1.0, e.g. 0.05 for 5%");
+            ref(c) = v;
+          },
+          [=](const RunConfig& c) { return format_double(ref(c)); }};
+}
+
 // lo is the smallest valid value when inclusive, else an exclusive lower bound.
 template <class Ref>
 KeySpec float_key(const char* key, double lo, bool inclusive, Ref ref) {
@@ -416,6 +428,14 @@ const std::vector<KeySpec>& key_specs() {
                            MOEPROXY_FIELD(parallel.comm_compression)));
     s.push_back(head_distribution_key());
     s.push_back(expert_map_key());
+    s.push_back(fraction_key("parallel.balance_threshold", "0 = off; separation only",
+                             MOEPROXY_FIELD(parallel.balance_threshold)));
+    s.push_back(int_key("parallel.balance_interval", 1, kMaxTokens,
+                        MOEPROXY_FIELD(parallel.balance_interval),
+                        "1.." + std::to_string(kMaxTokens) + " decode steps; separation only"));
+    s.push_back(string_key("parallel.balance_machine",
+                           "machine file for the suggested rank split; \"\" = none",
+                           MOEPROXY_FIELD(parallel.balance_machine)));
 
     s.push_back(string_key("output.file", "HDF5 path", MOEPROXY_FIELD(output.file)));
     s.push_back(bool_key("output.dump_hidden", MOEPROXY_FIELD(output.dump_hidden)));
@@ -678,6 +698,20 @@ void check_combinations(const RunConfig& c, const std::map<std::string, Field>& 
     throw InputError(d("faults.fail_step") + " is not a decode step of " + d("workload.decode_steps") +
                      ": choose 0.." + std::to_string(c.workload.decode_steps - 1) +
                      " (the rank fails before that step)");
+  }
+  if (c.parallel.balance_threshold > 0.0 && c.faults.fail_rank >= 0) {
+    throw InputError(d("parallel.balance_threshold") + " with a failover drill (" + d("faults.fail_rank") +
+                     "): both change the decode micro-batches mid-run; run the drill without balancing");
+  }
+  if (c.parallel.attn_ranks == 0) {
+    for (const char* key : {"parallel.balance_threshold", "parallel.balance_interval",
+                            "parallel.balance_machine"}) {
+      if (fields.count(key) != 0) {
+        throw InputError(d(key) + " balances the two sides of attention/MoE separation, but " +
+                         d("parallel.attn_ranks") +
+                         " does not separate them: set parallel.attn_ranks > 0 or remove " + key);
+      }
+    }
   }
   if (c.verify.mode == VerifyMode::file && c.verify.file.empty()) {
     throw InputError(d("verify.mode") +

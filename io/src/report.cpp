@@ -26,6 +26,37 @@ void phase_table(std::ostream& out, const char* title, const PhaseStats& s) {
   out << std::defaultfloat;
 }
 
+// One line per check and the suggested split; the greppable BALANCE line follows the others.
+void balance_lines(std::ostream& out, const BalanceLog& log) {
+  out << "  balance   threshold " << log.threshold << " every " << log.interval
+      << " decode steps (busy seconds per step; imbalance = (busier - idler) / busier)\n";
+  for (const BalanceCheck& c : log.checks) {
+    out << "    step " << std::setw(5) << c.step << ": micro_batches " << c.micro_batches << std::scientific
+        << std::setprecision(3) << ", attention " << c.attention_busy << ", ffn " << c.ffn_busy << ", step "
+        << c.step_seconds << std::defaultfloat << std::setprecision(3) << ", imbalance " << c.imbalance << " -> "
+        << c.action;
+    if (c.next_micro_batches != c.micro_batches) out << " (micro_batches " << c.next_micro_batches << ")";
+    out << "\n";
+  }
+  for (const BalanceTrial& t : log.trials) {
+    out << "    trial at step " << t.step << ": micro_batches " << t.from_micro_batches << " -> " << t.to_micro_batches;
+    if (t.verdict == "unjudged")
+      out << ", imbalance " << t.imbalance_before << ", step " << std::scientific << t.step_seconds_before
+          << " s" << std::defaultfloat << ": unjudged (the run ended first)\n";
+    else
+      out << ", imbalance " << t.imbalance_before << " -> " << t.imbalance_after << ", step " << std::scientific
+          << t.step_seconds_before << " -> " << t.step_seconds_after << " s" << std::defaultfloat << ": " << t.verdict
+          << "\n";
+  }
+  const RankSplitSuggestion& s = log.suggestion;
+  if (s.attn_ranks > 0)
+    out << "    suggested split (performance model, " << s.machine << "): attn_ranks = " << s.attn_ranks
+        << ", predicted TPOT " << std::scientific << s.tpot_s << " s against " << s.current_tpot_s
+        << " s for attn_ranks = " << s.current_attn_ranks << std::defaultfloat << "\n";
+  else
+    out << "    suggested split: none (" << s.note << ")\n";
+}
+
 }  // namespace
 
 void print_report(std::ostream& out, const RunConfig& cfg, const RunSummary& s, const ReportInput& in) {
@@ -49,7 +80,9 @@ void print_report(std::ostream& out, const RunConfig& cfg, const RunSummary& s, 
   out << "  memory (largest rank):";
   for (int k = 0; k < memory_kind_count; ++k)
     if (in.max_memory[k] > 0) out << " " << memory_kind_name(static_cast<MemoryKind>(k)) << " " << mib(in.max_memory[k]) << ";";
-  out << "\n  results   " << in.output_file << "\n\n";
+  out << "\n";
+  if (in.balance) balance_lines(out, *in.balance);
+  out << "  results   " << in.output_file << "\n\n";
 
   out << std::setprecision(6);
   out << "PERFORMANCE prefill_tokens_per_s=" << s.prefill_tokens_per_s << " ttft_s=" << s.ttft_s
@@ -67,6 +100,12 @@ void print_report(std::ostream& out, const RunConfig& cfg, const RunSummary& s, 
         << " sequences=" << f.sequences << " recovery_s=" << f.recovery_s
         << " decode_tokens_per_s_before=" << f.tokens_per_s_before
         << " decode_tokens_per_s_after=" << f.tokens_per_s_after << " (" << failover_drill_kind << ")\n";
+  }
+  if (in.balance) {
+    const BalanceLog& b = *in.balance;
+    const int last = b.checks.empty() ? cfg.parallel.micro_batches : b.checks.back().next_micro_batches;
+    out << "BALANCE checks=" << b.checks.size() << " trials=" << b.trials.size() << " micro_batches=" << last
+        << " suggested_attn_ranks=" << b.suggestion.attn_ranks << "\n";
   }
   out << "VERIFICATION " << s.verification << " max_rel_error=" << s.max_rel_error
       << " tolerance=" << s.tolerance;

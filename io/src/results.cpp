@@ -492,10 +492,69 @@ std::string check_inputs(const Shared& s, const RankMetrics& local, const Expert
   return {};
 }
 
+// The checks and trials are the same on every rank; the suggestion was made on rank 0.
+void write_balance(MPI_Comm comm, hid_t root, Writer& w, const BalanceLog& log) {
+  RankSplitSuggestion suggestion = log.suggestion;
+  bcast(comm, suggestion.attn_ranks);
+  bcast(comm, suggestion.tpot_s);
+  bcast(comm, suggestion.current_attn_ranks);
+  bcast(comm, suggestion.current_tpot_s);
+  bcast(comm, suggestion.machine);
+  bcast(comm, suggestion.note);
+  Handle group = create_group(root, "balance");
+  const hid_t g = group.id();
+  write_attribute(g, "threshold", log.threshold);
+  write_attribute(g, "interval", log.interval);
+  write_attribute(g, "suggested_attn_ranks", suggestion.attn_ranks);
+  write_attribute(g, "suggested_tpot_s", suggestion.tpot_s);
+  write_attribute(g, "current_attn_ranks", suggestion.current_attn_ranks);
+  write_attribute(g, "current_tpot_s", suggestion.current_tpot_s);
+  write_attribute(g, "machine", suggestion.machine);
+  write_attribute(g, "note", suggestion.note);
+
+  const auto column = [&](hid_t loc, const char* name, auto field, const auto& rows, const char* units) {
+    using Value = std::decay_t<decltype(field(rows.front()))>;
+    std::vector<Value> values;
+    for (const auto& r : rows) values.push_back(field(r));
+    w.from_root(loc, name, values, {static_cast<hsize_t>(rows.size())}, units);
+  };
+  const auto strings = [&](hid_t loc, const char* name, auto field, const auto& rows) {
+    std::vector<std::string> values;
+    for (const auto& r : rows) values.push_back(field(r));
+    w.strings_from_root(loc, name, values);
+  };
+  Handle checks = create_group(g, "checks");
+  const std::vector<BalanceCheck>& c = log.checks;
+  const hid_t cg = checks.id();
+  column(cg, "step", [](const BalanceCheck& r) { return r.step; }, c, "steps");
+  column(cg, "micro_batches", [](const BalanceCheck& r) { return r.micro_batches; }, c, nullptr);
+  column(cg, "attention_busy", [](const BalanceCheck& r) { return r.attention_busy; }, c, "s");
+  column(cg, "ffn_busy", [](const BalanceCheck& r) { return r.ffn_busy; }, c, "s");
+  column(cg, "imbalance", [](const BalanceCheck& r) { return r.imbalance; }, c, nullptr);
+  column(cg, "step_seconds", [](const BalanceCheck& r) { return r.step_seconds; }, c, "s");
+  strings(cg, "action", [](const BalanceCheck& r) { return r.action; }, c);
+  column(cg, "next_micro_batches", [](const BalanceCheck& r) { return r.next_micro_batches; }, c, nullptr);
+  MOEPROXY_H5(checks.close());
+  Handle trials = create_group(g, "trials");
+  const std::vector<BalanceTrial>& t = log.trials;
+  const hid_t tg = trials.id();
+  column(tg, "step", [](const BalanceTrial& r) { return r.step; }, t, "steps");
+  column(tg, "from_micro_batches", [](const BalanceTrial& r) { return r.from_micro_batches; }, t, nullptr);
+  column(tg, "to_micro_batches", [](const BalanceTrial& r) { return r.to_micro_batches; }, t, nullptr);
+  column(tg, "imbalance_before", [](const BalanceTrial& r) { return r.imbalance_before; }, t, nullptr);
+  column(tg, "imbalance_after", [](const BalanceTrial& r) { return r.imbalance_after; }, t, nullptr);
+  column(tg, "step_seconds_before", [](const BalanceTrial& r) { return r.step_seconds_before; }, t, "s");
+  column(tg, "step_seconds_after", [](const BalanceTrial& r) { return r.step_seconds_after; }, t, "s");
+  strings(tg, "verdict", [](const BalanceTrial& r) { return r.verdict; }, t);
+  MOEPROXY_H5(trials.close());
+  MOEPROXY_H5(group.close());
+}
+
 // `locals` are rows [first_row, first_row + locals.size()) of total_rows.
 void write_file(MPI_Comm comm, const std::string& path, const RunConfig& cfg, const RunInfo& info,
                 const std::vector<const RankMetrics*>& locals, int first_row, int total_rows,
-                const RunSummary& summary, const ExpertCounts& experts, const HiddenDump* dump) {
+                const RunSummary& summary, const ExpertCounts& experts, const HiddenDump* dump,
+                const BalanceLog* balance) {
   const int rank = comm_rank(comm);
   const Shared s = share_from_root(comm, cfg, info, summary, experts);
   const CommTable comm_table = gather_comm(comm, locals);
@@ -645,6 +704,10 @@ void write_file(MPI_Comm comm, const std::string& path, const RunConfig& cfg, co
     w.per_rank(group.id(), "busbw", comm_table.busbw, {keys}, "B/s");
     MOEPROXY_H5(group.close());
   });
+
+  if (balance && balance->threshold > 0.0) {
+    collective_step(comm, "writing /balance", [&] { write_balance(comm, root, w, *balance); });
+  }
 
   if (rows.dumped) {
     collective_step(comm, "writing /output", [&] {
@@ -911,10 +974,10 @@ ResultsFile read_file(const std::string& path) {
 
 void write_results(MPI_Comm comm, const std::string& path, const RunConfig& cfg, const RunInfo& info,
                    const RankMetrics& local, const RunSummary& summary, const ExpertCounts& experts,
-                   const HiddenDump* dump) {
+                   const HiddenDump* dump, const BalanceLog* balance) {
   QuietHdf5Errors quiet;
   try {
-    write_file(comm, path, cfg, info, {&local}, comm_rank(comm), comm_size(comm), summary, experts, dump);
+    write_file(comm, path, cfg, info, {&local}, comm_rank(comm), comm_size(comm), summary, experts, dump, balance);
   } catch (const std::exception& e) {
     throw std::runtime_error("cannot write results file " + path + ": " + e.what());
   }
@@ -931,7 +994,7 @@ void write_predicted_results(const std::string& path, const RunConfig& cfg, cons
   try {
     if (locals.empty()) throw std::runtime_error("no ranks to write");
     write_file(MPI_COMM_SELF, path, cfg, predicted, locals, 0, static_cast<int>(locals.size()), summary, experts,
-               nullptr);
+               nullptr, nullptr);
   } catch (const std::exception& e) {
     throw std::runtime_error("cannot write results file " + path + ": " + e.what());
   }

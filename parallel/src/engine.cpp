@@ -1,5 +1,6 @@
 #include "moeproxy/parallel/engine.hpp"
 
+#include "moeproxy/parallel/balance.hpp"
 #include "moeproxy/parallel/device_comm.hpp"
 #include "moeproxy/parallel/exchange.hpp"
 #include "moeproxy/parallel/failover.hpp"
@@ -158,9 +159,13 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, CommBacken
   timer.reset();
   Kokkos::Profiling::pushRegion("moeproxy::decode");
   const int report_every = std::max(1, w.decode_steps / 10);
+  std::unique_ptr<Balancer> balancer;
+  if (separation && cfg.parallel.balance_threshold > 0.0)
+    balancer = std::make_unique<Balancer>(cfg, layout, world, *separation);
   for (int g = 0; g < w.decode_steps; ++g) {
     if (failover.fails_at(g)) recover(g);
     if (!failover.stopped(g)) pass(g, decode_input, decode_output(g), out.metrics.decode);
+    if (balancer) balancer->after_step(g, out.metrics.decode);
     if (progress && failover.fails_at(g))
       *progress << "[moeproxy] failover drill: rank " << cfg.faults.fail_rank << " failed before decode step " << g
                 << "; rank " << layout.takeover_rank() << " took over\n" << std::flush;
@@ -170,6 +175,7 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, CommBacken
   named_fence(space, "moeproxy::engine::decode_end");
   Kokkos::Profiling::popRegion();
   out.metrics.decode_seconds = timer.seconds();
+  if (balancer) out.balance = balancer->log();
 
   // Model FLOPs of the sequences this rank served and its layers, shared evenly by the
   // tensor-parallel group (a failover's recomputation is not counted).

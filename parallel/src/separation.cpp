@@ -47,10 +47,20 @@ Separation::Separation(const ExecSpace& space, Transformer& model, Communicator&
     : space_(space), model_(model), sep_(sep), tp_(tp), cfg_(cfg), attn_ranks_(cfg.parallel.attn_ranks),
       ffn_ranks_(layout.ffn_ranks()), placement_(layout.placement()),
       tp_index_(layout.coordinates(sep.rank()).tp), tp_size_(cfg.parallel.tp),
-      codec_(cfg.parallel.comm_compression) {
-  const int sequences = layout.sequences_of(sep_.rank()).count;
-  const int per = sequences / cfg.parallel.micro_batches;
-  for (int m = 0; m < cfg.parallel.micro_batches; ++m) micro_batches_.push_back(MicroBatch{m * per, per});
+      sequences_(layout.sequences_of(sep.rank()).count), codec_(cfg.parallel.comm_compression) {
+  split(cfg.parallel.micro_batches);
+}
+
+// The first sequences % count micro-batches hold one sequence more: the balancer may choose
+// a count that does not divide the sequences.
+void Separation::split(int count) {
+  const int per = sequences_ / count, extra = sequences_ % count;
+  micro_batches_.clear();
+  for (int m = 0, first = 0; m < count; ++m) {
+    const int size = per + (m < extra ? 1 : 0);
+    micro_batches_.push_back(MicroBatch{first, size});
+    first += size;
+  }
   flights_.resize(micro_batches_.size());
   for (int r = 0; r < attn_ranks_; ++r) sources_.push_back(r);
 }

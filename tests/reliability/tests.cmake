@@ -8,7 +8,9 @@ foreach(case layers-zero batch-negative hidden-absurd topk-experts dp-batch tp-t
              toml-unterminated toml-binary toml-header-key set-no-equals set-empty-value set-not-number
              memory-model memory-batch no-preflight
              expert-map-duplicate expert-map-missing expert-map-length expert-map-layers heads-sum heads-mxn
-             replicas-dp replicas-ep fail-rank-range fail-rank-ffn fail-step fail-no-replica fail-step-alone)
+             replicas-dp replicas-ep fail-rank-range fail-rank-ffn fail-step fail-no-replica fail-step-alone
+             balance-threshold-negative balance-threshold-one balance-interval-zero balance-no-separation
+             balance-machine-missing)
   add_test(NAME reliability/cli/${case}
            COMMAND bash ${CMAKE_SOURCE_DIR}/tests/cli_test.sh ${case} $<TARGET_FILE:moeproxy>
                    ${MPIEXEC_EXECUTABLE} ${CMAKE_SOURCE_DIR} ${CMAKE_CURRENT_BINARY_DIR}/cli-out)

@@ -73,6 +73,12 @@ struct ParallelConfig {
   // expert_map_per_layer, else expert_map[0][rank] for every layer; empty = even split.
   std::vector<std::vector<std::vector<int>>> expert_map;
   bool expert_map_per_layer = false;
+  // Separation only (parallel/balance.hpp): the attention/FFN busy-time imbalance above which
+  // the decode micro-batches are re-split (0 = off), checked every balance_interval decode
+  // steps; the machine file the suggested rank split is modelled for ("" = no suggestion).
+  double balance_threshold = 0.0;
+  int balance_interval = 10;
+  std::string balance_machine;
 };
 
 // A failover drill: attention rank `fail_rank` stops serving before decode step `fail_step`

@@ -3,6 +3,7 @@
 
 #include <array>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -79,6 +80,48 @@ struct RankMetrics {
   double decode_seconds = 0.0;
   double prefill_flops = 0.0;    // model FLOPs this rank computed
   double decode_flops = 0.0;
+};
+
+// Balancing the two sides of attention/MoE separation (parallel/balance.hpp). Every record
+// is the same on all ranks: the figures come from one all-reduce per check.
+struct BalanceCheck {
+  int step = 0;                 // decode steps done when checked
+  int micro_batches = 1;        // the split the interval ran with
+  double attention_busy = 0.0;  // compute seconds per decode step, busiest attention rank
+  double ffn_busy = 0.0;        // compute seconds per decode step, busiest FFN rank
+  double imbalance = 0.0;       // (busier - idler) / busier of the two sides
+  double step_seconds = 0.0;    // decode wall per step, slowest rank
+  std::string action;           // "none", "finer", "coarser", "keep", "revert"
+  int next_micro_batches = 1;   // the split from this check on
+};
+
+// A re-split tried at one check and judged at the next: kept when the decode step got faster.
+struct BalanceTrial {
+  int step = 0;  // decode steps done when it was tried
+  int from_micro_batches = 1, to_micro_batches = 1;
+  double imbalance_before = 0.0, step_seconds_before = 0.0;
+  // NaN while unjudged.
+  double imbalance_after = std::numeric_limits<double>::quiet_NaN();
+  double step_seconds_after = std::numeric_limits<double>::quiet_NaN();
+  std::string verdict = "unjudged";  // "kept", "reverted", or "unjudged" when the run ended first
+};
+
+// The attention/FFN split of the same ranks the performance model (perf_model.hpp) predicts
+// fastest for the deck's decode.
+struct RankSplitSuggestion {
+  int attn_ranks = 0;  // 0: no suggestion (note says why)
+  double tpot_s = 0.0;
+  int current_attn_ranks = 0;
+  double current_tpot_s = 0.0;
+  std::string machine, note;
+};
+
+struct BalanceLog {
+  double threshold = 0.0;  // 0: balancing off, nothing recorded
+  int interval = 0;
+  std::vector<BalanceCheck> checks;
+  std::vector<BalanceTrial> trials;
+  RankSplitSuggestion suggestion;
 };
 
 // Run-wide figures, identical on every rank after the reduction.

@@ -98,4 +98,13 @@ int deck_ranks(const ParallelConfig& p);
 // rules as the runtime's layout, and for separation: attn_ranks < ranks).
 Prediction predict(const RunConfig& cfg, const MachineSpec& machine, int ranks);
 
+// For a separated deck (parallel.attn_ranks > 0) on `ranks` ranks: the attention rank count
+// whose predicted decode step (TPOT) is shortest among the splits the runtime accepts: the
+// attention ranks as the deck's parallel.dp replicas of a wider or narrower tensor group
+// (at most one head each), else as more or fewer replicas of its parallel.tp group; the
+// replicas splitting the batch and its micro-batches evenly, the FFN ranks the experts. The
+// deck's own split's prediction comes with it for comparison. A deck the model cannot
+// describe gets attn_ranks = 0 and a note.
+RankSplitSuggestion suggest_attention_split(const RunConfig& cfg, const MachineSpec& machine, int ranks);
+
 }  // namespace moeproxy

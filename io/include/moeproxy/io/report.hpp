@@ -23,6 +23,7 @@ struct ReportInput {
   int ranks = 1;
   PhaseStats prefill, decode;
   std::uint64_t max_memory[memory_kind_count] = {};  // largest over ranks, per kind
+  const BalanceLog* balance = nullptr;  // separation balancing, when on
 };
 
 void print_report(std::ostream& out, const RunConfig& cfg, const RunSummary& summary,

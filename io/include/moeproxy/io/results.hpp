@@ -47,10 +47,12 @@ struct HiddenDump {
 // ranks (cfg, info except host/device, summary, experts) are taken from rank 0. Hidden-state
 // rows are written by the lowest rank that owns them; together the ranks must own the whole
 // batch. Any failure, on any rank, throws std::runtime_error on every rank; a failed write
-// leaves at most path + ".partial" behind, still marked incomplete.
+// leaves at most path + ".partial" behind, still marked incomplete. `balance` (the same on
+// all ranks but its suggestion, taken from rank 0) adds /balance when balancing was on.
 void write_results(MPI_Comm comm, const std::string& path, const RunConfig& cfg, const RunInfo& info,
                    const RankMetrics& local, const RunSummary& summary, const ExpertCounts& experts,
-                   const HiddenDump* dump /* nullptr unless cfg.output.dump_hidden */);
+                   const HiddenDump* dump /* nullptr unless cfg.output.dump_hidden */,
+                   const BalanceLog* balance = nullptr);
 
 // A modelled run (moeproxy predict), written by one process: `ranks` holds every rank's
 // predicted metrics, in rank order; the file has mpi_size = ranks.size() and predicted = 1

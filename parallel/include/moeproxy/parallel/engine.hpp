@@ -22,6 +22,7 @@ struct RunOutput {
   std::vector<float> hidden_prefill;        // [slice.count, prompt, hidden] final-normed
   std::vector<float> hidden_decode;         // [slice.count, decode_steps, hidden]
   CommBackend comm_backend = CommBackend::mpi;  // what moved the layers' data
+  BalanceLog balance;  // separation with parallel.balance_threshold > 0; the same on all ranks
 };
 
 // Collective over `world`. `comm` is the backend select_comm_backend chose (not automatic).

@@ -39,6 +39,11 @@ class Separation {
   void serve(std::vector<MicroBatch> micro_batches);
   void set_sources(std::vector<int> attention_ranks) { sources_ = std::move(attention_ranks); }
 
+  // Between passes, on every rank alike: the attention ranks' sequences in `count`
+  // micro-batches (parallel/balance.hpp re-splits decode).
+  void split(int count);
+  int micro_batches() const { return static_cast<int>(micro_batches_.size()); }
+
  private:
   // One micro-batch's rows on their way to the FFN ranks and back (attention side).
   struct InFlight {
@@ -63,6 +68,7 @@ class Separation {
   int attn_ranks_, ffn_ranks_;
   ExpertPlacement placement_;    // MoE: each FFN rank's experts per layer (empty: dense)
   int tp_index_, tp_size_;       // attention side: place in the tensor-parallel group
+  int sequences_;                // attention side: this rank's sequences
   std::vector<MicroBatch> micro_batches_;
   std::vector<int> sources_;     // FFN side: the attention ranks sending rows
   std::vector<InFlight> flights_;

@@ -32,7 +32,7 @@ sep=(run "$src/tests/decks/tiny-moe8.toml" --set parallel.attn_ranks=1 --set out
 # The quickstart deck on one rank, writing this case's results file.
 one=(run "$quick" --set parallel.dp=1 --set output.file="$result")
 # Two attention ranks, replica buddies, and two FFN ranks.
-sep=(--set parallel.attn_ranks=2 --set parallel.dp=2 --set parallel.attn_replicas=2)
+replicas=(--set parallel.attn_ranks=2 --set parallel.dp=2 --set parallel.attn_replicas=2)
 case $case_name in
   help) expect 0 "run" "check" "info" "--set" "model.layers" -- "$exe" --help ;;
   version) expect 0 "moeproxy 0." -- "$exe" --version ;;
@@ -99,11 +99,11 @@ case $case_name in
   # with 2 attention ranks (dp=2) and 2 FFN ranks.
   replicas-dp) refuse "parallel.attn_replicas=3" "parallel.dp=4" "multiple of 3" -- "$mpiexec" -n 4 "$exe" run "$quick" --set parallel.attn_replicas=3 --set output.file="$result" ;;
   replicas-ep) refuse "parallel.attn_replicas=2" "parallel.ep=2" "no copy" -- "$mpiexec" -n 4 "$exe" run "$quick" --set parallel.ep=2 --set parallel.attn_replicas=2 --set output.file="$result" ;;
-  fail-rank-range) refuse "faults.fail_rank=9" "attention rank 0..1" -- "$mpiexec" -n 4 "$exe" run "$quick" "${sep[@]}" --set faults.fail_rank=9 --set faults.fail_step=1 --set output.file="$result" ;;
-  fail-rank-ffn) refuse "faults.fail_rank=3" "FFN rank" "attention rank 0..1" -- "$mpiexec" -n 4 "$exe" run "$quick" "${sep[@]}" --set faults.fail_rank=3 --set faults.fail_step=1 --set output.file="$result" ;;
-  fail-step) refuse "faults.fail_step = 16" "workload.decode_steps = 16" "0..15" -- "$mpiexec" -n 4 "$exe" run "$quick" "${sep[@]}" --set faults.fail_rank=1 --set faults.fail_step=16 --set output.file="$result" ;;
+  fail-rank-range) refuse "faults.fail_rank=9" "attention rank 0..1" -- "$mpiexec" -n 4 "$exe" run "$quick" "${replicas[@]}" --set faults.fail_rank=9 --set faults.fail_step=1 --set output.file="$result" ;;
+  fail-rank-ffn) refuse "faults.fail_rank=3" "FFN rank" "attention rank 0..1" -- "$mpiexec" -n 4 "$exe" run "$quick" "${replicas[@]}" --set faults.fail_rank=3 --set faults.fail_step=1 --set output.file="$result" ;;
+  fail-step) refuse "faults.fail_step = 16" "workload.decode_steps = 16" "0..15" -- "$mpiexec" -n 4 "$exe" run "$quick" "${replicas[@]}" --set faults.fail_rank=1 --set faults.fail_step=16 --set output.file="$result" ;;
   fail-no-replica) refuse "faults.fail_rank=1" "parallel.attn_replicas=1" "parallel.attn_replicas = 2" -- "$mpiexec" -n 4 "$exe" run "$quick" --set parallel.attn_ranks=2 --set parallel.dp=2 --set faults.fail_rank=1 --set faults.fail_step=1 --set output.file="$result" ;;
-  fail-step-alone) refuse "faults.fail_rank" "faults.fail_step = 2" "set both" -- "$mpiexec" -n 4 "$exe" run "$quick" "${sep[@]}" --set faults.fail_step=2 --set output.file="$result" ;;
+  fail-step-alone) refuse "faults.fail_rank" "faults.fail_step = 2" "set both" -- "$mpiexec" -n 4 "$exe" run "$quick" "${replicas[@]}" --set faults.fail_step=2 --set output.file="$result" ;;
   tp-three) refuse "parallel.tp=3" -- "$mpiexec" -n 3 "$exe" run "$quick" --set parallel.dp=1 --set parallel.tp=3 --set output.file="$result" ;;
   precision-unknown) refuse "model.precision" "bf16" '"fp32" | "fp16"' -- "$exe" "${one[@]}" --set model.precision=bf16 ;;
   compression-unknown)

@@ -49,6 +49,7 @@ Separation::Separation(const ExecSpace& space, Transformer& model, Communicator&
       tp_index_(layout.coordinates(sep.rank()).tp), tp_size_(cfg.parallel.tp),
       sequences_(layout.sequences_of(sep.rank()).count), codec_(cfg.parallel.comm_compression) {
   split(cfg.parallel.micro_batches);
+  for (int r = 0; r < attn_ranks_; ++r) sources_.push_back(r);
 }
 
 // The first sequences % count micro-batches hold one sequence more: the balancer may choose
@@ -62,7 +63,6 @@ void Separation::split(int count) {
     first += size;
   }
   flights_.resize(micro_batches_.size());
-  for (int r = 0; r < attn_ranks_; ++r) sources_.push_back(r);
 }
 
 void Separation::serve(std::vector<MicroBatch> micro_batches) {

@@ -327,6 +327,8 @@ const std::vector<KeySpec>& key_specs() {
     s.push_back(int_key("parallel.dim_groups", 1, kMaxDegree, MOEPROXY_FIELD(parallel.dim_groups)));
     s.push_back(
         int_key("parallel.micro_batches", 1, kMaxDegree, MOEPROXY_FIELD(parallel.micro_batches)));
+    s.push_back(int_key("parallel.ep_chunks", 1, kMaxDegree, MOEPROXY_FIELD(parallel.ep_chunks),
+                        "1.." + std::to_string(kMaxDegree) + "; 1 = blocking dispatch and combine"));
     s.push_back(choice_key(
         "parallel.comm",
         std::vector<CommBackend>{CommBackend::automatic, CommBackend::nccl, CommBackend::mpi},

@@ -17,7 +17,21 @@
 
 #include "moeproxy/parallel/exchange.hpp"
 
+#include "moeproxy/core/model.hpp"  // timed
+
 namespace moeproxy::parallel {
+
+ExpertTraffic LayoutExchange::traffic(const std::vector<int>& counts) {
+  const int ranks = ep_.size(), local = local_experts_;
+  ExpertTraffic t;
+  t.local_experts = local;
+  t.recv_expert_rows.assign(static_cast<std::size_t>(ranks) * local, 0);
+  ep_.host().alltoall(counts.data(), t.recv_expert_rows.data(), local);
+  t.send_rows.assign(ranks, 0);
+  for (int r = 0; r < ranks; ++r)
+    t.send_rows[r] = std::accumulate(counts.begin() + r * local, counts.begin() + (r + 1) * local, 0);
+  return t;
+}
 
 ExpertRows LayoutExchange::dispatch(const ExecSpace& space, const Matrix& xp, const std::vector<int>& counts) {
   if (ep_.size() == 1) {
@@ -27,23 +41,20 @@ ExpertRows LayoutExchange::dispatch(const ExecSpace& space, const Matrix& xp, co
     return ExpertRows{Kokkos::subview(xp, local_rows_, Kokkos::ALL), std::vector<int>(first, last), local_rows_.first};
   }
   const int ranks = ep_.size(), local = local_experts_, d = static_cast<int>(xp.extent(1));
-  std::vector<int> counts_in(static_cast<std::size_t>(ranks) * local, 0);
-  ep_.host().alltoall(counts.data(), counts_in.data(), local);
-
+  const ExpertTraffic t = traffic(counts);
   send_counts_.assign(ranks, 0);
   recv_counts_.assign(ranks, 0);
-  for (int r = 0; r < ranks; ++r)
-    for (int e = 0; e < local; ++e) {
-      send_counts_[r] += counts[r * local + e] * d;
-      recv_counts_[r] += counts_in[r * local + e] * d;
-    }
+  for (int r = 0; r < ranks; ++r) {
+    send_counts_[r] = t.send_rows[r] * d;
+    for (int e = 0; e < local; ++e) recv_counts_[r] += t.recv_expert_rows[r * local + e] * d;
+  }
   send_displs_ = displacements(send_counts_);
   recv_displs_ = displacements(recv_counts_);
   const int received = (recv_displs_.back() + recv_counts_.back()) / d;
 
   Matrix x_in(Kokkos::view_alloc(space, "moeproxy::ep::expert_in"), received, d);
   ep_.alltoallv(xp.data(), send_counts_, send_displs_, x_in.data(), recv_counts_, recv_displs_);
-  return ExpertRows{x_in, counts_in, -1};
+  return ExpertRows{x_in, t.recv_expert_rows, -1};
 }
 
 void LayoutExchange::undispatch(const ExecSpace& space, const Matrix& y_in, const Matrix& yp) {
@@ -54,6 +65,17 @@ void LayoutExchange::undispatch(const ExecSpace& space, const Matrix& y_in, cons
     return;
   }
   ep_.alltoallv(y_in.data(), recv_counts_, recv_displs_, yp.data(), send_counts_, send_displs_);
+}
+
+void LayoutExchange::run_experts(const ExecSpace& space, const Matrix& xp, const std::vector<int>& counts,
+                                 const Matrix& yp, const ExpertCompute& compute, PhaseTable& timing, int layer) {
+  if (ep_.size() == 1 || ep_chunks_ == 1) {
+    LayerExchange::run_experts(space, xp, counts, yp, compute, timing, layer);
+    return;
+  }
+  ExpertTraffic t;
+  timed(space, timing, layer, Phase::dispatch, [&] { t = traffic(counts); });
+  run_chunked_experts(space, ep_, t, ep_chunks_, xp, yp, compute, timing, layer);
 }
 
 }  // namespace moeproxy::parallel

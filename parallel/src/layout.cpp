@@ -135,7 +135,14 @@ RankLayout RankLayout::build(const RunConfig& cfg, int world_size) {
                      std::to_string(per_replica) + " sequences of each data-parallel replica (workload.batch=" +
                      std::to_string(cfg.workload.batch) + " / parallel.dp=" + std::to_string(p.dp) +
                      "); choose a divisor of " + std::to_string(per_replica));
+  if (p.ep_chunks > 1 && separated)
+    throw InputError(kv("parallel.ep_chunks", p.ep_chunks) + " chunks the all-to-all-v of expert parallelism, which a "
+                     "separated layout (parallel.attn_ranks > 0) does not use: its rows overlap by micro-batches; "
+                     "set parallel.ep_chunks = 1 and use parallel.micro_batches");
   if (separated) return RankLayout(cfg, world_size);
+  if (p.ep_chunks > 1 && p.ep == 1)
+    throw InputError(kv("parallel.ep_chunks", p.ep_chunks) + " overlaps the all-to-all-v of expert parallelism with "
+                     "the experts' compute, and parallel.ep = 1 has none; set parallel.ep > 1 or parallel.ep_chunks = 1");
   must_divide(p.tp, "parallel.tp", m.heads, "model.heads");
   must_divide(p.tp, "parallel.tp", m.ffn_hidden, "model.ffn_hidden");
   if (p.ep > 1) {
@@ -246,6 +253,7 @@ std::string RankLayout::describe() const {
     s += " mxn=" + std::to_string(p.head_groups) + "x" + std::to_string(p.dim_groups);
   if (separated()) s += " attn_ranks=" + std::to_string(p.attn_ranks) + " ep=" + std::to_string(ffn_ranks());
   if (p.micro_batches > 1) s += " micro_batches=" + std::to_string(p.micro_batches);
+  if (p.ep_chunks > 1) s += " ep_chunks=" + std::to_string(p.ep_chunks);
   return s;
 }
 

@@ -61,6 +61,7 @@ struct ParallelConfig {
   int head_groups = 1;
   int dim_groups = 1;
   int micro_batches = 1;
+  int ep_chunks = 1;  // pieces of an MoE step's routed rows, dispatched while the previous compute
   CommBackend comm = CommBackend::automatic;
 };
 

@@ -9,6 +9,7 @@
 
 #include "moeproxy/core/exchange.hpp"
 #include "moeproxy/parallel/device_comm.hpp"
+#include "moeproxy/parallel/expert_overlap.hpp"
 
 namespace moeproxy::parallel {
 
@@ -18,20 +19,27 @@ class LayoutExchange : public LayerExchange {
   // `ep`: ranks the experts are spread over with all-to-all, `local_experts` each.
   // `dim`: ranks holding the other dimension slices of the same heads (n of m x n).
   // This rank holds experts [expert_begin, expert_begin + local_experts).
-  LayoutExchange(DeviceComm& tp, DeviceComm& ep, DeviceComm& dim, int expert_begin, int local_experts)
-      : tp_(tp), ep_(ep), dim_(dim), expert_begin_(expert_begin), local_experts_(local_experts) {}
+  // `ep_chunks` > 1: the all-to-all-v overlapped with the experts (expert_overlap.hpp).
+  LayoutExchange(DeviceComm& tp, DeviceComm& ep, DeviceComm& dim, int expert_begin, int local_experts,
+                 int ep_chunks = 1)
+      : tp_(tp), ep_(ep), dim_(dim), expert_begin_(expert_begin), local_experts_(local_experts),
+        ep_chunks_(ep_chunks) {}
 
   void reduce_partial(const ExecSpace& space, const Matrix& partial) override;
   void reduce_scores(const ExecSpace& space, const Scores& scores) override;
   ExpertRows dispatch(const ExecSpace& space, const Matrix& xp, const std::vector<int>& counts) override;
   void undispatch(const ExecSpace& space, const Matrix& y_in, const Matrix& yp) override;
+  void run_experts(const ExecSpace& space, const Matrix& xp, const std::vector<int>& counts, const Matrix& yp,
+                   const ExpertCompute& compute, PhaseTable& timing, int layer) override;
   int expert_group_size() const override { return ep_.size(); }
 
  private:
   DeviceComm& tp_;
   DeviceComm& ep_;
   DeviceComm& dim_;
-  int expert_begin_, local_experts_;
+  int expert_begin_, local_experts_, ep_chunks_;
+  // Who sends whom how many rows, from the expert group's all-to-all of counts.
+  ExpertTraffic traffic(const std::vector<int>& counts);
   // The last dispatch's layout, in floats, reused in reverse by undispatch.
   std::vector<int> send_counts_, send_displs_, recv_counts_, recv_displs_;
   // Without an expert group: the rows of xp the local experts computed in place.

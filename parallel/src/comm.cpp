@@ -1,5 +1,6 @@
 #include "moeproxy/parallel/comm.hpp"
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace moeproxy::parallel {
@@ -33,7 +34,9 @@ template <class Call>
 void Communicator::timed(CommOp op, const CommVolume& volume, Call&& call) {
   const double t0 = MPI_Wtime();
   call();
-  log_.add(op, volume, MPI_Wtime() - t0);
+  const double seconds = MPI_Wtime() - t0;
+  log_.add(op, volume, seconds);
+  blocked_ += seconds;
 }
 
 void Communicator::barrier() {
@@ -102,6 +105,7 @@ MPI_Request Communicator::post_send(const float* data, int count, int dest, int 
   MPI_Request request;
   timed(CommOp::isend, send_volume(sizeof(float) * static_cast<std::uint64_t>(count), rank_, dest),
         [&] { MOEPROXY_MPI(MPI_Isend(data, count, MPI_FLOAT, dest, tag, comm_, &request)); });
+  posted_.push_back(Posted{request, MPI_Wtime(), blocked_});
   return request;
 }
 
@@ -109,6 +113,7 @@ MPI_Request Communicator::post_send(const int* data, int count, int dest, int ta
   MPI_Request request;
   timed(CommOp::isend, send_volume(sizeof(int) * static_cast<std::uint64_t>(count), rank_, dest),
         [&] { MOEPROXY_MPI(MPI_Isend(data, count, MPI_INT, dest, tag, comm_, &request)); });
+  posted_.push_back(Posted{request, MPI_Wtime(), blocked_});
   return request;
 }
 
@@ -116,6 +121,7 @@ MPI_Request Communicator::post_recv(float* data, int count, int source, int tag)
   MPI_Request request;
   timed(CommOp::irecv, recv_volume(sizeof(float) * static_cast<std::uint64_t>(count), rank_, source),
         [&] { MOEPROXY_MPI(MPI_Irecv(data, count, MPI_FLOAT, source, tag, comm_, &request)); });
+  posted_.push_back(Posted{request, MPI_Wtime(), blocked_});
   return request;
 }
 
@@ -123,10 +129,22 @@ MPI_Request Communicator::post_recv(int* data, int count, int source, int tag) {
   MPI_Request request;
   timed(CommOp::irecv, recv_volume(sizeof(int) * static_cast<std::uint64_t>(count), rank_, source),
         [&] { MOEPROXY_MPI(MPI_Irecv(data, count, MPI_INT, source, tag, comm_, &request)); });
+  posted_.push_back(Posted{request, MPI_Wtime(), blocked_});
   return request;
 }
 
 void Communicator::wait(std::vector<MPI_Request>& requests) {
+  const double now = MPI_Wtime();
+  const Posted* first = nullptr;
+  for (const Posted& p : posted_)
+    if (std::find(requests.begin(), requests.end(), p.request) != requests.end() && (!first || p.at < first->at))
+      first = &p;
+  if (first) log_.add_hidden(CommOp::wait, std::max(0.0, now - first->at - (blocked_ - first->blocked)));
+  posted_.erase(std::remove_if(posted_.begin(), posted_.end(),
+                               [&](const Posted& p) {
+                                 return std::find(requests.begin(), requests.end(), p.request) != requests.end();
+                               }),
+                posted_.end());
   timed(CommOp::wait, {}, [&] {
     MOEPROXY_MPI(MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE));
   });

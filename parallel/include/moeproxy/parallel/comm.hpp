@@ -42,7 +42,9 @@ class Communicator {
   void irecv(float* data, int count, int source, int tag);
   void wait_all();
   // Non-blocking point-to-point the caller completes with wait(): "isend" records the bytes,
-  // "wait" the time spent blocked on completion.
+  // "wait" the time spent blocked on completion and, as hidden, the time from the earliest
+  // post among the requests to the start of the wait, less the time this group's calls
+  // blocked meanwhile (the rank computed while they were in flight).
   MPI_Request post_send(const float* data, int count, int dest, int tag);
   MPI_Request post_send(const int* data, int count, int dest, int tag);
   MPI_Request post_recv(float* data, int count, int source, int tag);
@@ -69,6 +71,12 @@ class Communicator {
   int size_ = 1;
   CommLog log_;
   std::vector<MPI_Request> pending_;
+  struct Posted {
+    MPI_Request request;
+    double at, blocked;  // MPI_Wtime after the post; blocked_ then
+  };
+  std::vector<Posted> posted_;  // of post_send and post_recv, until their wait
+  double blocked_ = 0.0;        // seconds spent in this group's calls so far
   CommVolume pending_volume_;  // of the receives wait_all completes
 };
 

@@ -73,6 +73,11 @@ case $case_name in
     refuse "model.top_k = 5" "$bad:3" "model.experts = 4" -- "$exe" run "$bad" ;;
   dp-batch) refuse "parallel.dp=3" "workload.batch=8" -- "$mpiexec" -n 3 "$exe" run "$quick" --set parallel.dp=3 --set output.file="$result" ;;
   tp-three) refuse "parallel.tp=3" -- "$mpiexec" -n 3 "$exe" run "$quick" --set parallel.dp=1 --set parallel.tp=3 --set output.file="$result" ;;
+  ep-chunks-zero) refuse "parallel.ep_chunks = 0" "between 1 and" -- "$exe" "${one[@]}" --set parallel.ep_chunks=0 ;;
+  ep-chunks-no-ep) refuse "parallel.ep_chunks=2" "parallel.ep > 1" -- "$exe" "${one[@]}" --set parallel.ep_chunks=2 ;;
+  ep-chunks-separation) refuse "parallel.ep_chunks=2" "parallel.micro_batches" -- \
+    "$mpiexec" -n 2 "$exe" run "$quick" --set parallel.dp=1 --set parallel.attn_ranks=1 --set parallel.ep_chunks=2 \
+    --set output.file="$result" ;;
   precision-unknown) refuse "model.precision" "bf16" '"fp32" | "fp16"' -- "$exe" "${one[@]}" --set model.precision=bf16 ;;
   precision-fp16)
     rm -f "$result"

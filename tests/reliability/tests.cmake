@@ -6,7 +6,7 @@ foreach(case layers-zero batch-negative hidden-absurd topk-experts dp-batch tp-t
              checkpoint-not-hdf5 checkpoint-attribute checkpoint-shape checkpoint-dataset-missing
              output-proc output-parent-file output-directory output-empty
              toml-unterminated toml-binary toml-header-key set-no-equals set-empty-value set-not-number
-             memory-model memory-batch no-preflight)
+             memory-model memory-batch no-preflight ep-chunks-zero ep-chunks-no-ep ep-chunks-separation)
   add_test(NAME reliability/cli/${case}
            COMMAND bash ${CMAKE_SOURCE_DIR}/tests/cli_test.sh ${case} $<TARGET_FILE:moeproxy>
                    ${MPIEXEC_EXECUTABLE} ${CMAKE_SOURCE_DIR} ${CMAKE_CURRENT_BINARY_DIR}/cli-out)

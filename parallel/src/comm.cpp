@@ -33,10 +33,10 @@ Communicator::Communicator(MPI_Comm comm, std::string name)
 template <class Call>
 void Communicator::timed(CommOp op, const CommVolume& volume, Call&& call) {
   const double t0 = MPI_Wtime();
+  if (!posted_.empty()) log_.add_hidden(CommOp::wait, t0 - left_call_);
   call();
-  const double seconds = MPI_Wtime() - t0;
-  log_.add(op, volume, seconds);
-  blocked_ += seconds;
+  left_call_ = MPI_Wtime();
+  log_.add(op, volume, left_call_ - t0);
 }
 
 void Communicator::barrier() {
@@ -105,7 +105,7 @@ MPI_Request Communicator::post_send(const float* data, int count, int dest, int 
   MPI_Request request;
   timed(CommOp::isend, send_volume(sizeof(float) * static_cast<std::uint64_t>(count), rank_, dest),
         [&] { MOEPROXY_MPI(MPI_Isend(data, count, MPI_FLOAT, dest, tag, comm_, &request)); });
-  posted_.push_back(Posted{request, MPI_Wtime(), blocked_});
+  posted_.push_back(request);
   return request;
 }
 
@@ -113,7 +113,7 @@ MPI_Request Communicator::post_send(const int* data, int count, int dest, int ta
   MPI_Request request;
   timed(CommOp::isend, send_volume(sizeof(int) * static_cast<std::uint64_t>(count), rank_, dest),
         [&] { MOEPROXY_MPI(MPI_Isend(data, count, MPI_INT, dest, tag, comm_, &request)); });
-  posted_.push_back(Posted{request, MPI_Wtime(), blocked_});
+  posted_.push_back(request);
   return request;
 }
 
@@ -121,7 +121,7 @@ MPI_Request Communicator::post_recv(float* data, int count, int source, int tag)
   MPI_Request request;
   timed(CommOp::irecv, recv_volume(sizeof(float) * static_cast<std::uint64_t>(count), rank_, source),
         [&] { MOEPROXY_MPI(MPI_Irecv(data, count, MPI_FLOAT, source, tag, comm_, &request)); });
-  posted_.push_back(Posted{request, MPI_Wtime(), blocked_});
+  posted_.push_back(request);
   return request;
 }
 
@@ -129,26 +129,20 @@ MPI_Request Communicator::post_recv(int* data, int count, int source, int tag) {
   MPI_Request request;
   timed(CommOp::irecv, recv_volume(sizeof(int) * static_cast<std::uint64_t>(count), rank_, source),
         [&] { MOEPROXY_MPI(MPI_Irecv(data, count, MPI_INT, source, tag, comm_, &request)); });
-  posted_.push_back(Posted{request, MPI_Wtime(), blocked_});
+  posted_.push_back(request);
   return request;
 }
 
 void Communicator::wait(std::vector<MPI_Request>& requests) {
-  const double now = MPI_Wtime();
-  const Posted* first = nullptr;
-  for (const Posted& p : posted_)
-    if (std::find(requests.begin(), requests.end(), p.request) != requests.end() && (!first || p.at < first->at))
-      first = &p;
-  if (first) log_.add_hidden(CommOp::wait, std::max(0.0, now - first->at - (blocked_ - first->blocked)));
-  posted_.erase(std::remove_if(posted_.begin(), posted_.end(),
-                               [&](const Posted& p) {
-                                 return std::find(requests.begin(), requests.end(), p.request) != requests.end();
-                               }),
-                posted_.end());
+  const std::vector<MPI_Request> completed = requests;  // MPI_Waitall resets them
   timed(CommOp::wait, {}, [&] {
     MOEPROXY_MPI(MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE));
   });
   requests.clear();
+  for (const MPI_Request r : completed) {
+    const auto found = std::find(posted_.begin(), posted_.end(), r);
+    if (found != posted_.end()) posted_.erase(found);
+  }
 }
 
 void Communicator::alltoall(const int* send, int* recv, int count) {

@@ -158,12 +158,12 @@ DeviceComm::DeviceComm(Communicator& host, const ExecSpace& space)
 template <class Call>
 void DeviceComm::timed(CommOp op, const CommVolume& volume, Call&& call) {
   named_fence(space_, "moeproxy::comm::buffer_ready");
+  enter_call();
   Kokkos::Timer timer;
   call();
   named_fence(space_, "moeproxy::comm::done");
-  const double seconds = timer.seconds();
-  log_.add(op, volume, seconds);
-  blocked_ += seconds;
+  log_.add(op, volume, timer.seconds());
+  leave_call();
 }
 
 void DeviceComm::allreduce_sum(float* data, std::size_t count) {
@@ -201,53 +201,51 @@ bool DeviceComm::transport_test(Posted&) { return true; }
 
 void DeviceComm::transport_wait(Posted&) {}
 
+void DeviceComm::enter_call() {
+  const double now = clock_.seconds();
+  if (open_ > 0) log_.add_hidden(CommOp::wait, now - left_call_);
+  left_call_ = now;
+}
+
 DeviceComm::Ticket DeviceComm::ialltoallv(const float* send, const std::vector<int>& send_counts,
                                           const std::vector<int>& send_displs, float* recv,
                                           const std::vector<int>& recv_counts, const std::vector<int>& recv_displs) {
   check_counts("ialltoallv send", send_counts, send_displs, size());
   check_counts("ialltoallv recv", recv_counts, recv_displs, size());
   named_fence(space_, "moeproxy::comm::buffer_ready");
+  enter_call();
   Kokkos::Timer timer;
   InFlight f;
   f.posted = transport_ialltoallv(send, send_counts, send_displs, recv, recv_counts, recv_displs);
-  const double posting = timer.seconds();
-  log_.add(CommOp::ialltoallv, alltoallv_volume(float_bytes(send_counts), rank()), posting);
-  blocked_ += posting;
-  f.posted_at = clock_.seconds();
-  f.blocked_at_post = blocked_;
+  log_.add(CommOp::ialltoallv, alltoallv_volume(float_bytes(send_counts), rank()), timer.seconds());
+  ++open_;
+  leave_call();
   in_flight_.emplace(next_ticket_, std::move(f));
   return next_ticket_++;
-}
-
-void DeviceComm::close_window(InFlight& f, double at) {
-  f.seen_complete = true;
-  log_.add_hidden(CommOp::wait, std::max(0.0, at - (blocked_ - f.blocked_at_post)));
 }
 
 bool DeviceComm::test(Ticket ticket) {
   InFlight& f = in_flight_.at(ticket);
   if (f.seen_complete) return true;
-  const double at = clock_.seconds() - f.posted_at;
+  enter_call();
   Kokkos::Timer timer;
-  const bool done = transport_test(*f.posted);
-  if (done) close_window(f, at);
-  const double probing = timer.seconds();
-  log_.add(CommOp::wait, {}, probing);
-  blocked_ += probing;
-  return done;
+  f.seen_complete = transport_test(*f.posted);
+  if (f.seen_complete) --open_;
+  log_.add(CommOp::wait, {}, timer.seconds());
+  leave_call();
+  return f.seen_complete;
 }
 
 void DeviceComm::wait(Ticket ticket) {
   const auto found = in_flight_.find(ticket);
   if (found == in_flight_.end()) throw std::logic_error("DeviceComm::wait: no transfer in flight with this ticket");
-  InFlight& f = found->second;
-  if (!f.seen_complete) close_window(f, clock_.seconds() - f.posted_at);
+  enter_call();
+  if (!found->second.seen_complete) --open_;
   Kokkos::Timer timer;
-  transport_wait(*f.posted);
+  transport_wait(*found->second.posted);
   named_fence(space_, "moeproxy::comm::done");
-  const double waiting = timer.seconds();
-  log_.add(CommOp::wait, {}, waiting);
-  blocked_ += waiting;
+  log_.add(CommOp::wait, {}, timer.seconds());
+  leave_call();
   in_flight_.erase(found);
 }
 

@@ -64,8 +64,8 @@ struct CommRecord {
   // busbw = bus_bytes / seconds.
   std::uint64_t alg_bytes = 0;
   std::uint64_t bus_bytes = 0;
-  // Non-blocking posts only: how long their transfers were in flight while the rank
-  // computed instead of waiting (docs/hdf5-schema.md, "Hidden and exposed communication").
+  // "wait" records only: wall time in which the group's non-blocking transfers were in
+  // flight while the rank computed (docs/hdf5-schema.md, "Hidden and exposed communication").
   double hidden_seconds = 0.0;
 };
 

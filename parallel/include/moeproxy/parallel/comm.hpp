@@ -42,9 +42,8 @@ class Communicator {
   void irecv(float* data, int count, int source, int tag);
   void wait_all();
   // Non-blocking point-to-point the caller completes with wait(): "isend" records the bytes,
-  // "wait" the time spent blocked on completion and, as hidden, the time from the earliest
-  // post among the requests to the start of the wait, less the time this group's calls
-  // blocked meanwhile (the rank computed while they were in flight).
+  // "wait" the time spent blocked on completion and, as hidden, the wall time in which some
+  // posted request was not yet waited for while the rank was outside this group's calls.
   MPI_Request post_send(const float* data, int count, int dest, int tag);
   MPI_Request post_send(const int* data, int count, int dest, int tag);
   MPI_Request post_recv(float* data, int count, int source, int tag);
@@ -71,12 +70,8 @@ class Communicator {
   int size_ = 1;
   CommLog log_;
   std::vector<MPI_Request> pending_;
-  struct Posted {
-    MPI_Request request;
-    double at, blocked;  // MPI_Wtime after the post; blocked_ then
-  };
-  std::vector<Posted> posted_;  // of post_send and post_recv, until their wait
-  double blocked_ = 0.0;        // seconds spent in this group's calls so far
+  std::vector<MPI_Request> posted_;  // by post_send and post_recv, until their wait
+  double left_call_ = 0.0;           // MPI_Wtime when the last call of the group returned
   CommVolume pending_volume_;  // of the receives wait_all completes
 };
 

@@ -14,9 +14,9 @@
 // The non-blocking all-to-all-v (ialltoallv) returns at once; its result is in place after
 // wait(). Between the two the caller computes, and test() lets the transport progress and
 // notes when the transfer was first seen complete. The records: "ialltoallv" (bytes and the
-// posting time) and "wait" (seconds: blocked in test and wait; hidden: from the post to the
-// first observed completion or the start of the wait, whichever came first, less the time
-// this rank blocked on the group's communication meanwhile). MPI posts
+// posting time) and "wait" (seconds: blocked in test and wait; hidden: the wall time in
+// which some transfer of the group was in flight, posted and not yet seen complete, while
+// the rank was outside the group's calls, i.e. computing). MPI posts
 // MPI_Ialltoallv on staged copies; NCCL has no second stream here yet, so its post runs the
 // grouped send/recv on the compute stream, ordered with the kernels: correct, not overlapped.
 //
@@ -99,16 +99,16 @@ class DeviceComm {
   void timed(CommOp op, const CommVolume& volume, Call&& call);
   struct InFlight {
     std::unique_ptr<Posted> posted;
-    double posted_at = 0.0;        // clock_ after the post
-    double blocked_at_post = 0.0;  // blocked_ then
     bool seen_complete = false;
   };
-  // The transfer was first seen complete (or its wait began) `at` seconds after its post:
-  // hidden is that window less the time this rank blocked in the meantime.
-  void close_window(InFlight& f, double at);
+  // Entering a call of the group: the time since the last one left was hidden if a
+  // transfer was in flight.
+  void enter_call();
+  void leave_call() { left_call_ = clock_.seconds(); }
   CommLog log_;
-  double blocked_ = 0.0;  // seconds spent in this group's calls so far
   Kokkos::Timer clock_;
+  double left_call_ = 0.0;  // clock_ when the last call of the group returned
+  int open_ = 0;            // transfers posted and not yet seen complete
   std::map<Ticket, InFlight> in_flight_;
   Ticket next_ticket_ = 0;
 };

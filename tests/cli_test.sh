@@ -105,6 +105,11 @@ case $case_name in
   fail-no-replica) refuse "faults.fail_rank=1" "parallel.attn_replicas=1" "parallel.attn_replicas = 2" -- "$mpiexec" -n 4 "$exe" run "$quick" --set parallel.attn_ranks=2 --set parallel.dp=2 --set faults.fail_rank=1 --set faults.fail_step=1 --set output.file="$result" ;;
   fail-step-alone) refuse "faults.fail_rank" "faults.fail_step = 2" "set both" -- "$mpiexec" -n 4 "$exe" run "$quick" "${replicas[@]}" --set faults.fail_step=2 --set output.file="$result" ;;
   tp-three) refuse "parallel.tp=3" -- "$mpiexec" -n 3 "$exe" run "$quick" --set parallel.dp=1 --set parallel.tp=3 --set output.file="$result" ;;
+  ep-chunks-zero) refuse "parallel.ep_chunks = 0" "between 1 and" -- "$exe" "${one[@]}" --set parallel.ep_chunks=0 ;;
+  ep-chunks-no-ep) refuse "parallel.ep_chunks=2" "parallel.ep > 1" -- "$exe" "${one[@]}" --set parallel.ep_chunks=2 ;;
+  ep-chunks-separation) refuse "parallel.ep_chunks=2" "parallel.micro_batches" -- \
+    "$mpiexec" -n 2 "$exe" run "$quick" --set parallel.dp=1 --set parallel.attn_ranks=1 --set parallel.ep_chunks=2 \
+    --set output.file="$result" ;;
   precision-unknown) refuse "model.precision" "bf16" '"fp32" | "fp16"' -- "$exe" "${one[@]}" --set model.precision=bf16 ;;
   compression-unknown)
     refuse "parallel.comm_compression" "fp8" '"none" | "int8"' -- "$exe" "${one[@]}" --set parallel.comm_compression=fp8 ;;

@@ -70,4 +70,28 @@ with h5py.File(serial, "r") as a, h5py.File(parallel, "r") as b:
     if not worst <= tolerance:
         sys.exit(f"FAIL: {ranks}-rank hidden states differ from the single-rank run by {worst:.3e} > {tolerance:g}")
 print("layout matches the single-rank run")
+
+# Hidden and exposed communication (docs/hdf5-schema.md): non-negative, the exposed part
+# within the total, the per-rank figures adding up to the summary's, the /comm table's
+# hidden seconds adding up to each rank's.
+with h5py.File(parallel, "r") as b:
+    s = b["summary"].attrs
+    exposed, hidden = b["timing/comm_exposed"][()], b["timing/comm_hidden"][()]
+    comm_hidden = b["comm/hidden"][()]
+    assert exposed.shape == hidden.shape == (ranks,), f"comm_exposed/hidden shapes {exposed.shape} {hidden.shape}"
+    assert (exposed >= 0).all() and (hidden >= 0).all() and (comm_hidden >= 0).all(), "negative communication time"
+    total = s["comm_seconds_raw"]
+    assert 0 <= s["comm_exposed_s"] <= total * (1 + 1e-12) and s["comm_hidden_s"] >= 0, \
+        f"summary exposed {s['comm_exposed_s']} hidden {s['comm_hidden_s']} total {total}"
+    assert np.isclose(total, s["comm_exposed_s"] + s["comm_hidden_s"], rtol=1e-9, atol=1e-12)
+    assert np.isclose(exposed.sum(), s["comm_exposed_s"], rtol=1e-9, atol=1e-12), "exposed: ranks vs summary"
+    assert np.isclose(hidden.sum(), s["comm_hidden_s"], rtol=1e-9, atol=1e-12), "hidden: ranks vs summary"
+    assert np.allclose(comm_hidden.sum(axis=1), hidden, rtol=1e-9, atol=1e-12), "hidden: /comm vs /timing"
+    keys = list(b["comm/keys"].asstr()[()])
+    chunked = "ep_chunks=" in b.attrs["layout"]
+    if chunked:
+        assert "ialltoallv@ep" in keys and "alltoallv@ep" not in keys, f"chunked expert parallelism used {keys}"
+        calls = b["comm/calls"][()][:, keys.index("ialltoallv@ep")]
+        assert (calls > 0).all(), f"ialltoallv@ep calls per rank {calls}"
+    print(f"communication: {s['comm_exposed_s']:.3e} s exposed, {s['comm_hidden_s']:.3e} s hidden behind compute")
 PY

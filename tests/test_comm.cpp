@@ -236,6 +236,45 @@ TEST_CASE("device comm (MPI backend): every operation the strategies use gives t
   CHECK(world.records().empty());
 }
 
+TEST_CASE("device comm (MPI backend): two non-blocking all-to-all-v in flight land in their own blocks", "[comm]") {
+  Communicator world(MPI_COMM_WORLD, "world");
+  const ExecSpace space;
+  const auto comm = make_device_comm(CommBackend::mpi, world, space);
+  const int n = comm->size(), r = comm->rank();
+  // Transfer t sends every rank 2 floats of value 1000 t + 100 r + dest; both land in one
+  // buffer, transfer 0 in the front half and transfer 1 in the back half.
+  std::vector<int> counts(n, 2);
+  const std::vector<int> displs = displacements(counts);
+  std::vector<int> back_displs(displs);
+  for (int& d : back_displs) d += 2 * n;
+  std::vector<float> values[2];
+  for (int t = 0; t < 2; ++t)
+    for (int d = 0; d < n; ++d) values[t].insert(values[t].end(), 2, float(1000 * t + 100 * r + d));
+  auto first = to_device(values[0]), second = to_device(values[1]);
+  Kokkos::View<float*, MemSpace> recv("test::recv", static_cast<std::size_t>(4) * n);
+  const DeviceComm::Ticket a = comm->ialltoallv(first.data(), counts, displs, recv.data(), counts, displs);
+  const DeviceComm::Ticket b = comm->ialltoallv(second.data(), counts, displs, recv.data(), counts, back_displs);
+  comm->test(b);
+  comm->wait(b);
+  comm->wait(a);
+  const std::vector<float> got = to_host(recv);
+  for (int t = 0; t < 2; ++t)
+    for (int s = 0; s < n; ++s)
+      for (int i = 0; i < 2; ++i) CHECK(got[(t * n + s) * 2 + i] == float(1000 * t + 100 * s + r));
+  REQUIRE_THROWS_AS(comm->wait(a), std::logic_error);
+
+  const auto rs = comm->records();
+  const CommRecord& posted = record(rs, "ialltoallv");
+  CHECK(posted.calls == 2);
+  CHECK(posted.alg_bytes == 2 * 2 * sizeof(float) * static_cast<std::uint64_t>(n));
+  CHECK(posted.bus_bytes == 2 * 2 * sizeof(float) * static_cast<std::uint64_t>(n - 1));
+  CHECK(posted.hidden_seconds == 0.0);
+  const CommRecord& waited = record(rs, "wait");
+  CHECK(waited.calls >= 2);
+  CHECK(waited.bytes == 0);
+  CHECK(waited.hidden_seconds >= 0.0);
+}
+
 TEST_CASE("layout: dp must match the ranks and divide the batch, with a helpful message", "[layout]") {
   RunConfig cfg;
   cfg.workload.batch = 8;
@@ -247,6 +286,21 @@ TEST_CASE("layout: dp must match the ranks and divide the batch, with a helpful 
   cfg.workload.batch = 8;
   cfg.parallel.tp = 2;
   CHECK_THROWS_WITH(RankLayout::build(cfg, 4), Catch::Contains("parallel.tp=2"));
+}
+
+TEST_CASE("layout: ep_chunks needs expert parallelism and no separation", "[layout]") {
+  RunConfig cfg;  // 4 experts, batch 4
+  cfg.parallel.dp = 2;
+  cfg.parallel.ep = 2;
+  cfg.parallel.ep_chunks = 3;
+  CHECK_NOTHROW(RankLayout::build(cfg, 2));
+  CHECK(RankLayout::build(cfg, 2).describe().find("ep_chunks=3") != std::string::npos);
+  cfg.parallel.ep = 1;
+  CHECK_THROWS_WITH(RankLayout::build(cfg, 2), Catch::Contains("parallel.ep_chunks=3") && Catch::Contains("parallel.ep > 1"));
+  cfg.parallel.dp = 1;
+  cfg.parallel.attn_ranks = 1;
+  CHECK_THROWS_WITH(RankLayout::build(cfg, 2),
+                    Catch::Contains("parallel.ep_chunks=3") && Catch::Contains("parallel.micro_batches"));
 }
 
 TEST_CASE("layout: sequences are split evenly and every one has an owner", "[layout]") {

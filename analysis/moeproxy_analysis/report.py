@@ -26,6 +26,8 @@ COLUMNS = [
     ("mfu", "fraction", "model FLOP/s / peak FLOP/s; empty where the peak is unknown"),
     ("comm_fraction", "fraction", "communication not hidden by compute / wall time"),
     ("comm_seconds_raw", "s", "communication time, summed without regard to overlap"),
+    ("comm_exposed_s", "s", "communication the ranks waited for, summed over ranks"),
+    ("comm_hidden_s", "s", "asynchronous transfers in flight while the ranks computed, summed over ranks"),
     ("expert_imbalance", "1", "(max - mean) / mean tokens per expert; empty for dense models"),
     ("peak_memory_bytes", "bytes", "largest per-rank peak (high-water mark, else sum of kinds)"),
     ("verification", "", "PASS, FAIL or SKIPPED"),
@@ -64,6 +66,13 @@ def _float(x):
         return float("nan")
 
 
+def _exposed_hidden(s):
+    """Files from before the split counted only exposed communication (comm_seconds_raw)."""
+    if "comm_exposed_s" in s:
+        return {"comm_exposed_s": _float(s["comm_exposed_s"]), "comm_hidden_s": _float(s["comm_hidden_s"])}
+    return {"comm_exposed_s": _float(s.get("comm_seconds_raw")), "comm_hidden_s": 0.0}
+
+
 def row(run, baseline=None):
     s = run.summary
     r = {
@@ -80,6 +89,7 @@ def row(run, baseline=None):
         "mfu": results.mfu_or_none(run),
         "comm_fraction": _float(s.get("comm_fraction")),
         "comm_seconds_raw": _float(s.get("comm_seconds_raw")),
+        **_exposed_hidden(s),
         "expert_imbalance": _float(s.get("expert_imbalance")) if run.expert_tokens is not None else None,
         "peak_memory_bytes": int(run.derived["peak_memory_bytes"]),
         "verification": str(s.get("verification", "?")),
@@ -258,7 +268,8 @@ def write_markdown(path, runs, rows, baseline, figures, comparison_png):
                 f"- moeproxy {run.attrs.get('app_version', '?')}, git {run.attrs.get('git_sha', '?')}",
                 f"- verification: {r['verification']}, max relative error {fmt_number(r['max_rel_error'])} "
                 f"(tolerance {fmt_number(_float(s.get('tolerance')))}); {s.get('verification_note', '')}",
-                f"- communication: comm_seconds_raw {fmt_time(r['comm_seconds_raw'])}; whole run (/comm): "
+                f"- communication: {fmt_time(r['comm_exposed_s'])} exposed, {fmt_time(r['comm_hidden_s'])} "
+                f"hidden behind compute (summed over ranks); whole run (/comm): "
                 f"{fmt_bytes(run.derived['comm_bytes_total'])} over {len(run.comm_keys)} keys",
                 f"- compression: {r['comm_compression']}; {fmt_bytes(r['comm_bytes_saved'])} saved of "
                 f"{fmt_bytes(run.derived['comm_bytes_uncompressed_total'])} uncompressed"

@@ -1,5 +1,9 @@
 #include "moeproxy/core/exchange.hpp"
 
+#include <utility>
+
+#include "moeproxy/core/model.hpp"  // timed
+
 namespace moeproxy {
 
 void LayerExchange::reduce_partial(const ExecSpace&, const Matrix&) {}
@@ -12,5 +16,19 @@ ExpertRows LayerExchange::dispatch(const ExecSpace&, int, const Matrix& xp, cons
 
 // Every expert is local: dispatch handed over all of xp, whose outputs went straight to yp.
 void LayerExchange::undispatch(const ExecSpace&, const Matrix&, const Matrix&) {}
+
+void LayerExchange::run_experts(const ExecSpace& space, const Matrix& xp, const std::vector<int>& counts,
+                                const Matrix& yp, const ExpertCompute& compute, PhaseTable& timing, int layer) {
+  ExpertRows in;
+  timed(space, timing, layer, Phase::dispatch, [&] { in = dispatch(space, layer, xp, counts); });
+  const int received = static_cast<int>(in.x.extent(0));
+  // Rows computed where they lie in xp write their outputs straight into yp.
+  const Matrix y_in = in.xp_row >= 0
+                          ? Matrix(Kokkos::subview(yp, std::make_pair(in.xp_row, in.xp_row + received), Kokkos::ALL))
+                          : Matrix(Kokkos::view_alloc(space, "moeproxy::model::expert_out"), received,
+                                   static_cast<int>(xp.extent(1)));
+  compute(in.x, in.counts, y_in);
+  timed(space, timing, layer, Phase::dispatch, [&] { undispatch(space, y_in, yp); });
+}
 
 }  // namespace moeproxy

@@ -316,15 +316,10 @@ void Transformer::moe(int l, const Matrix& x, const Matrix& h, std::int64_t toke
   std::vector<int> counts(cfg_.experts);
   const int kept = route(l, h, token0, timing, count_experts, w.route_w, perm, counts, w.xp);
 
-  ExpertRows in;
-  timed(space_, timing, l, Phase::dispatch, [&] { in = exchange_->dispatch(space_, l, head_rows(w.xp, kept), counts); });
-  const int received = static_cast<int>(in.x.extent(0));
-  // Rows computed where they lie in xp write their outputs straight into yp.
-  const Matrix y_in = in.xp_row >= 0
-                          ? Matrix(Kokkos::subview(w.yp, std::make_pair(in.xp_row, in.xp_row + received), Kokkos::ALL))
-                          : Matrix("moeproxy::model::expert_out", received, cfg_.hidden);
-  ffn_rows(l, in.x, in.counts, y_in, timing);
-  timed(space_, timing, l, Phase::dispatch, [&] { exchange_->undispatch(space_, y_in, head_rows(w.yp, kept)); });
+  exchange_->run_experts(
+      space_, head_rows(w.xp, kept), counts, head_rows(w.yp, kept),
+      [&](const Matrix& x, const std::vector<int>& blocks, const Matrix& y) { ffn_rows(l, x, blocks, y, timing); },
+      timing, l);
   timed(space_, timing, l, Phase::combine, [&] {
     Kokkos::deep_copy(space_, w.partial, 0.0f);
     combine(space_, w.yp, perm.position, w.route_w, w.partial);

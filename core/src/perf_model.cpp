@@ -201,7 +201,7 @@ class Model {
   // FFN half: norm, then the dense MLP or route -> permute -> dispatch -> experts ->
   // undispatch -> combine, then the reduction of the partial sums, for t tokens; the rank
   // computes the share s.rows of their routed rows.
-  void ffn(Cost& c, const Shard& s, const Groups& g, double t, bool overlap_dispatch, int micro_batches) const {
+  void ffn(Cost& c, const Shard& s, const Groups& g, double t, int ep_chunks) const {
     const double d = m_.hidden;
     const double mats = m_.activation == Activation::swiglu ? 3.0 : 2.0;
     c.add(Phase::norm, stream(es_ * 2.0 * t * d));
@@ -227,13 +227,13 @@ class Model {
     const double expert = expert_block(rows, s.ffn, s.experts, mats);
     c.add(Phase::expert, expert);
     c.add(Phase::combine, stream(es_ * (routed * d + 3.0 * t * d), 3));
-    if (overlap_dispatch && micro_batches > 1) {
-      // Micro-batch i's routed rows travel while micro-batch i-1's experts compute: two
-      // resources in a pipeline of micro_batches items, the communication exposed per item
-      // is what the compute cannot cover.
-      const double compute = c.total(), comm = exchange.total();
-      const double both = compute + comm + (micro_batches - 1) * std::max(compute, comm);
-      const double exposed = std::max(0.0, both / micro_batches - compute);
+    if (g.expert.size > 1 && ep_chunks > 1) {
+      // Chunk i's routed rows travel while chunk i-1's experts compute (parallel.ep_chunks):
+      // two resources in a pipeline of ep_chunks items; the communication exposed is what
+      // the experts' compute cannot cover.
+      const double compute = expert, comm = exchange.total();
+      const double both = compute + comm + (ep_chunks - 1) * std::max(compute, comm);
+      const double exposed = std::max(0.0, both / ep_chunks - compute);
       const double scale = comm > 0.0 ? exposed / comm : 0.0;
       for (double& x : exchange.phase) x *= scale;
     }
@@ -339,11 +339,13 @@ double comm_phase_seconds(const PhaseTable& t) {
 void summarize(const RunConfig& cfg, const MachineSpec& machine, Prediction& out) {
   const WorkloadConfig& w = cfg.workload;
   double pre = 0.0, dec = 0.0, flops = 0.0, comm = 0.0;
-  for (const RankMetrics& r : out.per_rank) {
+  // The model's communication phases are what it did not overlap: all exposed.
+  for (RankMetrics& r : out.per_rank) {
     pre = std::max(pre, r.prefill_seconds);
     dec = std::max(dec, r.decode_seconds);
     flops += r.prefill_flops + r.decode_flops;
-    comm += comm_phase_seconds(r.prefill) + comm_phase_seconds(r.decode);
+    r.comm_exposed_seconds = comm_phase_seconds(r.prefill) + comm_phase_seconds(r.decode);
+    comm += r.comm_exposed_seconds;
   }
   RunSummary& s = out.summary;
   s.prefill_tokens_per_s = pre > 0.0 ? static_cast<double>(w.batch) * w.prompt / pre : 0.0;
@@ -353,6 +355,7 @@ void summarize(const RunConfig& cfg, const MachineSpec& machine, Prediction& out
   s.peak_flops = machine.peak_flops(cfg.model.precision) * out.ranks;
   s.mfu = s.peak_flops > 0.0 ? flops / (pre + dec) / s.peak_flops : 0.0;
   s.comm_seconds_raw = comm;
+  s.comm_exposed_seconds = comm;
   s.comm_fraction = comm / out.ranks / (pre + dec);
   s.verification = "SKIPPED";
   s.verification_note = "predicted by the performance model for machine " + machine.name + ", not run";
@@ -400,7 +403,7 @@ Prediction predict_grid(const RunConfig& cfg, const MachineSpec& machine, int ra
   g.tensor = group_shape(group, 1, gpn);
   g.dim = group_shape(p.dim_groups, 1, gpn);
   g.expert = group_shape(p.ep, group, gpn);
-  const bool overlap = p.ep > 1 && p.micro_batches > 1;
+  const bool overlap = p.ep > 1 && p.ep_chunks > 1;
   const Model model(cfg, machine);
   const double es = model.es(), d = m.hidden;
   const int mb = p.micro_batches, seqs = per_replica / mb;
@@ -421,7 +424,7 @@ Prediction predict_grid(const RunConfig& cfg, const MachineSpec& machine, int ra
       for (int l = 0; l < S.layer_count; ++l) {
         Cost c;
         model.attention(c, s, g, seqs, n, pos0);
-        model.ffn(c, s, g, t, overlap, mb);
+        model.ffn(c, s, g, t, p.ep_chunks);
         layers.push_back(c);
       }
       Cost& tail = layers.back();
@@ -498,10 +501,11 @@ Prediction predict_grid(const RunConfig& cfg, const MachineSpec& machine, int ra
   if (p.ep > 1) layout << " ep=" << p.ep;
   if (p.head_groups * p.dim_groups > 1) layout << " mxn=" << p.head_groups << "x" << p.dim_groups;
   if (mb > 1) layout << " micro_batches=" << mb;
+  if (overlap) layout << " ep_chunks=" << p.ep_chunks;
   out.layout = layout.str();
   if (overlap)
-    out.assumptions.push_back("expert dispatch overlapped with compute across " + std::to_string(mb) +
-                              " micro-batches (the layout's design; this version's runtime does not overlap yet)");
+    out.assumptions.push_back("expert dispatch and combine overlapped with the experts' compute in " +
+                              std::to_string(p.ep_chunks) + " chunks (parallel.ep_chunks)");
   return out;
 }
 

@@ -419,6 +419,8 @@ const std::vector<KeySpec>& key_specs() {
         int_key("parallel.micro_batches", 1, kMaxDegree, MOEPROXY_FIELD(parallel.micro_batches)));
     s.push_back(int_key("parallel.attn_replicas", 1, kMaxDegree, MOEPROXY_FIELD(parallel.attn_replicas),
                         "1.." + std::to_string(kMaxDegree) + "; divides parallel.dp"));
+    s.push_back(int_key("parallel.ep_chunks", 1, kMaxDegree, MOEPROXY_FIELD(parallel.ep_chunks),
+                        "1.." + std::to_string(kMaxDegree) + "; 1 = blocking dispatch and combine"));
     s.push_back(choice_key(
         "parallel.comm",
         std::vector<CommBackend>{CommBackend::automatic, CommBackend::nccl, CommBackend::mpi},

@@ -80,6 +80,8 @@ void print_report(std::ostream& out, const RunConfig& cfg, const RunSummary& s, 
   out << "  memory (largest rank):";
   for (int k = 0; k < memory_kind_count; ++k)
     if (in.max_memory[k] > 0) out << " " << memory_kind_name(static_cast<MemoryKind>(k)) << " " << mib(in.max_memory[k]) << ";";
+  out << "\n  communication: " << s.comm_exposed_seconds << " s exposed, " << s.comm_hidden_seconds
+      << " s hidden behind compute (summed over ranks; hidden: asynchronous transfers in flight while computing)";
   out << "\n";
   if (in.balance) balance_lines(out, *in.balance);
   out << "  results   " << in.output_file << "\n\n";
@@ -93,6 +95,7 @@ void print_report(std::ostream& out, const RunConfig& cfg, const RunSummary& s, 
     out << "n/a(peak unknown)";
   out << "\n";
   out << "FRACTION comm=" << s.comm_fraction << " comm_seconds_raw=" << s.comm_seconds_raw
+      << " comm_exposed_s=" << s.comm_exposed_seconds << " comm_hidden_s=" << s.comm_hidden_seconds
       << " expert_imbalance=" << s.expert_imbalance << " dropped_tokens=" << s.dropped_tokens << "\n";
   if (s.failover.ran) {
     const FailoverSummary& f = s.failover;

@@ -130,8 +130,9 @@ Shared share_from_root(MPI_Comm comm, const RunConfig& cfg, const RunInfo& info,
     bcast(comm, *value);
   RunSummary& m = s.summary;
   for (double* value : {&m.prefill_tokens_per_s, &m.ttft_s, &m.tpot_s, &m.decode_tokens_per_s, &m.mfu,
-                        &m.peak_flops, &m.comm_fraction, &m.comm_seconds_raw, &m.expert_imbalance,
-                        &m.max_rel_error, &m.tolerance, &m.compression_tolerance})
+                        &m.peak_flops, &m.comm_fraction, &m.comm_seconds_raw, &m.comm_exposed_seconds,
+                        &m.comm_hidden_seconds, &m.expert_imbalance, &m.max_rel_error, &m.tolerance,
+                        &m.compression_tolerance})
     bcast(comm, *value);
   bcast(comm, m.dropped_tokens);
   bcast(comm, m.comm_bytes_saved);
@@ -147,7 +148,7 @@ Shared share_from_root(MPI_Comm comm, const RunConfig& cfg, const RunInfo& info,
 struct CommTable {
   std::vector<std::string> keys;  // sorted
   std::vector<std::uint64_t> calls, bytes, uncompressed_bytes;  // [local rank, key]
-  std::vector<double> seconds;
+  std::vector<double> seconds, hidden;
   std::vector<double> algbw, busbw;  // bytes/s, 0 for a key this rank spent no time in
   std::vector<int> group_size;  // the largest any rank reported, per key
 };
@@ -168,6 +169,7 @@ CommTable gather_comm(MPI_Comm comm, const std::vector<const RankMetrics*>& loca
       sum.alg_bytes += r.alg_bytes;
       sum.bus_bytes += r.bus_bytes;
       sum.seconds += r.seconds;
+      sum.hidden_seconds += r.hidden_seconds;
       local_keys.insert(key);
     }
   // Keys travel NUL-separated: neither operation nor group names contain NUL.
@@ -192,6 +194,7 @@ CommTable gather_comm(MPI_Comm comm, const std::vector<const RankMetrics*>& loca
       table.bytes.push_back(r.bytes);
       table.uncompressed_bytes.push_back(r.uncompressed_bytes);
       table.seconds.push_back(r.seconds);
+      table.hidden.push_back(r.hidden_seconds);
       table.algbw.push_back(r.seconds > 0.0 ? static_cast<double>(r.alg_bytes) / r.seconds : 0.0);
       table.busbw.push_back(r.seconds > 0.0 ? static_cast<double>(r.bus_bytes) / r.seconds : 0.0);
       local_size[k] = std::max(local_size[k], found == rank.end() ? 0 : r.group_size);
@@ -619,6 +622,8 @@ void write_file(MPI_Comm comm, const std::string& path, const RunConfig& cfg, co
     write_attribute(g, "peak_flops", m.peak_flops);
     write_attribute(g, "comm_fraction", m.comm_fraction);
     write_attribute(g, "comm_seconds_raw", m.comm_seconds_raw);
+    write_attribute(g, "comm_exposed_s", m.comm_exposed_seconds);
+    write_attribute(g, "comm_hidden_s", m.comm_hidden_seconds);
     write_attribute(g, "expert_imbalance", m.expert_imbalance);
     write_attribute(g, "dropped_tokens", m.dropped_tokens);
     write_attribute(g, "verification", m.verification);
@@ -660,6 +665,10 @@ void write_file(MPI_Comm comm, const std::string& path, const RunConfig& cfg, co
                "s");
     w.per_rank(group.id(), "decode_wall", gather(locals, [](const RankMetrics& r) { return r.decode_seconds; }), {},
                "s");
+    w.per_rank(group.id(), "comm_exposed",
+               gather(locals, [](const RankMetrics& r) { return r.comm_exposed_seconds; }), {}, "s");
+    w.per_rank(group.id(), "comm_hidden", gather(locals, [](const RankMetrics& r) { return r.comm_hidden_seconds; }),
+               {}, "s");
     MOEPROXY_H5(group.close());
   });
 
@@ -700,6 +709,7 @@ void write_file(MPI_Comm comm, const std::string& path, const RunConfig& cfg, co
     w.per_rank(group.id(), "bytes", comm_table.bytes, {keys}, "bytes");
     w.per_rank(group.id(), "uncompressed_bytes", comm_table.uncompressed_bytes, {keys}, "bytes");
     w.per_rank(group.id(), "seconds", comm_table.seconds, {keys}, "s");
+    w.per_rank(group.id(), "hidden", comm_table.hidden, {keys}, "s");
     w.per_rank(group.id(), "algbw", comm_table.algbw, {keys}, "B/s");
     w.per_rank(group.id(), "busbw", comm_table.busbw, {keys}, "B/s");
     MOEPROXY_H5(group.close());
@@ -878,6 +888,13 @@ ResultsFile read_file(const std::string& path) {
     m.peak_flops = read_attribute<double>(g, "peak_flops");
     m.comm_fraction = read_attribute<double>(g, "comm_fraction");
     m.comm_seconds_raw = read_attribute<double>(g, "comm_seconds_raw");
+    // Files from before the hidden/exposed split counted only exposed communication.
+    if (MOEPROXY_H5(H5Aexists(g, "comm_exposed_s")) > 0) {
+      m.comm_exposed_seconds = read_attribute<double>(g, "comm_exposed_s");
+      m.comm_hidden_seconds = read_attribute<double>(g, "comm_hidden_s");
+    } else {
+      m.comm_exposed_seconds = m.comm_seconds_raw;
+    }
     m.expert_imbalance = read_attribute<double>(g, "expert_imbalance");
     m.dropped_tokens = read_attribute<std::uint64_t>(g, "dropped_tokens");
     m.verification = read_attribute<std::string>(g, "verification");
@@ -916,6 +933,10 @@ ResultsFile read_file(const std::string& path) {
     out.decode_timing = read_dataset<double>(group.id(), "decode", {ranks, dims[1], phases});
     out.prefill_wall = read_dataset<double>(group.id(), "prefill_wall", {ranks});
     out.decode_wall = read_dataset<double>(group.id(), "decode_wall", {ranks});
+    if (has_link(group.id(), "comm_exposed")) {
+      out.comm_exposed = read_dataset<double>(group.id(), "comm_exposed", {ranks});
+      out.comm_hidden = read_dataset<double>(group.id(), "comm_hidden", {ranks});
+    }
     MOEPROXY_H5(group.close());
   }
   {
@@ -949,6 +970,7 @@ ResultsFile read_file(const std::string& path) {
                                       ? read_dataset<std::uint64_t>(group.id(), "uncompressed_bytes", {ranks, keys})
                                       : out.comm_bytes;
     out.comm_seconds = read_dataset<double>(group.id(), "seconds", {ranks, keys});
+    if (has_link(group.id(), "hidden")) out.comm_hidden_seconds = read_dataset<double>(group.id(), "hidden", {ranks, keys});
     if (has_link(group.id(), "algbw")) {
       out.comm_algbw = read_dataset<double>(group.id(), "algbw", {ranks, keys});
       out.comm_busbw = read_dataset<double>(group.id(), "busbw", {ranks, keys});

@@ -1,5 +1,6 @@
 #include "moeproxy/parallel/comm.hpp"
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace moeproxy::parallel {
@@ -32,8 +33,10 @@ Communicator::Communicator(MPI_Comm comm, std::string name)
 template <class Call>
 void Communicator::timed(CommOp op, const CommVolume& volume, Call&& call) {
   const double t0 = MPI_Wtime();
+  if (!posted_.empty()) log_.add_hidden(CommOp::wait, t0 - left_call_);
   call();
-  log_.add(op, volume, MPI_Wtime() - t0);
+  left_call_ = MPI_Wtime();
+  log_.add(op, volume, left_call_ - t0);
 }
 
 void Communicator::barrier() {
@@ -108,6 +111,7 @@ MPI_Request Communicator::post_send(const float* data, int count, int uncompress
   volume.saved = send_volume(sizeof(float) * static_cast<std::uint64_t>(uncompressed_count), rank_, dest).bytes -
                  volume.bytes;
   timed(CommOp::isend, volume, [&] { MOEPROXY_MPI(MPI_Isend(data, count, MPI_FLOAT, dest, tag, comm_, &request)); });
+  posted_.push_back(request);
   return request;
 }
 
@@ -115,6 +119,7 @@ MPI_Request Communicator::post_send(const int* data, int count, int dest, int ta
   MPI_Request request;
   timed(CommOp::isend, send_volume(sizeof(int) * static_cast<std::uint64_t>(count), rank_, dest),
         [&] { MOEPROXY_MPI(MPI_Isend(data, count, MPI_INT, dest, tag, comm_, &request)); });
+  posted_.push_back(request);
   return request;
 }
 
@@ -122,6 +127,7 @@ MPI_Request Communicator::post_recv(float* data, int count, int source, int tag)
   MPI_Request request;
   timed(CommOp::irecv, recv_volume(sizeof(float) * static_cast<std::uint64_t>(count), rank_, source),
         [&] { MOEPROXY_MPI(MPI_Irecv(data, count, MPI_FLOAT, source, tag, comm_, &request)); });
+  posted_.push_back(request);
   return request;
 }
 
@@ -129,14 +135,20 @@ MPI_Request Communicator::post_recv(int* data, int count, int source, int tag) {
   MPI_Request request;
   timed(CommOp::irecv, recv_volume(sizeof(int) * static_cast<std::uint64_t>(count), rank_, source),
         [&] { MOEPROXY_MPI(MPI_Irecv(data, count, MPI_INT, source, tag, comm_, &request)); });
+  posted_.push_back(request);
   return request;
 }
 
 void Communicator::wait(std::vector<MPI_Request>& requests) {
+  const std::vector<MPI_Request> completed = requests;  // MPI_Waitall resets them
   timed(CommOp::wait, {}, [&] {
     MOEPROXY_MPI(MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE));
   });
   requests.clear();
+  for (const MPI_Request r : completed) {
+    const auto found = std::find(posted_.begin(), posted_.end(), r);
+    if (found != posted_.end()) posted_.erase(found);
+  }
 }
 
 void Communicator::alltoall(const int* send, int* recv, int count) {

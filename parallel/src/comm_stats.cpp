@@ -9,6 +9,7 @@ const char* to_string(CommOp op) {
     case CommOp::reduce_scatter: return "reducescatter";
     case CommOp::alltoall: return "alltoall";
     case CommOp::alltoallv: return "alltoallv";
+    case CommOp::ialltoallv: return "ialltoallv";
     case CommOp::send: return "send";
     case CommOp::recv: return "recv";
     case CommOp::isend: return "isend";
@@ -29,6 +30,7 @@ double bus_factor(CommOp op, int n) {
     case CommOp::reduce_scatter:
     case CommOp::alltoall:
     case CommOp::alltoallv:
+    case CommOp::ialltoallv:
     case CommOp::gather: return static_cast<double>(n - 1) / n;
     default: return 1.0;
   }
@@ -87,6 +89,14 @@ void CommLog::add(CommOp op, const CommVolume& v, double seconds) {
   r.alg_bytes += v.alg;
   r.bus_bytes += v.bus;
   r.seconds += seconds;
+}
+
+void CommLog::add_hidden(CommOp op, double seconds) {
+  CommRecord& r = records_[to_string(op)];
+  r.operation = to_string(op);
+  r.group = group_;
+  r.group_size = group_size_;
+  r.hidden_seconds += seconds;
 }
 
 std::vector<CommRecord> CommLog::records() const {

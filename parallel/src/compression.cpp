@@ -27,6 +27,16 @@ Matrix RowCodec::encode(const ExecSpace& space, const Matrix& rows) {
   return wire;
 }
 
+Matrix RowCodec::wire_buffer(const ExecSpace& space, const Matrix& rows, const char* label) const {
+  if (!compresses()) return rows;
+  const int n = static_cast<int>(rows.extent(0)), d = static_cast<int>(rows.extent(1));
+  return Matrix(Kokkos::view_alloc(space, std::string(label)), n, wire_width(d));
+}
+
+void RowCodec::encode_into(const ExecSpace& space, const Matrix& rows, const Matrix& wire) const {
+  if (compresses()) quantize_int8_rows(space, rows, wire);
+}
+
 Matrix RowCodec::receive_buffer(const Matrix& rows) {
   if (!compresses()) return rows;
   const int n = static_cast<int>(rows.extent(0)), d = static_cast<int>(rows.extent(1));

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <climits>
 #include <stdexcept>
+#include <utility>
 
 #ifdef KOKKOS_ENABLE_CUDA
 #include <cuda_runtime.h>
@@ -74,6 +75,48 @@ class MpiDeviceComm final : public DeviceComm {
                                recv_counts.data(), recv_displs.data(), MPI_FLOAT, comm_));
     from_host(r, recv, received);
   }
+  // MPI reads the counts and the staged buffers until the request completes: they live here.
+  struct PostedAlltoallv final : Posted {
+    MPI_Request request = MPI_REQUEST_NULL;
+    std::vector<int> send_counts, send_displs, recv_counts, recv_displs;
+    HostFloats send, recv;
+    float* result = nullptr;
+    std::size_t received = 0;
+  };
+  std::unique_ptr<Posted> transport_ialltoallv(const float* send, const std::vector<int>& send_counts,
+                                               const std::vector<int>& send_displs, float* recv,
+                                               const std::vector<int>& recv_counts,
+                                               const std::vector<int>& recv_displs) override {
+    auto p = std::make_unique<PostedAlltoallv>();
+    p->send_counts = send_counts;
+    p->send_displs = send_displs;
+    p->recv_counts = recv_counts;
+    p->recv_displs = recv_displs;
+    p->received = extent(recv_counts, recv_displs);
+    p->send = to_host(send, extent(send_counts, send_displs));
+    p->recv = host_buffer(recv, p->received);
+    p->result = recv;
+    MOEPROXY_MPI(MPI_Ialltoallv(p->send.data(), p->send_counts.data(), p->send_displs.data(), MPI_FLOAT,
+                                p->recv.data(), p->recv_counts.data(), p->recv_displs.data(), MPI_FLOAT, comm_,
+                                &p->request));
+    return p;
+  }
+  bool transport_test(Posted& posted) override {
+    int done = 0;
+    MOEPROXY_MPI(MPI_Test(&static_cast<PostedAlltoallv&>(posted).request, &done, MPI_STATUS_IGNORE));
+    return done != 0;
+  }
+  void transport_wait(Posted& posted) override {
+    auto& p = static_cast<PostedAlltoallv&>(posted);
+    MOEPROXY_MPI(MPI_Wait(&p.request, MPI_STATUS_IGNORE));
+    // Only the received blocks: the rest of the span may be another transfer's.
+    for (std::size_t r = 0; r < p.recv_counts.size(); ++r)
+      if (p.recv_counts[r] > 0) {
+        const auto block = std::make_pair(static_cast<std::size_t>(p.recv_displs[r]),
+                                          static_cast<std::size_t>(p.recv_displs[r]) + p.recv_counts[r]);
+        from_host(Kokkos::subview(p.recv, block), p.result + block.first, block.second - block.first);
+      }
+  }
   void transport_send(const float* data, std::size_t count, int dest) override {
     HostFloats h = to_host(data, count);
     MOEPROXY_MPI(MPI_Send(h.data(), as_int(count, "send"), MPI_FLOAT, dest, 0, comm_));
@@ -92,7 +135,8 @@ class MpiDeviceComm final : public DeviceComm {
   static HostFloats host_buffer(float* data, std::size_t count) {
     return Kokkos::create_mirror_view(DeviceFloats(data, count));
   }
-  static void from_host(const HostFloats& h, float* data, std::size_t count) {
+  template <class HostView>
+  static void from_host(const HostView& h, float* data, std::size_t count) {
     const DeviceFloats d(data, count);
     if (h.data() != d.data()) Kokkos::deep_copy(d, h);
   }
@@ -114,10 +158,12 @@ DeviceComm::DeviceComm(Communicator& host, const ExecSpace& space)
 template <class Call>
 void DeviceComm::timed(CommOp op, const CommVolume& volume, Call&& call) {
   named_fence(space_, "moeproxy::comm::buffer_ready");
+  enter_call();
   Kokkos::Timer timer;
   call();
   named_fence(space_, "moeproxy::comm::done");
   log_.add(op, volume, timer.seconds());
+  leave_call();
 }
 
 void DeviceComm::allreduce_sum(float* data, std::size_t count) {
@@ -145,6 +191,69 @@ void DeviceComm::alltoallv(const float* send, const std::vector<int>& send_count
     volume.saved = alltoallv_volume(float_bytes(uncompressed_send_counts), rank()).bytes - volume.bytes;
   timed(CommOp::alltoallv, volume,
         [&] { transport_alltoallv(send, send_counts, send_displs, recv, recv_counts, recv_displs); });
+}
+
+std::unique_ptr<DeviceComm::Posted> DeviceComm::transport_ialltoallv(
+    const float* send, const std::vector<int>& send_counts, const std::vector<int>& send_displs, float* recv,
+    const std::vector<int>& recv_counts, const std::vector<int>& recv_displs) {
+  transport_alltoallv(send, send_counts, send_displs, recv, recv_counts, recv_displs);
+  return std::make_unique<Posted>();
+}
+
+bool DeviceComm::transport_test(Posted&) { return true; }
+
+void DeviceComm::transport_wait(Posted&) {}
+
+void DeviceComm::enter_call() {
+  const double now = clock_.seconds();
+  if (open_ > 0) log_.add_hidden(CommOp::wait, now - left_call_);
+  left_call_ = now;
+}
+
+DeviceComm::Ticket DeviceComm::ialltoallv(const float* send, const std::vector<int>& send_counts,
+                                          const std::vector<int>& send_displs, float* recv,
+                                          const std::vector<int>& recv_counts, const std::vector<int>& recv_displs,
+                                          const std::vector<int>& uncompressed_send_counts) {
+  check_counts("ialltoallv send", send_counts, send_displs, size());
+  check_counts("ialltoallv recv", recv_counts, recv_displs, size());
+  CommVolume volume = alltoallv_volume(float_bytes(send_counts), rank());
+  if (!uncompressed_send_counts.empty())
+    volume.saved = alltoallv_volume(float_bytes(uncompressed_send_counts), rank()).bytes - volume.bytes;
+  named_fence(space_, "moeproxy::comm::buffer_ready");
+  enter_call();
+  Kokkos::Timer timer;
+  InFlight f;
+  f.posted = transport_ialltoallv(send, send_counts, send_displs, recv, recv_counts, recv_displs);
+  log_.add(CommOp::ialltoallv, volume, timer.seconds());
+  ++open_;
+  leave_call();
+  in_flight_.emplace(next_ticket_, std::move(f));
+  return next_ticket_++;
+}
+
+bool DeviceComm::test(Ticket ticket) {
+  InFlight& f = in_flight_.at(ticket);
+  if (f.seen_complete) return true;
+  enter_call();
+  Kokkos::Timer timer;
+  f.seen_complete = transport_test(*f.posted);
+  if (f.seen_complete) --open_;
+  log_.add(CommOp::wait, {}, timer.seconds());
+  leave_call();
+  return f.seen_complete;
+}
+
+void DeviceComm::wait(Ticket ticket) {
+  const auto found = in_flight_.find(ticket);
+  if (found == in_flight_.end()) throw std::logic_error("DeviceComm::wait: no transfer in flight with this ticket");
+  enter_call();
+  if (!found->second.seen_complete) --open_;
+  Kokkos::Timer timer;
+  transport_wait(*found->second.posted);
+  named_fence(space_, "moeproxy::comm::done");
+  log_.add(CommOp::wait, {}, timer.seconds());
+  leave_call();
+  in_flight_.erase(found);
 }
 
 void DeviceComm::send(const float* data, std::size_t count, int dest) {

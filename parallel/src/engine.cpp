@@ -29,7 +29,8 @@ std::uint64_t host_high_water_bytes() {
   return static_cast<std::uint64_t>(usage.ru_maxrss) * 1024;  // Linux reports KiB
 }
 
-// Communication phases: their time is the part of the wall time spent communicating.
+// Communication phases: their time is the part of the wall time spent communicating, the
+// exposed communication (asynchronous transfers count only where the rank posted and waited).
 double comm_seconds(const PhaseTable& t) {
   double s = 0.0;
   for (int l = 0; l < t.layers(); ++l)
@@ -74,7 +75,7 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, CommBacken
                                     dim_data = make_device_comm(comm, dim, space);
   out.comm_backend = comm;
   LayoutExchange exchange(*tp_data, *ep_data, *dim_data, shard.placement, shard.placement_rank,
-                          cfg.parallel.comm_compression);
+                          cfg.parallel.comm_compression, cfg.parallel.ep_chunks);
   Transformer model(space, m, w, out.slice, shard, &exchange, weights);
   // Decode inputs on the first stage: each sequence's newest final-normed row.
   std::vector<float> next_input(static_cast<std::size_t>(n) * d);
@@ -198,10 +199,16 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, CommBacken
   // Run-wide figures: walls are the slowest rank's; FLOPs and tokens add up.
   double walls[2] = {out.metrics.prefill_seconds, out.metrics.decode_seconds};
   world.allreduce_max(walls, 2);
-  double sums[4] = {out.metrics.prefill_flops + out.metrics.decode_flops, device_peak_flops(m.precision),
-                    comm_seconds(out.metrics.prefill) + comm_seconds(out.metrics.decode),
+  // Hidden transfers happen only inside the forward passes, so the records' totals are theirs.
+  out.metrics.comm_exposed_seconds = comm_seconds(out.metrics.prefill) + comm_seconds(out.metrics.decode);
+  if (sep)
+    for (const CommRecord& r : sep->records()) out.metrics.comm_hidden_seconds += r.hidden_seconds;
+  for (const DeviceComm* c : {tp_data.get(), ep_data.get(), pp_data.get(), dim_data.get()})
+    for (const CommRecord& r : c->records()) out.metrics.comm_hidden_seconds += r.hidden_seconds;
+  double sums[5] = {out.metrics.prefill_flops + out.metrics.decode_flops, device_peak_flops(m.precision),
+                    out.metrics.comm_exposed_seconds, out.metrics.comm_hidden_seconds,
                     routes_own_tokens ? static_cast<double>(model.dropped_slots()) : 0.0};
-  world.allreduce_sum(sums, 4);
+  world.allreduce_sum(sums, 5);
   RunSummary& s = out.summary;
   s.prefill_tokens_per_s = static_cast<double>(w.batch) * w.prompt / walls[0];
   s.ttft_s = walls[0];
@@ -209,9 +216,11 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, CommBacken
   s.decode_tokens_per_s = w.decode_steps > 0 ? static_cast<double>(w.batch) * w.decode_steps / walls[1] : 0.0;
   s.peak_flops = sums[1];
   s.mfu = s.peak_flops > 0.0 ? sums[0] / (walls[0] + walls[1]) / s.peak_flops : 0.0;
-  s.comm_seconds_raw = sums[2];
+  s.comm_exposed_seconds = sums[2];
+  s.comm_hidden_seconds = sums[3];
+  s.comm_seconds_raw = sums[2] + sums[3];
   s.comm_fraction = sums[2] / world.size() / (walls[0] + walls[1]);
-  s.dropped_tokens = static_cast<std::uint64_t>(sums[3]);
+  s.dropped_tokens = static_cast<std::uint64_t>(sums[4]);
   if (cfg.faults.drill()) {
     FailoverSummary& f = s.failover;
     // The slowest rank's failure and recovery times; the recovery is the buddy's.

@@ -12,7 +12,8 @@
 //   -> alltoallv back                yp [kept, d] in xp's order
 //
 // Both all-to-all-v move wire rows (compression.hpp): the rows themselves, or int8 rows
-// encoded before and decoded after.
+// encoded before and decoded after. With parallel.ep_chunks > 1 the same traffic moves in
+// pieces overlapped with the experts (expert_overlap.hpp).
 //
 // Without an expert group (ep = 1) every rank routes all of its own tokens, and its experts'
 // rows are one block of xp: all of it, or, when the ranks of an m x n group split the
@@ -22,7 +23,29 @@
 
 #include "moeproxy/parallel/exchange.hpp"
 
+#include "moeproxy/core/model.hpp"  // timed
+
 namespace moeproxy::parallel {
+
+ExpertTraffic LayoutExchange::traffic(int layer, const std::vector<int>& counts) {
+  const int ranks = ep_.size(), local = placement_.count(layer, placement_rank_);
+  // Ranks may hold different numbers of experts: counts travel padded to the largest block.
+  const int width = placement_.max_count(layer);
+  std::vector<int> counts_out(static_cast<std::size_t>(ranks) * width, 0), counts_padded(counts_out.size());
+  ExpertTraffic t;
+  t.local_experts = local;
+  t.send_rows.assign(ranks, 0);
+  for (int r = 0, position = 0; r < ranks; ++r)
+    for (int e = 0; e < placement_.count(layer, r); ++e, ++position) {
+      counts_out[r * width + e] = counts[position];
+      t.send_rows[r] += counts[position];
+    }
+  ep_.host().alltoall(counts_out.data(), counts_padded.data(), width);
+  t.recv_expert_rows.assign(static_cast<std::size_t>(ranks) * local, 0);
+  for (int r = 0; r < ranks; ++r)
+    for (int e = 0; e < local; ++e) t.recv_expert_rows[r * local + e] = counts_padded[r * width + e];
+  return t;
+}
 
 ExpertRows LayoutExchange::dispatch(const ExecSpace& space, int layer, const Matrix& xp,
                                     const std::vector<int>& counts) {
@@ -33,32 +56,18 @@ ExpertRows LayoutExchange::dispatch(const ExecSpace& space, int layer, const Mat
     local_rows_.second = local_rows_.first + std::accumulate(first, last, 0);
     return ExpertRows{Kokkos::subview(xp, local_rows_, Kokkos::ALL), std::vector<int>(first, last), local_rows_.first};
   }
-  const int ranks = ep_.size(), d = static_cast<int>(xp.extent(1));
-  // Ranks may hold different numbers of experts: counts travel padded to the largest block.
-  const int width = placement_.max_count(layer);
-  std::vector<int> counts_out(static_cast<std::size_t>(ranks) * width, 0), counts_padded(counts_out.size());
+  const int ranks = ep_.size(), d = static_cast<int>(xp.extent(1)), wire = codec_.wire_width(d);
+  const ExpertTraffic t = traffic(layer, counts);
   row_send_counts_.assign(ranks, 0);
-  for (int r = 0, position = 0; r < ranks; ++r)
-    for (int e = 0; e < placement_.count(layer, r); ++e, ++position) {
-      counts_out[r * width + e] = counts[position];
-      row_send_counts_[r] += counts[position];
-    }
-  ep_.host().alltoall(counts_out.data(), counts_padded.data(), width);
-
-  const int wire = codec_.wire_width(d);
-  std::vector<int> counts_in(static_cast<std::size_t>(ranks) * local, 0);
   row_recv_counts_.assign(ranks, 0);
   send_counts_.assign(ranks, 0);
   recv_counts_.assign(ranks, 0);
   for (int r = 0; r < ranks; ++r) {
-    for (int e = 0; e < local; ++e) {
-      counts_in[r * local + e] = counts_padded[r * width + e];
-      row_recv_counts_[r] += counts_in[r * local + e];
-    }
-    send_counts_[r] = row_send_counts_[r] * wire;
-    recv_counts_[r] = row_recv_counts_[r] * wire;
-    row_send_counts_[r] *= d;
-    row_recv_counts_[r] *= d;
+    const int in = std::accumulate(t.recv_expert_rows.begin() + r * local, t.recv_expert_rows.begin() + (r + 1) * local, 0);
+    send_counts_[r] = t.send_rows[r] * wire;
+    recv_counts_[r] = in * wire;
+    row_send_counts_[r] = t.send_rows[r] * d;
+    row_recv_counts_[r] = in * d;
   }
   send_displs_ = displacements(send_counts_);
   recv_displs_ = displacements(recv_counts_);
@@ -69,7 +78,7 @@ ExpertRows LayoutExchange::dispatch(const ExecSpace& space, int layer, const Mat
   ep_.alltoallv(codec_.encode(space, xp).data(), send_counts_, send_displs_, wire_in.data(), recv_counts_,
                 recv_displs_, row_send_counts_);
   codec_.decode(space, wire_in, x_in);
-  return ExpertRows{x_in, counts_in, -1};
+  return ExpertRows{x_in, t.recv_expert_rows, -1};
 }
 
 void LayoutExchange::undispatch(const ExecSpace& space, const Matrix& y_in, const Matrix& yp) {
@@ -83,6 +92,17 @@ void LayoutExchange::undispatch(const ExecSpace& space, const Matrix& y_in, cons
   ep_.alltoallv(codec_.encode(space, y_in).data(), recv_counts_, recv_displs_, wire_out.data(), send_counts_,
                 send_displs_, row_recv_counts_);
   codec_.decode(space, wire_out, yp);
+}
+
+void LayoutExchange::run_experts(const ExecSpace& space, const Matrix& xp, const std::vector<int>& counts,
+                                 const Matrix& yp, const ExpertCompute& compute, PhaseTable& timing, int layer) {
+  if (ep_.size() == 1 || ep_chunks_ == 1) {
+    LayerExchange::run_experts(space, xp, counts, yp, compute, timing, layer);
+    return;
+  }
+  ExpertTraffic t;
+  timed(space, timing, layer, Phase::dispatch, [&] { t = traffic(layer, counts); });
+  run_chunked_experts(space, ep_, codec_, t, ep_chunks_, xp, yp, compute, timing, layer);
 }
 
 }  // namespace moeproxy::parallel

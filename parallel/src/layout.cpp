@@ -226,7 +226,14 @@ RankLayout RankLayout::build(const RunConfig& cfg, int world_size) {
                      std::to_string(per_replica) + " sequences of each data-parallel replica (workload.batch=" +
                      std::to_string(cfg.workload.batch) + " / parallel.dp=" + std::to_string(p.dp) +
                      "); choose a divisor of " + std::to_string(per_replica));
+  if (p.ep_chunks > 1 && separated)
+    throw InputError(kv("parallel.ep_chunks", p.ep_chunks) + " chunks the all-to-all-v of expert parallelism, which a "
+                     "separated layout (parallel.attn_ranks > 0) does not use: its rows overlap by micro-batches; "
+                     "set parallel.ep_chunks = 1 and use parallel.micro_batches");
   if (separated) return RankLayout(cfg, world_size);
+  if (p.ep_chunks > 1 && p.ep == 1)
+    throw InputError(kv("parallel.ep_chunks", p.ep_chunks) + " overlaps the all-to-all-v of expert parallelism with "
+                     "the experts' compute, and parallel.ep = 1 has none; set parallel.ep > 1 or parallel.ep_chunks = 1");
   if (p.head_distribution.empty() && m.heads % p.tp != 0)
     throw InputError(kv("parallel.tp", p.tp) + " does not divide " + kv("model.heads", m.heads) +
                      "; choose a parallel.tp that divides " + std::to_string(m.heads) +
@@ -364,6 +371,7 @@ std::string RankLayout::describe() const {
   if (!p.expert_map.empty()) s += p.expert_map_per_layer ? " expert_map(per layer)" : " expert_map";
   if (p.micro_batches > 1) s += " micro_batches=" + std::to_string(p.micro_batches);
   if (p.attn_replicas > 1) s += " attn_replicas=" + std::to_string(p.attn_replicas);
+  if (p.ep_chunks > 1) s += " ep_chunks=" + std::to_string(p.ep_chunks);
   return s;
 }
 

@@ -46,7 +46,7 @@ rep, runs = sys.argv[1], sys.argv[2]
 rows = list(csv.DictReader(open(f"{rep}/summary.csv")))
 assert [r["run"] for r in rows] == ["q1", "q2", "q4", "dense2"], [r["run"] for r in rows]
 need = ["deck", "layout", "ranks", "prefill_tokens_per_s", "ttft_s", "tpot_s", "decode_tokens_per_s",
-        "mfu", "comm_fraction", "expert_imbalance", "peak_memory_bytes", "verification",
+        "mfu", "comm_fraction", "comm_exposed_s", "comm_hidden_s", "expert_imbalance", "peak_memory_bytes", "verification",
         "prefill_speedup", "decode_speedup", "tpot_reduction_pct"]
 missing = [c for c in need if c not in rows[0]]
 assert not missing, f"columns missing: {missing}"

@@ -10,7 +10,7 @@ foreach(case layers-zero batch-negative hidden-absurd topk-experts dp-batch tp-t
              expert-map-duplicate expert-map-missing expert-map-length expert-map-layers heads-sum heads-mxn
              replicas-dp replicas-ep fail-rank-range fail-rank-ffn fail-step fail-no-replica fail-step-alone
              balance-threshold-negative balance-threshold-one balance-interval-zero balance-no-separation
-             balance-machine-missing)
+             balance-machine-missing ep-chunks-zero ep-chunks-no-ep ep-chunks-separation)
   add_test(NAME reliability/cli/${case}
            COMMAND bash ${CMAKE_SOURCE_DIR}/tests/cli_test.sh ${case} $<TARGET_FILE:moeproxy>
                    ${MPIEXEC_EXECUTABLE} ${CMAKE_SOURCE_DIR} ${CMAKE_CURRENT_BINARY_DIR}/cli-out)

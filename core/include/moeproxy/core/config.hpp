@@ -65,6 +65,7 @@ struct ParallelConfig {
   int dim_groups = 1;
   int micro_batches = 1;
   int attn_replicas = 1;  // data-parallel replicas per replica group (failover buddies)
+  int ep_chunks = 1;  // pieces of an MoE step's routed rows: each is dispatched while the previous computes
   CommBackend comm = CommBackend::automatic;
   CommCompression comm_compression = CommCompression::none;
   // Query heads per tensor-parallel rank (length tp, sum model.heads); empty = even split.

@@ -3,8 +3,10 @@
 // parallel/ implements them with MPI for its layouts. The defaults are what a rank holding
 // the whole model does: nothing to reduce, every expert local. core/ knows nothing of MPI.
 
+#include <functional>
 #include <vector>
 
+#include "moeproxy/core/metrics.hpp"
 #include "moeproxy/core/types.hpp"
 
 namespace moeproxy {
@@ -17,6 +19,10 @@ struct ExpertRows {
   // their outputs belong in the same rows of yp; -1: x arrived from other ranks.
   int xp_row = -1;
 };
+
+// The local experts on rows x [rows, d], counts[src * local_experts + e] rows per block in
+// order, into y [rows, d] (Transformer::ffn_rows).
+using ExpertCompute = std::function<void(const Matrix& x, const std::vector<int>& counts, const Matrix& y)>;
 
 class LayerExchange {
  public:
@@ -40,6 +46,12 @@ class LayerExchange {
   // dispatch returned them): brings rows back from the ranks they went to, or fills in the
   // rows no local expert computed (zero: another rank's partial sum holds them).
   virtual void undispatch(const ExecSpace& space, const Matrix& y_in, const Matrix& yp);
+  // The experts' part of layer `layer`'s MoE step: the routed rows xp [kept, d] (grouped by
+  // global expert, counts[e] rows of expert e) through their experts, wherever they are
+  // held, into yp [kept, d] in xp's order. The default is dispatch -> compute ->
+  // undispatch, communication timed as Phase::dispatch; a layout may interleave them.
+  virtual void run_experts(const ExecSpace& space, const Matrix& xp, const std::vector<int>& counts,
+                           const Matrix& yp, const ExpertCompute& compute, PhaseTable& timing, int layer);
   // Ranks the experts are spread over (1: all local).
   virtual int expert_group_size() const { return 1; }
 };

@@ -68,6 +68,9 @@ struct CommRecord {
   // What `bytes` would have been without parallel.comm_compression (equal when nothing was
   // compressed).
   std::uint64_t uncompressed_bytes = 0;
+  // "wait" records only: wall time in which the group's non-blocking transfers were in
+  // flight while the rank computed (docs/hdf5-schema.md, "Hidden and exposed communication").
+  double hidden_seconds = 0.0;
 };
 
 // Everything one rank measured.
@@ -80,6 +83,10 @@ struct RankMetrics {
   double decode_seconds = 0.0;
   double prefill_flops = 0.0;    // model FLOPs this rank computed
   double decode_flops = 0.0;
+  // Communication in the prefill and decode: exposed = the communication phases (the rank
+  // waited); hidden = asynchronous transfers in flight while it computed.
+  double comm_exposed_seconds = 0.0;
+  double comm_hidden_seconds = 0.0;
 };
 
 // Balancing the two sides of attention/MoE separation (parallel/balance.hpp). Every record
@@ -143,8 +150,10 @@ struct RunSummary {
   double decode_tokens_per_s = 0.0;
   double mfu = 0.0;
   double peak_flops = 0.0;       // of all devices used, for the MFU
-  double comm_fraction = 0.0;
-  double comm_seconds_raw = 0.0;
+  double comm_fraction = 0.0;     // exposed communication / ranks / wall time
+  double comm_seconds_raw = 0.0;  // exposed + hidden, summed over ranks
+  double comm_exposed_seconds = 0.0;  // summed over ranks
+  double comm_hidden_seconds = 0.0;   // summed over ranks
   double expert_imbalance = 0.0;  // (max - mean) / mean over experts, prefill, all layers
   std::uint64_t dropped_tokens = 0;
   std::string verification = "SKIPPED";  // "PASS" | "FAIL" | "SKIPPED"

@@ -77,6 +77,7 @@ struct ResultsFile {
   std::vector<std::uint64_t> comm_calls, comm_bytes;  // [rank, key]
   std::vector<std::uint64_t> comm_uncompressed_bytes;  // [rank, key]; comm_bytes in older files
   std::vector<double> comm_seconds;                   // [rank, key]
+  std::vector<double> comm_hidden_seconds;            // [rank, key]; empty in files from before it
   std::vector<double> comm_algbw, comm_busbw;         // [rank, key] bytes/s, nccl-tests' definitions
 
   // The rest of the file, for analysis and tests.
@@ -84,6 +85,7 @@ struct ResultsFile {
   bool predicted = false;
   std::vector<std::string> hosts, devices;  // [rank]
   std::vector<double> prefill_wall, decode_wall, prefill_flops, decode_flops;  // [rank]
+  std::vector<double> comm_exposed, comm_hidden;  // [rank]; empty in files from before them
   std::vector<std::string> memory_kinds;
   std::vector<std::uint64_t> memory_bytes;  // [rank, kind]
   std::vector<int> comm_group_size;         // [key]

@@ -42,7 +42,8 @@ class Communicator {
   void irecv(float* data, int count, int source, int tag);
   void wait_all();
   // Non-blocking point-to-point the caller completes with wait(): "isend" records the bytes,
-  // "wait" the time spent blocked on completion.
+  // "wait" the time spent blocked on completion and, as hidden, the wall time in which some
+  // posted request was not yet waited for while the rank was outside this group's calls.
   MPI_Request post_send(const float* data, int count, int dest, int tag);
   // The same for compressed data (compression.hpp) that would have been `uncompressed_count`
   // floats without compression, for the records.
@@ -72,6 +73,8 @@ class Communicator {
   int size_ = 1;
   CommLog log_;
   std::vector<MPI_Request> pending_;
+  std::vector<MPI_Request> posted_;  // by post_send and post_recv, until their wait
+  double left_call_ = 0.0;           // MPI_Wtime when the last call of the group returned
   CommVolume pending_volume_;  // of the receives wait_all completes
 };
 

@@ -26,9 +26,11 @@
 
 namespace moeproxy::parallel {
 
-// isend / irecv are non-blocking posts (their seconds are the posting only; their bandwidth
-// figures are not link speeds); wait is the completion of posted requests (no bytes).
-enum class CommOp { allreduce, allgather, reduce_scatter, alltoall, alltoallv, send, recv, isend, irecv, wait, broadcast, gather, barrier };
+// isend / irecv / ialltoallv are non-blocking posts (their seconds are the posting only;
+// their bandwidth figures are not link speeds); wait is the completion of posted requests
+// (no bytes), whose records also carry the time the transfers they completed were hidden
+// behind compute (CommLog::add_hidden).
+enum class CommOp { allreduce, allgather, reduce_scatter, alltoall, alltoallv, ialltoallv, send, recv, isend, irecv, wait, broadcast, gather, barrier };
 const char* to_string(CommOp op);
 
 // Bytes of one call for the records. `bytes`: payload leaving this rank; `alg`: nccl-tests'
@@ -58,6 +60,8 @@ class CommLog {
  public:
   CommLog(std::string group, int group_size) : group_(std::move(group)), group_size_(group_size) {}
   void add(CommOp op, const CommVolume& v, double seconds);
+  // A posted transfer of `op` was in flight for `seconds` while the rank computed.
+  void add_hidden(CommOp op, double seconds);
   std::vector<CommRecord> records() const;
 
  private:

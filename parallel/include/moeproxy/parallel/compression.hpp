@@ -34,6 +34,11 @@ class RowCodec {
   // without compression, else this codec's send scratch, valid until the next encode.
   // Enqueued on `space`: fence before the data leaves.
   Matrix encode(const ExecSpace& space, const Matrix& rows);
+  // Wire rows of their own for rows [n, d], for transfers that stay in flight while other
+  // rows are encoded (expert_overlap.hpp): `rows` itself without compression, else a new
+  // buffer. encode_into fills (a slab of) it.
+  Matrix wire_buffer(const ExecSpace& space, const Matrix& rows, const char* label) const;
+  void encode_into(const ExecSpace& space, const Matrix& rows, const Matrix& wire) const;
   // Where wire rows for rows [n, d] can arrive: `rows` itself without compression, else this
   // codec's receive scratch, valid until the next decode from host memory or receive_buffer.
   Matrix receive_buffer(const Matrix& rows);

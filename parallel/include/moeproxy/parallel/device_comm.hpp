@@ -11,9 +11,19 @@
 // the logic NCCL runs. A call returns with its result in place: it fences the space before
 // (the buffer is complete) and after (the time is the communication's).
 //
+// The non-blocking all-to-all-v (ialltoallv) returns at once; its result is in place after
+// wait(). Between the two the caller computes, and test() lets the transport progress and
+// notes when the transfer was first seen complete. The records: "ialltoallv" (bytes and the
+// posting time) and "wait" (seconds: blocked in test and wait; hidden: the wall time in
+// which some transfer of the group was in flight, posted and not yet seen complete, while
+// the rank was outside the group's calls, i.e. computing). MPI posts
+// MPI_Ialltoallv on staged copies; NCCL has no second stream here yet, so its post runs the
+// grouped send/recv on the compute stream, ordered with the kernels: correct, not overlapped.
+//
 // Every pointer is to `count` contiguous floats in the execution space's memory.
 
 #include <cstddef>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -49,6 +59,14 @@ class DeviceComm {
   void alltoallv(const float* send, const std::vector<int>& send_counts, const std::vector<int>& send_displs,
                  float* recv, const std::vector<int>& recv_counts, const std::vector<int>& recv_displs,
                  const std::vector<int>& uncompressed_send_counts = {});
+  // A posted ialltoallv, until wait() completes it.
+  using Ticket = int;
+  Ticket ialltoallv(const float* send, const std::vector<int>& send_counts, const std::vector<int>& send_displs,
+                    float* recv, const std::vector<int>& recv_counts, const std::vector<int>& recv_displs,
+                    const std::vector<int>& uncompressed_send_counts = {});
+  // Whether the transfer has completed (its result is in place only after wait).
+  bool test(Ticket ticket);
+  void wait(Ticket ticket);
   // Messages between two ranks arrive in the order they were sent.
   void send(const float* data, std::size_t count, int dest);
   void recv(float* data, std::size_t count, int source);
@@ -63,6 +81,17 @@ class DeviceComm {
   virtual void transport_alltoallv(const float* send, const std::vector<int>& send_counts,
                                    const std::vector<int>& send_displs, float* recv,
                                    const std::vector<int>& recv_counts, const std::vector<int>& recv_displs) = 0;
+  // What a backend keeps of a posted transfer until it completes.
+  struct Posted {
+    virtual ~Posted() = default;
+  };
+  // The default runs the blocking transport at the post: correct ordering, no overlap.
+  virtual std::unique_ptr<Posted> transport_ialltoallv(const float* send, const std::vector<int>& send_counts,
+                                                       const std::vector<int>& send_displs, float* recv,
+                                                       const std::vector<int>& recv_counts,
+                                                       const std::vector<int>& recv_displs);
+  virtual bool transport_test(Posted& posted);
+  virtual void transport_wait(Posted& posted);
   virtual void transport_send(const float* data, std::size_t count, int dest) = 0;
   virtual void transport_recv(float* data, std::size_t count, int source) = 0;
 
@@ -72,7 +101,20 @@ class DeviceComm {
  private:
   template <class Call>
   void timed(CommOp op, const CommVolume& volume, Call&& call);
+  struct InFlight {
+    std::unique_ptr<Posted> posted;
+    bool seen_complete = false;
+  };
+  // Entering a call of the group: the time since the last one left was hidden if a
+  // transfer was in flight.
+  void enter_call();
+  void leave_call() { left_call_ = clock_.seconds(); }
   CommLog log_;
+  Kokkos::Timer clock_;
+  double left_call_ = 0.0;  // clock_ when the last call of the group returned
+  int open_ = 0;            // transfers posted and not yet seen complete
+  std::map<Ticket, InFlight> in_flight_;
+  Ticket next_ticket_ = 0;
 };
 
 // The backend's communicator for the group of `host` (collective over that group).

@@ -11,6 +11,7 @@
 #include "moeproxy/parallel/compression.hpp"
 #include "moeproxy/core/placement.hpp"
 #include "moeproxy/parallel/device_comm.hpp"
+#include "moeproxy/parallel/expert_overlap.hpp"
 
 namespace moeproxy::parallel {
 
@@ -22,15 +23,18 @@ class LayoutExchange : public LayerExchange {
   // `placement`: the experts of each rank of the expert group (ep, or with ep = 1 the sets of
   // an m x n group); this rank is its rank `placement_rank`.
   // `compression`: how the experts' rows travel over `ep` (compression.hpp).
+  // `ep_chunks` > 1: the all-to-all-v overlapped with the experts (expert_overlap.hpp).
   LayoutExchange(DeviceComm& tp, DeviceComm& ep, DeviceComm& dim, ExpertPlacement placement, int placement_rank,
-                 CommCompression compression)
+                 CommCompression compression, int ep_chunks = 1)
       : tp_(tp), ep_(ep), dim_(dim), placement_(std::move(placement)), placement_rank_(placement_rank),
-        codec_(compression) {}
+        codec_(compression), ep_chunks_(ep_chunks) {}
 
   void reduce_partial(const ExecSpace& space, const Matrix& partial) override;
   void reduce_scores(const ExecSpace& space, const Scores& scores) override;
   ExpertRows dispatch(const ExecSpace& space, int layer, const Matrix& xp, const std::vector<int>& counts) override;
   void undispatch(const ExecSpace& space, const Matrix& y_in, const Matrix& yp) override;
+  void run_experts(const ExecSpace& space, const Matrix& xp, const std::vector<int>& counts, const Matrix& yp,
+                   const ExpertCompute& compute, PhaseTable& timing, int layer) override;
   int expert_group_size() const override { return ep_.size(); }
 
  private:
@@ -40,6 +44,9 @@ class LayoutExchange : public LayerExchange {
   ExpertPlacement placement_;
   int placement_rank_;
   RowCodec codec_;
+  int ep_chunks_;
+  // Who sends whom how many rows in layer `layer`, from the expert group's all-to-all of counts.
+  ExpertTraffic traffic(int layer, const std::vector<int>& counts);
   // The last dispatch's layout, in wire floats and in row floats (for the records), reused in
   // reverse by undispatch.
   std::vector<int> send_counts_, send_displs_, recv_counts_, recv_displs_, row_send_counts_, row_recv_counts_;

@@ -399,7 +399,7 @@ void verify(const RunConfig& cfg, const parallel::RankLayout& layout, const para
   s.tolerance = verification_tolerance(cfg.model.precision);
   const bool compressed = parallel::compresses_transfers(cfg);
   if (compressed) {
-    s.compression_tolerance = compression_tolerance(cfg.parallel.comm_compression);
+    s.compression_tolerance = compression_tolerance(cfg.parallel.comm_compression, cfg.model, cfg.workload);
     s.tolerance += s.compression_tolerance;
   }
   if (v.mode == VerifyMode::none || sample == 0) {

@@ -35,7 +35,8 @@ double max_relative_error(const std::vector<float>& got, const std::vector<doubl
 
 // The verification tolerance for a precision.
 double verification_tolerance(Precision precision);
-// What compressed transfers (parallel.comm_compression) add to it, where a layout compresses.
-double compression_tolerance(CommCompression compression);
+// What compressed transfers (parallel.comm_compression) add to it, where a layout compresses:
+// the quantisation bound, or more where learned routing can flip a token's expert.
+double compression_tolerance(CommCompression compression, const ModelConfig& model, const WorkloadConfig& workload);
 
 }  // namespace moeproxy

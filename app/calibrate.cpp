@@ -96,6 +96,16 @@ double stream_rate(const Context& c, int rows, int cols) {
   return mean_over_ranks(c, 3.0 * sizeof(float) * rows * cols / s);
 }
 
+// Bytes per second of a GEMM of `rows` rows through a [k, n] weight: bound by streaming the
+// weight, as decode's projections and experts are.
+double skinny_gemm_rate(const Context& c, int rows, int k, int n) {
+  const Matrix a = filled("moeproxy::calibrate::skinny_a", rows, k, 0.5f);
+  const Matrix b = filled("moeproxy::calibrate::skinny_b", k, n, 0.25f);
+  const Matrix out("moeproxy::calibrate::skinny_c", rows, n);
+  const double s = time_it(c, [&] { gemm(c.space, a, b, out); });
+  return mean_over_ranks(c, sizeof(float) * (static_cast<double>(rows) * k + static_cast<double>(k) * n + rows * n) / s);
+}
+
 double launch_overhead(const Context& c) {
   const Matrix x = filled("moeproxy::calibrate::tiny_x", 1, 8, 1.0f), y = filled("moeproxy::calibrate::tiny_y", 1, 8, 0.0f);
   return mean_over_ranks(c, time_it(c, [&] { add_into(c.space, y, x); }));
@@ -211,6 +221,11 @@ int calibrate_command(const CalibrateOptions& opt, int argc, char** argv) {
   say("add_into 2048 x 2048 fp32: " + fmt(bw / 1e9, "GB/s"));
   notes["memory.bandwidth_gbs"] = "measured: add_into 2048 x 2048 fp32 (2 reads, 1 write), per rank";
   notes["memory.efficiency"] = "the bandwidth above is the measured rate";
+  const double skinny = skinny_gemm_rate(c, 4, 2048, 2048);
+  m.gemm_memory_efficiency = std::min(1.0, skinny / bw);
+  say("gemm 4 x 2048 x 2048 fp32: " + fmt(skinny / 1e9, "GB/s"));
+  notes["memory.gemm_efficiency"] = "measured: gemm of 4 rows through a 2048 x 2048 fp32 weight, " +
+                                    fmt(skinny / 1e9, "GB/s") + " / the bandwidth above";
   m.memory_bytes = device_memory_bytes(on_node);
   notes["memory.capacity_gb"] = "device memory, or MemTotal / ranks on the node";
 

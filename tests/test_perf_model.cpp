@@ -55,6 +55,10 @@ TEST_CASE("perf model: a GEMM-bound kernel takes FLOPs / (peak x efficiency)", "
   slow_memory.kernel_overhead = 2e-6;
   // Bandwidth-bound once the bytes take longer than the FLOPs, plus the launch overhead.
   CHECK(kernel_seconds(slow_memory, Precision::fp32, KernelKind::memory, 0.0, 4e6) == Approx(4e-3 + 2e-6));
+  // A bandwidth-bound GEMM streams at gemm_memory_efficiency of that rate; other kernels do not.
+  slow_memory.gemm_memory_efficiency = 0.25;
+  CHECK(kernel_seconds(slow_memory, Precision::fp32, KernelKind::gemm, 1e3, 4e6) == Approx(16e-3 + 2e-6));
+  CHECK(kernel_seconds(slow_memory, Precision::fp32, KernelKind::memory, 0.0, 4e6) == Approx(4e-3 + 2e-6));
 }
 
 TEST_CASE("perf model: all-reduce time is 2(n-1) alpha + 2(n-1)/n bytes / busbw", "[perf]") {

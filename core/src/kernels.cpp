@@ -388,14 +388,6 @@ void add_into(const ExecSpace& space, const ConstMatrix& y, const Matrix& x) {
 
 namespace {
 
-KOKKOS_INLINE_FUNCTION float floor_f(float x) {
-#ifdef __CUDA_ARCH__
-  return ::floorf(x);
-#else
-  return std::floor(x);
-#endif
-}
-
 // The int8 code of x under scale s, as its two's-complement byte.
 KOKKOS_INLINE_FUNCTION unsigned char int8_code(float x, float s) {
   if (s == 0.0f) return 0;

@@ -26,7 +26,9 @@ double kernel_seconds(const MachineSpec& m, Precision p, KernelKind kind, double
                             : kind == KernelKind::attention ? m.attention_efficiency
                                                             : 1.0;
   const double compute = flops > 0.0 ? flops / (m.peak_flops(p) * efficiency) : 0.0;
-  const double memory = bytes > 0.0 ? bytes / (m.memory_bandwidth * m.memory_efficiency) : 0.0;
+  const double streaming = m.memory_bandwidth * m.memory_efficiency *
+                           (kind == KernelKind::gemm ? m.gemm_memory_efficiency : 1.0);
+  const double memory = bytes > 0.0 ? bytes / streaming : 0.0;
   return m.kernel_overhead + std::max(compute, memory);
 }
 

@@ -41,6 +41,8 @@ const std::vector<Key>& keys() {
        "device memory bandwidth, GB/s"},
       {"memory", "efficiency", 1.0, false, [](MachineSpec& m) -> double& { return m.memory_efficiency; },
        "fraction of the bandwidth streaming kernels reach"},
+      {"memory", "gemm_efficiency", 1.0, false, [](MachineSpec& m) -> double& { return m.gemm_memory_efficiency; },
+       "fraction of the streaming rate a bandwidth-bound GEMM (few rows) reaches"},
       {"memory", "capacity_gb", giga, true, [](MachineSpec& m) -> double& { return m.memory_bytes; },
        "device memory, GB"},
       {"intra_node", "bandwidth_gbs", giga, true, [](MachineSpec& m) -> double& { return m.intra.bandwidth; },

@@ -45,6 +45,9 @@ struct MachineSpec {
   double gemm_efficiency = 1.0;       // of peak, for large GEMMs
   double attention_efficiency = 1.0;  // of peak, for the attention kernel's FLOPs
   double memory_efficiency = 1.0;     // of memory_bandwidth, for bandwidth-bound kernels
+  // Of that streaming rate, what a GEMM reaches when its bytes bound it (few rows: decode's
+  // projections and experts), where a BLAS may pack or re-read the weights.
+  double gemm_memory_efficiency = 1.0;
   double kernel_overhead = 0.0;       // seconds per kernel launch (and its fence)
   double peer_overhead = 0.0;         // seconds per peer of an all-to-all(v)
 

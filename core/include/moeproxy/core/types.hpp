@@ -59,6 +59,13 @@ KOKKOS_INLINE_FUNCTION float tanh_f(float x) {
   return std::tanh(x);
 #endif
 }
+KOKKOS_INLINE_FUNCTION float floor_f(float x) {
+#ifdef __CUDA_ARCH__
+  return ::floorf(x);
+#else
+  return std::floor(x);
+#endif
+}
 KOKKOS_INLINE_FUNCTION float sqrt_f(float x) {
 #ifdef __CUDA_ARCH__
   return ::sqrtf(x);

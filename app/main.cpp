@@ -30,6 +30,7 @@
 #include "moeproxy/parallel/compression.hpp"
 #include "moeproxy/parallel/device_comm.hpp"
 #include "moeproxy/parallel/engine.hpp"
+#include "moeproxy/parallel/route_groups.hpp"
 #include "bench.hpp"
 #include "moeproxy_version.hpp"
 
@@ -395,7 +396,7 @@ std::string command_line(int argc, char** argv) {
 void verify(const RunConfig& cfg, const parallel::RankLayout& layout, const parallel::RunOutput& out,
             parallel::Communicator& world, const WeightSource* weights, RunSummary& s) {
   const VerifyConfig& v = cfg.verify;
-  const int sample = std::min(v.sample, cfg.workload.batch);
+  int sample = std::min(v.sample, cfg.workload.batch);
   s.tolerance = verification_tolerance(cfg.model.precision);
   const bool compressed = parallel::compresses_transfers(cfg);
   if (compressed) {
@@ -407,25 +408,33 @@ void verify(const RunConfig& cfg, const parallel::RankLayout& layout, const para
     return;
   }
   // Which tokens a capacity drops depends on the tokens routed together: the reference
-  // groups exactly as the run only when one rank runs the whole batch in one call and the
-  // reference runs all of it too.
-  if (cfg.model.is_moe() && cfg.model.capacity_factor > 0.0 &&
-      (layout.world_size() > 1 || cfg.parallel.micro_batches > 1 || sample < cfg.workload.batch)) {
-    s.verification_note = "capacity_factor > 0: dropped tokens depend on how tokens are grouped (verified only "
-                          "on one rank, one micro-batch, verify.sample >= workload.batch)";
-    return;
+  // routes the run's groups (route_groups.hpp) and runs whole groups.
+  const bool drops = cfg.model.is_moe() && cfg.model.capacity_factor > 0.0;
+  RouteGroups groups;
+  const int asked = sample;
+  if (drops) {
+    if (const std::string why = parallel::regrouping(cfg); !why.empty()) {
+      s.verification_note = "capacity_factor > 0: dropped tokens depend on how tokens are grouped, and " + why;
+      return;
+    }
+    const RouteGroups all = parallel::route_groups(cfg, layout);
+    sample = parallel::whole_groups(all, cfg.workload, sample);
+    groups = parallel::first_groups(all, cfg.workload, sample);
   }
   const double cost = reference_flops(cfg.model, cfg.workload, sample);
   if (v.mode == VerifyMode::automatic && cost > auto_reference_flop_limit) {
     std::ostringstream note;
-    note << "host reference would cost " << cost / 1e9 << " GFLOP; set verify.mode=reference to force it";
+    note << "host reference would cost " << cost / 1e9 << " GFLOP";
+    if (sample > asked) note << " for the " << sample << " sequences of whole route groups (capacity_factor > 0)";
+    note << "; set verify.mode=reference to force it";
     s.verification_note = note.str();
     return;
   }
   const parallel::SampleOutputs got = parallel::gather_sample(cfg, layout, out, world, sample);
   double result[2] = {0.0, 0.0};  // max_rel_error, pass
   if (world.rank() == 0) {
-    const ReferenceOutput ref = reference_forward(cfg.model, cfg.workload, 0, sample, cfg.workload.batch, weights);
+    const ReferenceOutput ref =
+        reference_forward(cfg.model, cfg.workload, 0, sample, cfg.workload.batch, weights, groups);
     result[0] = std::max(max_relative_error(got.prefill, ref.prefill), max_relative_error(got.decode, ref.decode));
     result[1] = result[0] <= s.tolerance ? 1.0 : 0.0;
   }
@@ -433,6 +442,12 @@ void verify(const RunConfig& cfg, const parallel::RankLayout& layout, const para
   s.max_rel_error = result[0];
   s.verification = result[1] > 0.0 ? "PASS" : "FAIL";
   s.verification_note = "host fp64 reference, " + std::to_string(sample) + " sequences";
+  if (drops)
+    s.verification_note += " routed as in the run (" + std::to_string(groups.prefill.size()) + " prefill and " +
+                           std::to_string(groups.decode.size()) + " decode groups)" +
+                           (sample > asked ? "; verify.sample = " + std::to_string(asked) +
+                                                 " rounded up to whole groups, whose drops depend on all their tokens"
+                                           : std::string());
   if (compressed)
     s.verification_note += ", uncompressed: the tolerance includes " + std::string(to_string(cfg.parallel.comm_compression)) +
                            " transfers' " + std::to_string(s.compression_tolerance);

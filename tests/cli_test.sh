@@ -201,11 +201,21 @@ PY
     ! grep -q "host memory per rank" "$log" || fail "--no-preflight still ran the pre-flight"
     [ -f "$result" ] || fail "no results file" ;;
   capacity-sample)
-    # Dropped tokens depend on the tokens routed together: a partial sample cannot be checked.
+    # Dropped tokens depend on the tokens routed together: the reference runs the whole
+    # route groups the sample falls in (one rank: the batch; two micro-batches: halves), and
+    # cannot where the grouping changes during the run (the failover drill, balancing).
     cap=(run "$src/tests/decks/tiny-moe8.toml" --set model.capacity_factor=1.0 --set workload.routing=zipf:1.5
          --set output.file="$out/capacity.h5")
-    expect 0 "^VERIFICATION SKIPPED" "dropped tokens depend" -- "$exe" "${cap[@]}" --set verify.sample=2
-    expect 0 "^PASS$" -- "$exe" "${cap[@]}" --set verify.sample=16 ;;
+    expect 0 "^PASS$" "16 sequences routed as in the run" "verify.sample = 2 rounded up to whole groups" -- \
+      "$exe" "${cap[@]}" --set verify.sample=2
+    expect 0 "^PASS$" "8 sequences routed as in the run (1 prefill and 1 decode groups)" -- \
+      "$exe" "${cap[@]}" --set verify.sample=2 --set parallel.micro_batches=2
+    expect 0 "^PASS$" "16 sequences routed as in the run (2 prefill and 2 decode groups)" -- \
+      "$exe" "${cap[@]}" --set verify.sample=16 --set parallel.micro_batches=2
+    expect 0 "^VERIFICATION SKIPPED" "dropped tokens depend" "faults.fail_rank" -- "$mpiexec" -n 4 "$exe" "${cap[@]}" \
+      "${replicas[@]}" --set faults.fail_rank=0 --set faults.fail_step=1
+    expect 0 "^VERIFICATION SKIPPED" "dropped tokens depend" "parallel.balance_threshold" -- "$mpiexec" -n 2 \
+      "$exe" "${cap[@]}" --set parallel.attn_ranks=1 --set parallel.balance_threshold=0.05 ;;
   # Balancing keys: a fraction in [0, 1), an interval of at least one step, separation only,
   # a machine file that exists.
   balance-threshold-negative)

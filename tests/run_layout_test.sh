@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A layout against the single-rank run of the same deck:
-#   run_layout_test.sh MOEPROXY MPIEXEC RANKS DECK OUTDIR [--set k=v ...]
+#   run_layout_test.sh MOEPROXY MPIEXEC RANKS DECK OUTDIR [--set k=v ...] [--serial-set k=v ...]
 # Runs DECK on 1 rank and on RANKS ranks with the given overrides, both dumping their final
 # hidden states, requires both to PASS their own verification and the two dumps to agree
 # (max |a - b| / max |b|, prefill and decode) within 1e-4 for fp32 and 1e-3 for fp16: a
@@ -8,6 +8,10 @@
 # partials in another order, which now and then moves an activation to the other
 # neighbouring binary16 value, a change of one binary16 ulp (4.9e-4 relative) in that element;
 # measured up to 1.9e-4 (docs/model.md, Precision).
+# With a capacity factor (model.capacity_factor > 0) the dropped tokens depend on the rows
+# routed together (parallel/route_groups.hpp): --serial-set parallel.micro_batches=G gives the
+# single-rank run the layout's G groups of whole sequences, both runs must drop the same
+# number of tokens, and some.
 set -euo pipefail
 exe=$1 mpiexec=$2 ranks=$3 deck=$4 outdir=$5
 shift 5
@@ -17,11 +21,18 @@ serial=$outdir/$name.serial.h5
 # Overrides of the model and workload (model.precision, workload.routing, ...) describe what
 # both runs compute.
 model=()
-args=("$@")
-for ((i = 0; i + 1 < ${#args[@]}; ++i)); do
-  [ "${args[i]}" = --set ] && [[ ${args[i + 1]} == model.* || ${args[i + 1]} == workload.* ]] &&
-    model+=(--set "${args[i + 1]}")
+args=()
+capacity=0
+while [ $# -gt 0 ]; do
+  case $1 in
+    --serial-set) model+=(--set "$2"); shift 2 ;;
+    --set) args+=(--set "$2"); [[ $2 == model.* || $2 == workload.* ]] && model+=(--set "$2")
+           [[ $2 == model.capacity_factor=* ]] && capacity=${2#model.capacity_factor=}
+           shift 2 ;;
+    *) args+=("$1"); shift ;;
+  esac
 done
+set -- "${args[@]}"
 precision=fp32
 grep -qE '^precision *= *"fp16"' "$deck" && precision=fp16
 for o in "${model[@]}"; do [[ $o == model.precision=* ]] && precision=${o#model.precision=}; done
@@ -45,16 +56,22 @@ rm -f "$serial" "$parallel"
 cat "$outdir/$name.log"
 grep -qx PASS "$outdir/$name.log" || { echo "FAIL: the $ranks-rank run did not PASS its verification"; exit 1; }
 
-/usr/bin/python3 - "$serial" "$parallel" "$ranks" "$tolerance" "$compressed" <<'PY'
+/usr/bin/python3 - "$serial" "$parallel" "$ranks" "$tolerance" "$compressed" "$capacity" <<'PY'
 import sys
 import h5py
 import numpy as np
 
 serial, parallel, ranks, tolerance = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 compressed = sys.argv[5] == "1"
+capacity = float(sys.argv[6])
 with h5py.File(serial, "r") as a, h5py.File(parallel, "r") as b:
     assert bool(a.attrs["complete"]) and bool(b.attrs["complete"]), "a result file is not complete"
     assert int(b.attrs["mpi_size"]) == ranks, f"expected {ranks} ranks, file says {b.attrs['mpi_size']}"
+    if capacity > 0:
+        dropped = [int(f["summary"].attrs["dropped_tokens"]) for f in (a, b)]
+        print(f"dropped tokens: {dropped[0]} on 1 rank, {dropped[1]} on {ranks}")
+        assert dropped[0] > 0, "capacity_factor dropped no token: the test checks nothing"
+        assert dropped[0] == dropped[1], "the runs grouped the tokens differently"
     worst = 0.0
     for name in ("hidden_prefill", "hidden_decode"):
         ref = a["output"][name][...].astype(np.float64)

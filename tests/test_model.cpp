@@ -219,3 +219,40 @@ TEST_CASE("model: forward_flops counts projections, causal attention and experts
   const double ffn = 3 * (2.0 * 3 * 8 * 16 * 2) + 2.0 * 3 * 8 * 4;
   CHECK(forward_flops(m, 1, 3, 0) == Approx(proj + attn + ffn));
 }
+
+// Capacity drops depend on the rows routed together: two slices routed apart match the
+// reference routing the same two groups, and the reference routing all rows at once (a
+// verification grouped differently from the run) fails it.
+TEST_CASE("model: capacity drops follow the route groups; a reference grouped otherwise disagrees", "[model][moe]") {
+  ModelConfig m = tiny_moe();
+  m.capacity_factor = 1.0;
+  WorkloadConfig w = small_workload();
+  w.batch = 4;
+  w.routing = RoutingMode::zipf;  // skewed: the busy experts overflow their capacity
+  w.zipf_exponent = 1.5;
+  const Outputs first = run(m, w, SequenceSlice{0, 2, 4}), second = run(m, w, SequenceSlice{2, 2, 4});
+  Outputs got = first;
+  got.prefill.insert(got.prefill.end(), second.prefill.begin(), second.prefill.end());
+  got.decode.insert(got.decode.end(), second.decode.begin(), second.decode.end());
+  const RouteGroups halves{{0, 2 * w.prompt}, {0, 2}};
+  const ReferenceOutput grouped = reference_forward(m, w, 0, 4, 4, nullptr, halves);
+  CHECK(max_relative_error(got.prefill, grouped.prefill) < 1e-5);
+  CHECK(max_relative_error(got.decode, grouped.decode) < 1e-5);
+  const ReferenceOutput whole = reference_forward(m, w, 0, 4, 4);
+  const double tolerance = verification_tolerance(m.precision);
+  CHECK(max_relative_error(got.prefill, whole.prefill) > 100 * tolerance);
+  CHECK(max_relative_error(got.decode, whole.decode) > 100 * tolerance);
+  // Dropless routing does not depend on the groups.
+  m.capacity_factor = 0.0;
+  CHECK(reference_forward(m, w, 0, 4, 4, nullptr, halves).prefill == reference_forward(m, w, 0, 4, 4).prefill);
+}
+
+TEST_CASE("model: the reference refuses route groups that do not start at 0 and ascend within its rows",
+          "[model][moe]") {
+  ModelConfig m = tiny_moe();
+  m.capacity_factor = 1.0;
+  const WorkloadConfig w = small_workload();
+  CHECK_THROWS_AS(reference_forward(m, w, 0, 3, 3, nullptr, RouteGroups{{7}, {}}), std::invalid_argument);
+  CHECK_THROWS_AS(reference_forward(m, w, 0, 3, 3, nullptr, RouteGroups{{0, 14, 7}, {}}), std::invalid_argument);
+  CHECK_THROWS_AS(reference_forward(m, w, 0, 3, 3, nullptr, RouteGroups{{}, {0, 3}}), std::invalid_argument);
+}

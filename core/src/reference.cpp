@@ -163,9 +163,10 @@ struct State {
   std::vector<std::vector<Rows>> k, v;
 };
 
-// One layer over rows x (row r = sequence r / n, position pos0 + r % n), in place.
+// One layer over rows x (row r = sequence r / n, position pos0 + r % n), in place; the
+// router sees the rows in groups starting at `group_starts` (empty: one group).
 void layer(const ModelConfig& c, const WorkloadConfig& w, const WeightSource& src, int l, Rows& x, int n,
-           int pos0, const std::vector<std::int64_t>& token_ids, State& st) {
+           int pos0, const std::vector<std::int64_t>& token_ids, const std::vector<int>& group_starts, State& st) {
   const int d = c.hidden, hd = c.effective_head_dim(), H = c.heads, Hkv = c.effective_kv_heads();
   const int tokens = static_cast<int>(x.size() / d);
   Rows h = norm(c, src, x, TensorKind::norm1_gain, TensorKind::norm1_bias, l);
@@ -224,20 +225,26 @@ void layer(const ModelConfig& c, const WorkloadConfig& w, const WeightSource& sr
     return;
   }
   const Rows logits = matmul(c, src, h, d, c.experts, TensorKind::router, l, 0);
-  const int capacity = c.capacity_factor > 0.0
-                           ? static_cast<int>(std::ceil(c.capacity_factor * tokens * c.top_k / c.experts))
-                           : -1;
+  std::vector<int> starts = group_starts.empty() ? std::vector<int>{0} : group_starts;
+  starts.push_back(tokens);
   std::vector<int> idx;
   std::vector<double> wt;
   std::vector<std::vector<int>> rows_of(c.experts);            // token rows per expert, slot order
   std::vector<std::vector<double>> weight_of(c.experts);
-  for (int t = 0; t < tokens; ++t) {
-    choose(c, w, &logits[static_cast<std::size_t>(t) * c.experts], l, token_ids[t], idx, wt);
-    for (int j = 0; j < c.top_k; ++j) {
-      auto& rows = rows_of[idx[j]];
-      if (capacity >= 0 && static_cast<int>(rows.size()) >= capacity) continue;
-      rows.push_back(t);
-      weight_of[idx[j]].push_back(wt[j]);
+  for (std::size_t g = 0; g + 1 < starts.size(); ++g) {
+    const int size = starts[g + 1] - starts[g];
+    const int capacity = c.capacity_factor > 0.0
+                             ? static_cast<int>(std::ceil(c.capacity_factor * size * c.top_k / c.experts))
+                             : -1;
+    std::vector<int> kept(c.experts, 0);
+    for (int t = starts[g]; t < starts[g + 1]; ++t) {
+      choose(c, w, &logits[static_cast<std::size_t>(t) * c.experts], l, token_ids[t], idx, wt);
+      for (int j = 0; j < c.top_k; ++j) {
+        if (capacity >= 0 && kept[idx[j]] >= capacity) continue;
+        ++kept[idx[j]];
+        rows_of[idx[j]].push_back(t);
+        weight_of[idx[j]].push_back(wt[j]);
+      }
     }
   }
   Rows y(x.size(), 0.0);
@@ -256,10 +263,21 @@ void layer(const ModelConfig& c, const WorkloadConfig& w, const WeightSource& sr
 }  // namespace
 
 ReferenceOutput reference_forward(const ModelConfig& c, const WorkloadConfig& w, int seq_begin,
-                                  int count, int global_batch, const WeightSource* weights) {
+                                  int count, int global_batch, const WeightSource* weights,
+                                  const RouteGroups& groups) {
   const GeneratedWeights generated(c);
   const WeightSource& src = weights ? *weights : generated;
   const int d = c.hidden, S = w.prompt, G = w.decode_steps;
+  auto check_starts = [](const std::vector<int>& starts, int rows, const char* phase) {
+    bool ok = starts.empty() || starts.front() == 0;
+    for (std::size_t i = 1; ok && i < starts.size(); ++i) ok = starts[i - 1] < starts[i];
+    if (!ok || (!starts.empty() && starts.back() >= rows))
+      throw std::invalid_argument(std::string("reference_forward: ") + phase +
+                                  " route groups must start at 0 and ascend within the " + std::to_string(rows) +
+                                  " rows");
+  };
+  check_starts(groups.prefill, count * S, "prefill");
+  check_starts(groups.decode, count, "decode");
   State st;
   st.k.assign(c.layers, std::vector<Rows>(count));
   st.v.assign(c.layers, std::vector<Rows>(count));
@@ -271,7 +289,7 @@ ReferenceOutput reference_forward(const ModelConfig& c, const WorkloadConfig& w,
     for (int j = 0; j < d; ++j)
       x[static_cast<std::size_t>(r) * d + j] = input_value(c, ids[r], j);
   }
-  for (int l = 0; l < c.layers; ++l) layer(c, w, src, l, x, S, 0, ids, st);
+  for (int l = 0; l < c.layers; ++l) layer(c, w, src, l, x, S, 0, ids, groups.prefill, st);
   ReferenceOutput out;
   out.prefill = norm(c, src, x, TensorKind::final_gain, TensorKind::final_bias, 0);
 
@@ -283,7 +301,7 @@ ReferenceOutput reference_forward(const ModelConfig& c, const WorkloadConfig& w,
     std::vector<std::int64_t> step_ids(count);
     for (int b = 0; b < count; ++b)
       step_ids[b] = static_cast<std::int64_t>(global_batch) * S + static_cast<std::int64_t>(g) * global_batch + seq_begin + b;
-    for (int l = 0; l < c.layers; ++l) layer(c, w, src, l, step_in, 1, S + g, step_ids, st);
+    for (int l = 0; l < c.layers; ++l) layer(c, w, src, l, step_in, 1, S + g, step_ids, groups.decode, st);
     step_in = norm(c, src, step_in, TensorKind::final_gain, TensorKind::final_bias, 0);
     for (int b = 0; b < count; ++b)
       std::copy_n(step_in.begin() + static_cast<std::ptrdiff_t>(b) * d, d,

@@ -19,6 +19,8 @@
 // encodes what it sends and decodes what it receives.
 #include "moeproxy/parallel/separation.hpp"
 
+#include "moeproxy/parallel/route_groups.hpp"
+
 #include <algorithm>
 #include <numeric>
 #include <string>
@@ -111,11 +113,7 @@ void Separation::run_attention(int step, const Pipeline::Input& input, const Pip
   }
 }
 
-std::pair<int, int> Separation::share(int rows) const {
-  const int per = rows / tp_size_, extra = rows % tp_size_;
-  const int begin = tp_index_ * per + std::min(tp_index_, extra);
-  return {begin, begin + per + (tp_index_ < extra ? 1 : 0)};
-}
+std::pair<int, int> Separation::share(int rows) const { return tensor_share(rows, tp_index_, tp_size_); }
 
 void Separation::send(int l, InFlight& f, PhaseTable& timing) {
   Kokkos::Timer timer;

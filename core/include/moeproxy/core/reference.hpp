@@ -15,12 +15,19 @@ struct ReferenceOutput {
   std::vector<double> decode;   // [count * decode_steps, hidden], row = b * decode_steps + step
 };
 
-// Sequences [seq_begin, seq_begin + count) of a run of global_batch sequences, as one group
-// (capacity-factor drops depend on the group; dropless routing does not). Weights from
-// `weights` (nullptr: generated from model.seed).
+// The rows each routing call sees (docs/model.md, Capacity): where a capacity factor drops
+// tokens, the drops depend on them. Each list holds the first row of every group, ascending
+// from 0, counting the reference's rows: prefill row b * prompt + i, decode row b (one per
+// sequence, every step). Empty: all rows one group.
+struct RouteGroups {
+  std::vector<int> prefill, decode;
+};
+
+// Sequences [seq_begin, seq_begin + count) of a run of global_batch sequences, routed in
+// `groups`. Weights from `weights` (nullptr: generated from model.seed).
 ReferenceOutput reference_forward(const ModelConfig& model, const WorkloadConfig& workload,
                                   int seq_begin, int count, int global_batch,
-                                  const WeightSource* weights = nullptr);
+                                  const WeightSource* weights = nullptr, const RouteGroups& groups = {});
 
 // FLOPs the reference spends on `count` sequences, to decide whether it is affordable.
 double reference_flops(const ModelConfig& model, const WorkloadConfig& workload, int count);

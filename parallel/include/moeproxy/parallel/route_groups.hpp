@@ -9,7 +9,8 @@
 // - each data-parallel replica routes its own sequences in parallel.micro_batches equal
 //   micro-batches; pipeline stages route the same micro-batches in their own layers;
 // - tensor-parallel and m x n peers route the same rows (the same drops); expert
-//   parallelism routes a rank's own rows before they are dispatched;
+//   parallelism routes a rank's own rows before they are dispatched (whole or in
+//   parallel.ep_chunks pieces);
 // - with separation each of a replica's tp attention ranks routes a contiguous share of a
 //   micro-batch's rows (tensor_share), in prefill not always whole sequences;
 // - attention replicas without the drill serve their own sequences, grouped as above.

@@ -223,7 +223,7 @@ TEST_CASE("model: forward_flops counts projections, causal attention and experts
 // Capacity drops depend on the rows routed together: two slices routed apart match the
 // reference routing the same two groups, and the reference routing all rows at once (a
 // verification grouped differently from the run) fails it.
-TEST_CASE("model: capacity drops follow the route groups; a reference grouped otherwise disagrees", "[model][moe]") {
+TEST_CASE("model: capacity drops follow the route groups, and a reference grouped otherwise disagrees", "[model][moe]") {
   ModelConfig m = tiny_moe();
   m.capacity_factor = 1.0;
   WorkloadConfig w = small_workload();

@@ -55,11 +55,18 @@ Separation::Separation(const ExecSpace& space, Transformer& model, Communicator&
 }
 
 // The first sequences % count micro-batches hold one sequence more: the balancer may choose
-// a count that does not divide the sequences.
+// a count that does not divide the sequences. A re-split keeps the sequences being served
+// where they are: an attention replica's own start at an offset in the cache its replica
+// group shares (failover.hpp).
 void Separation::split(int count) {
-  const int per = sequences_ / count, extra = sequences_ % count;
+  int first = 0, sequences = sequences_;
+  if (!micro_batches_.empty()) {
+    first = micro_batches_.front().first;
+    sequences = micro_batches_.back().first + micro_batches_.back().count - first;
+  }
+  const int per = sequences / count, extra = sequences % count;
   micro_batches_.clear();
-  for (int m = 0, first = 0; m < count; ++m) {
+  for (int m = 0; m < count; ++m) {
     const int size = per + (m < extra ? 1 : 0);
     micro_batches_.push_back(MicroBatch{first, size});
     first += size;

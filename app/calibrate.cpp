@@ -4,9 +4,6 @@
 // Every rank measures at the same time, as ranks of a run share the node; rates are the
 // mean over ranks.
 
-#include <mpi.h>
-
-#include <Kokkos_Core.hpp>
 #include <algorithm>
 #include <cmath>
 #include <fstream>
@@ -16,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "calibrate.hpp"
 #include "commands.hpp"
 #include "moeproxy/core/kernels.hpp"
 #include "moeproxy/core/perf_model.hpp"
@@ -29,46 +27,7 @@ namespace moeproxy::app {
 
 namespace {
 
-struct Context {
-  ExecSpace space;
-  MPI_Comm world = MPI_COMM_WORLD;
-  int rank = 0, size = 1;
-  double budget = 0.2;  // seconds per measurement
-};
-
-// Mean seconds of `work` over repetitions filling the budget, after one warm-up; all ranks
-// start together and repeat the same number of times (rank 0's choice), as collectives must.
-template <class Work>
-double time_it(const Context& c, Work&& work) {
-  // The first call pays for set-up (connections, first touch); the next few set the count.
-  work();
-  named_fence(c.space, "moeproxy::calibrate::warm");
-  constexpr int probe = 5;
-  Kokkos::Timer warm;
-  for (int i = 0; i < probe; ++i) work();
-  named_fence(c.space, "moeproxy::calibrate::warm");
-  int reps = std::max(3, static_cast<int>(c.budget * probe / std::max(1e-9, warm.seconds())));
-  reps = std::min(reps, 100000);
-  MPI_Bcast(&reps, 1, MPI_INT, 0, c.world);
-  MPI_Barrier(c.world);
-  Kokkos::Timer timer;
-  for (int i = 0; i < reps; ++i) {
-    work();
-    named_fence(c.space, "moeproxy::calibrate::rep");
-  }
-  return timer.seconds() / reps;
-}
-
-double mean_over_ranks(const Context& c, double v) {
-  MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_DOUBLE, MPI_SUM, c.world);
-  return v / c.size;
-}
-
-Matrix filled(const std::string& label, int rows, int cols, float value) {
-  Matrix m(label, rows, cols);
-  Kokkos::deep_copy(m, value);
-  return m;
-}
+using Context = CalibrationContext;
 
 double gemm_rate(const Context& c, int m, int k, int n) {
   const Matrix a = filled("moeproxy::calibrate::a", m, k, 0.5f), b = filled("moeproxy::calibrate::b", k, n, 0.25f);
@@ -232,6 +191,11 @@ int calibrate_command(const CalibrateOptions& opt, int argc, char** argv) {
   m.kernel_overhead = launch_overhead(c);
   say("kernel launch + fence: " + fmt(m.kernel_overhead * 1e6, "us"));
   notes["compute.kernel_overhead_us"] = "measured: add_into of 8 floats + fence";
+
+  m.profiles = measure_profiles(c, say);
+  notes["profile"] = "measured: microseconds of one call at each size (kernel_size in "
+                     "core/include/moeproxy/core/kernel_profile.hpp), fp32, all ranks at once";
+  notes["profile.gemm"] = "measured: [rows, n, microseconds] of [rows, n] x [n, n]";
 
   if (c.size > 1) {
     const int small = 2, large = 1 << 20;

@@ -222,3 +222,75 @@ TEST_CASE("machine file: figures in human units, unknown keys named with their l
   }
   REQUIRE_THROWS_AS(io::parse_machine("[machine]\nname = \"x\"\ndevices_per_node = 1\n", "short.toml"), InputError);
 }
+
+TEST_CASE("kernel profile: the floor below, log-log between, the largest's rate above", "[perf]") {
+  const KernelProfile p{{{100.0, 1e-6}, {10000.0, 1e-4}}};
+  CHECK(p.seconds(10.0) == Approx(1e-6));
+  CHECK(p.seconds(100.0) == Approx(1e-6));
+  CHECK(p.seconds(1000.0) == Approx(1e-5));
+  CHECK(p.seconds(10000.0) == Approx(1e-4));
+  CHECK(p.seconds(40000.0) == Approx(4e-4));
+}
+
+TEST_CASE("gemm profile: the measured rate of the bracketing weights at the call's rows", "[perf]") {
+  GemmProfile g;
+  // rows 1 and 100: 2 us and 20 us at 100 x 100; 8 us and 800 us at 1000 x 1000.
+  g.by_weight.push_back({1e4, KernelProfile{{{1.0, 2e-6}, {100.0, 2e-5}}}});
+  g.by_weight.push_back({1e6, KernelProfile{{{1.0, 8e-6}, {100.0, 8e-4}}}});
+  CHECK(g.seconds(1.0, 100.0, 100.0) == Approx(2e-6));
+  CHECK(g.seconds(100.0, 1000.0, 1000.0) == Approx(8e-4));
+  CHECK(g.seconds(10.0, 100.0, 100.0) == Approx(std::sqrt(2e-6 * 2e-5)));
+  // 1e5 elements lies halfway (log) between: the geometric mean of the two scaled times.
+  CHECK(g.seconds(100.0, 100.0, 1000.0) == Approx(std::sqrt(2e-5 * 10.0 * 8e-4 / 10.0)));
+  CHECK(g.seconds(100.0, 2000.0, 1000.0) == Approx(2.0 * 8e-4));
+  CHECK(g.seconds(100.0, 10.0, 10.0) == Approx(2e-5));
+}
+
+TEST_CASE("perf model: a profiled kernel takes its measured time at the call's size", "[perf]") {
+  RunConfig cfg = dense_one_layer();
+  MachineSpec m = compute_bound();
+  const double roofline = predict(cfg, m, 1).per_rank[0].prefill.at(0, Phase::norm);
+  m.profiles.kernels["norm"] = KernelProfile{{{1.0, 5e-3}}};
+  const Prediction p = predict(cfg, m, 1);
+  const double t = static_cast<double>(cfg.workload.batch) * cfg.workload.prompt;
+  const double one = m.profiles.kernels["norm"].seconds(kernel_size::norm(t, cfg.model.hidden, 4.0));
+  CHECK(one == Approx(5e-3 * kernel_size::norm(t, cfg.model.hidden, 4.0)));
+  // Two norms per layer and the final norm.
+  CHECK(p.per_rank[0].prefill.at(0, Phase::norm) == Approx(3.0 * one));
+  CHECK(roofline < 1e-6);
+  bool said = false;
+  for (const std::string& a : p.assumptions) said = said || a.find("measured profiles (norm)") != std::string::npos;
+  CHECK(said);
+}
+
+TEST_CASE("machine file: [profile] reads back as written, and bad points are named with their line", "[perf]") {
+  const std::string base =
+      "[machine]\nname = \"x\"\ndevices_per_node = 1\n[compute]\npeak_tflops_fp16 = 2\npeak_tflops_fp32 = 1\n"
+      "[memory]\nbandwidth_gbs = 100\ncapacity_gb = 16\n"
+      "[intra_node]\nbandwidth_gbs = 50\nlatency_us = 2\n[inter_node]\nbandwidth_gbs = 10\nlatency_us = 4\n";
+  const MachineSpec m = io::parse_machine(
+      base + "[profile]\nnorm = [[1024, 2.5], [4096, 6]]\ngemm = [[1, 64, 3], [8, 64, 4], [1, 256, 9]]\n", "p.toml");
+  const KernelProfile* norm = m.profiles.find("norm");
+  REQUIRE(norm != nullptr);
+  CHECK(norm->seconds(4096.0) == Approx(6e-6));
+  REQUIRE(m.profiles.gemm.by_weight.size() == 2);
+  CHECK(m.profiles.gemm.seconds(8.0, 64.0, 64.0) == Approx(4e-6));
+  const MachineSpec back = io::parse_machine(io::format_machine(m, {{"profile.norm", "a note"}}), "back.toml");
+  CHECK(back.profiles.find("norm")->points == norm->points);
+  CHECK(back.profiles.gemm.seconds(1.0, 256.0, 256.0) == Approx(9e-6));
+  auto refused = [&](const std::string& profile, const std::string& expect) {
+    try {
+      io::parse_machine(base + "[profile]\n" + profile, "bad.toml");
+      FAIL("accepted: " + profile);
+    } catch (const InputError& e) {
+      const std::string what = e.what();
+      CHECK(what.find("bad.toml:17") != std::string::npos);
+      CHECK(what.find(expect) != std::string::npos);
+    }
+  };
+  refused("nrom = [[1, 2]]\n", "valid keys of [profile]: gemm, norm");
+  refused("norm = [[4096, 2], [1024, 6]]\n", "sizes must increase");
+  refused("norm = [[1024, -2]]\n", "[size, microseconds]");
+  refused("norm = [1024, 2]\n", "[size, microseconds]");
+  refused("gemm = [[8, 64, 3], [1, 64, 4]]\n", "rows must increase");
+}

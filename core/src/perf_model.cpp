@@ -168,11 +168,19 @@ class Model {
   double kernel(KernelKind kind, double flops, double bytes, int launches = 1) const {
     return kernel_seconds(mc_, p_, kind, flops, bytes) + (launches - 1) * mc_.kernel_overhead;
   }
-  double gemm(double rows, double inner, double cols, double weight_reads = 1.0) const {
-    return kernel(KernelKind::gemm, 2.0 * rows * inner * cols,
-                  es_ * (rows * inner + weight_reads * inner * cols + rows * cols));
+  double gemm(double rows, double inner, double cols) const {
+    if (!mc_.profiles.gemm.empty()) return mc_.profiles.gemm.seconds(rows, inner, cols);
+    return kernel(KernelKind::gemm, 2.0 * rows * inner * cols, es_ * (rows * inner + inner * cols + rows * cols));
   }
   double stream(double bytes, int launches = 1) const { return kernel(KernelKind::memory, 0.0, bytes, launches); }
+  // One call of a bandwidth-bound kernel of `bytes` (its kernel_size): the machine's measured
+  // time where it profiles the kernel, else the roofline of `launches` launches.
+  double op(const char* name, double bytes, int launches = 1) const {
+    if (const KernelProfile* p = mc_.profiles.find(name)) return p->seconds(bytes);
+    return stream(bytes, launches);
+  }
+  double norm(double t) const { return op("norm", kernel_size::norm(t, m_.hidden, es_)); }
+  double add(double t) const { return op("add", kernel_size::add(t, m_.hidden, es_)); }
 
   // Attention half of one layer for `seqs` sequences of `n` new tokens from position pos0,
   // as Transformer::layer runs it: norm, QKV (+ RoPE, cache store), attention core,
@@ -180,24 +188,37 @@ class Model {
   void attention(Cost& c, const Shard& s, const Groups& g, int seqs, int n, int pos0) const {
     const double t = static_cast<double>(seqs) * n, d = m_.hidden;
     const double q = s.heads * static_cast<double>(s.head_dims), kvw = s.kv_heads * static_cast<double>(s.head_dims);
-    c.add(Phase::norm, stream(es_ * 2.0 * t * d));
-    const int rope_launches = m_.rope ? 2 : 0;
-    c.add(Phase::attn_qkv, gemm(t, d, q) + 2.0 * gemm(t, d, kvw) +
-                               stream(es_ * t * (2.0 * (m_.rope ? q + kvw : 0.0) + 2.0 * kvw), rope_launches + 1));
+    c.add(Phase::norm, norm(t));
+    const double rope = m_.rope ? op("rope", kernel_size::rope(t, q, es_)) + op("rope", kernel_size::rope(t, kvw, es_)) : 0.0;
+    c.add(Phase::attn_qkv, gemm(t, d, q) + 2.0 * gemm(t, d, kvw) + rope + op("store_kv", kernel_size::store_kv(t, kvw, es_)));
     const double keys = n * (pos0 + 0.5 * (n + 1.0));
     const double ctx = pos0 + n;
-    const double flops = 4.0 * seqs * s.heads * static_cast<double>(s.head_dims) * keys;
-    const double bytes = es_ * (2.0 * t * q + 2.0 * seqs * ctx * kvw);
-    if (g.dim.size > 1) {
-      // Partial scores [t, heads, ctx], summed over the dimension slices before the softmax.
-      const double scores = es_ * s.heads * keys * seqs;
-      c.add(Phase::attn_core, kernel(KernelKind::attention, flops, bytes + 2.0 * scores, 2));
+    const double flops = kernel_size::attention_prefill(seqs, s.heads, s.head_dims, keys);
+    const double bytes = es_ * 2.0 * t * q + kernel_size::attention_decode(seqs, 0.0, kvw, ctx, es_);
+    // Partial scores [t, heads, ctx], summed over the dimension slices before the softmax.
+    const double scores = g.dim.size > 1 ? es_ * s.heads * keys * seqs : 0.0;
+    const KernelProfile* measured = mc_.profiles.find(n > 1 ? "attention_prefill" : "attention_decode");
+    if (measured)
+      c.add(Phase::attn_core, measured->seconds(n > 1 ? flops : bytes) + (scores > 0.0 ? stream(2.0 * scores) : 0.0));
+    else
+      c.add(Phase::attn_core, kernel(KernelKind::attention, flops, bytes + 2.0 * scores, scores > 0.0 ? 2 : 1));
+    if (scores > 0.0)
       c.communicate(Phase::allreduce, "allreduce", "dim", g.dim.size, scores, allreduce_seconds(mc_, g.dim, scores));
-    } else {
-      c.add(Phase::attn_core, kernel(KernelKind::attention, flops, bytes));
-    }
-    c.add(Phase::attn_out, gemm(t, q, d) + stream(es_ * 3.0 * t * d));
+    c.add(Phase::attn_out, gemm(t, q, d) + add(t));
     reduce(c, g, t);
+  }
+
+  // Router, permutation and combination of t tokens' routed rows, wherever the rank that
+  // holds the attention routes them.
+  double router(double t) const {
+    return gemm(t, m_.hidden, m_.experts) + op("route", kernel_size::route(t, m_.experts, m_.top_k, es_));
+  }
+  double permute(double t) const {
+    const double routed = t * m_.top_k;
+    return op("permute", kernel_size::permute(routed, m_.experts), 3) + op("gather", kernel_size::gather(routed, m_.hidden, es_));
+  }
+  double combine(double t) const {
+    return op("combine", kernel_size::combine(t, t * m_.top_k, m_.hidden, es_), 2) + add(t);
   }
 
   // FFN half: norm, then the dense MLP or route -> permute -> dispatch -> experts ->
@@ -206,16 +227,15 @@ class Model {
   void ffn(Cost& c, const Shard& s, const Groups& g, double t, int ep_chunks) const {
     const double d = m_.hidden;
     const double mats = m_.activation == Activation::swiglu ? 3.0 : 2.0;
-    c.add(Phase::norm, stream(es_ * 2.0 * t * d));
+    c.add(Phase::norm, norm(t));
     if (!m_.is_moe()) {
-      c.add(Phase::ffn, expert_block(t, s.ffn, 1.0, mats) + stream(es_ * 3.0 * t * d));
+      c.add(Phase::ffn, expert_block(t, s.ffn, 1.0, mats) + add(t));
       reduce(c, g, t);
       return;
     }
     const double k = m_.top_k, routed = t * k;
-    c.add(Phase::router, gemm(t, d, m_.experts) + stream(es_ * t * m_.experts));
-    // count, scan, scatter, gather of the routed rows
-    c.add(Phase::permute, stream(es_ * 2.0 * routed * d + 8.0 * routed, 4));
+    c.add(Phase::router, router(t));
+    c.add(Phase::permute, permute(t));
     Cost exchange;
     if (g.expert.size > 1) {
       const double leaving = es_ * routed * d * (g.expert.size - 1) / g.expert.size;
@@ -228,7 +248,7 @@ class Model {
     const double rows = routed * s.rows;
     const double expert = expert_block(rows, s.ffn, s.experts, mats);
     c.add(Phase::expert, expert);
-    c.add(Phase::combine, stream(es_ * (routed * d + 3.0 * t * d), 3));
+    c.add(Phase::combine, combine(t));
     if (g.expert.size > 1 && ep_chunks > 1) {
       // Chunk i's routed rows travel while chunk i-1's experts compute (parallel.ep_chunks):
       // two resources in a pipeline of ep_chunks items; the communication exposed is what
@@ -251,7 +271,8 @@ class Model {
     const double active = experts <= 1.0 ? 1.0 : experts * (1.0 - std::pow(1.0 - 1.0 / experts, rows));
     const double per = rows / active;
     // One expert: W1 (and W3), each a roofline of its own, the bandwidth-bound activation, W2.
-    const double one = (mats - 1.0) * gemm(per, d, cols) + stream(es_ * per * cols * mats) + gemm(per, cols, d);
+    const double one = (mats - 1.0) * gemm(per, d, cols) + op("activate", kernel_size::activate(per, cols, mats, es_)) +
+                       gemm(per, cols, d);
     return active * one;
   }
 
@@ -261,7 +282,6 @@ class Model {
     c.communicate(Phase::allreduce, "allreduce", "tp", g.tensor.size, bytes, allreduce_seconds(mc_, g.tensor, bytes));
   }
 
-  double final_norm(double t) const { return stream(es_ * 2.0 * t * m_.hidden); }
 
  private:
   ModelConfig m_;
@@ -431,7 +451,7 @@ Prediction predict_grid(const RunConfig& cfg, const MachineSpec& machine, int ra
       }
       Cost& tail = layers.back();
       if (last) {
-        tail.add(Phase::norm, model.final_norm(t));
+        tail.add(Phase::norm, model.norm(t));
         if (p.pp > 1) {  // newest rows back to the first stage
           const double bytes = es * seqs * d;
           tail.communicate(Phase::send, "send", "pp", p.pp, bytes, sendrecv_seconds(machine, stage_link_inter, bytes));
@@ -576,11 +596,11 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
     const double all = static_cast<double>(w.batch) / mb * n;  // one micro-batch, all replicas
     Cost a;
     model.attention(a, attn, ga, seqs, n, pos0);
-    a.add(Phase::norm, model.stream(es * 2.0 * t * d));
-    a.add(Phase::router, model.gemm(t, d, m.experts) + model.stream(es * t * m.experts));
-    a.add(Phase::permute, model.stream(es * 2.0 * t * k * d + 8.0 * t * k, 4));
-    a.add(Phase::combine, model.stream(es * (t * k * d + 3.0 * t * d), 3));
-    if (last) a.add(Phase::norm, model.final_norm(t));
+    a.add(Phase::norm, model.norm(t));
+    a.add(Phase::router, model.router(t));
+    a.add(Phase::permute, model.permute(t));
+    a.add(Phase::combine, model.combine(t));
+    if (last) a.add(Phase::norm, model.norm(t));
     // Replicas send their own rows; ranks sharing heads hold every row and send 1/group each.
     const double sent = es * t * k * d / (data_parallel ? 1.0 : A);
     const double received = es * all * k * d * moe.experts / m.experts;  // per (busiest) expert rank
@@ -685,6 +705,17 @@ Prediction predict(const RunConfig& cfg, const MachineSpec& machine, int ranks) 
   Prediction out = cfg.parallel.attn_ranks > 0 ? predict_separated(cfg, machine, ranks) : predict_grid(cfg, machine, ranks);
   summarize(cfg, machine, out);
   out.assumptions.push_back("uniform routing: every expert gets its even share of the routed rows");
+  const KernelProfiles& measured = machine.profiles;
+  if (measured.kernels.empty() && measured.gemm.empty()) {
+    out.assumptions.push_back("kernels as rooflines of the machine's peak rates and efficiencies");
+  } else {
+    std::string names = measured.gemm.empty() ? "" : "gemm";
+    for (const auto& [name, profile] : measured.kernels) names += (names.empty() ? "" : ", ") + name;
+    out.assumptions.push_back("kernel times from the machine file's measured profiles (" + names +
+                              "), rooflines for the rest");
+    if (cfg.model.precision == Precision::fp16)
+      out.assumptions.push_back("the profiles were measured in fp32: fp16 kernels are looked up at their byte counts");
+  }
   return out;
 }
 

@@ -2,6 +2,7 @@
 
 #include <toml++/toml.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <functional>
@@ -76,7 +77,79 @@ std::string valid_keys(const std::string& section) {
 }
 
 bool known_section(const std::string& s) {
-  return s == "machine" || s == "compute" || s == "memory" || s == "intra_node" || s == "inter_node";
+  return s == "machine" || s == "compute" || s == "memory" || s == "intra_node" || s == "inter_node" ||
+         s == "profile";
+}
+
+// [profile]: per kernel an array of [size, microseconds] (gemm: [rows, n, microseconds] for
+// [rows, n] x [n, n]), as calibrate measured them.
+std::vector<std::vector<double>> profile_rows(const std::string& source, const std::string& key,
+                                              const toml::node& node, std::size_t width, const char* shape) {
+  const std::string full = "profile." + key;
+  const auto fail = [&](const toml::node& at) {
+    return InputError(where(source, at) + ": " + full + " must be an array of " + shape +
+                      " arrays of positive numbers");
+  };
+  const toml::array* rows = node.as_array();
+  if (!rows || rows->empty()) throw fail(node);
+  std::vector<std::vector<double>> out;
+  for (const toml::node& row_node : *rows) {
+    const toml::array* row = row_node.as_array();
+    if (!row || row->size() != width) throw fail(row_node);
+    std::vector<double> values;
+    for (const toml::node& v : *row) {
+      double x = -1.0;
+      if (const auto* i = v.as_integer()) x = static_cast<double>(i->get());
+      else if (const auto* d = v.as_floating_point()) x = d->get();
+      if (!std::isfinite(x) || x <= 0.0) throw fail(v);
+      values.push_back(x);
+    }
+    out.push_back(values);
+  }
+  return out;
+}
+
+void parse_profile(const std::string& source, const toml::table& table, KernelProfiles& profiles) {
+  for (const auto& [name_key, node] : table) {
+    const std::string name(name_key.str());
+    if (name == "gemm") {
+      for (const auto& r : profile_rows(source, name, node, 3, "[rows, n, microseconds]")) {
+        const double elements = r[1] * r[1];
+        auto& by = profiles.gemm.by_weight;
+        auto it = std::find_if(by.begin(), by.end(), [&](const auto& w) { return w.first >= elements; });
+        if (it == by.end() || it->first != elements) it = by.insert(it, {elements, KernelProfile{}});
+        auto& points = it->second.points;
+        if (!points.empty() && r[0] <= points.back().first)
+          throw InputError(where(source, node) + ": profile.gemm: rows must increase for each n (n = " +
+                           std::to_string(static_cast<long>(r[1])) + ")");
+        points.emplace_back(r[0], r[2] * micro);
+      }
+      continue;
+    }
+    const auto& known = profiled_kernels();
+    if (std::find(known.begin(), known.end(), name) == known.end()) {
+      std::string list = "gemm";
+      for (const auto& k : known) list += ", " + k;
+      throw InputError(where(source, node) + ": unknown key profile." + name + "; valid keys of [profile]: " + list);
+    }
+    KernelProfile& p = profiles.kernels[name];
+    for (const auto& r : profile_rows(source, name, node, 2, "[size, microseconds]")) {
+      if (!p.points.empty() && r[0] <= p.points.back().first)
+        throw InputError(where(source, node) + ": profile." + name + ": sizes must increase");
+      p.points.emplace_back(r[0], r[1] * micro);
+    }
+  }
+}
+
+std::string format_point(std::initializer_list<double> values) {
+  std::ostringstream out;
+  out << "[" << std::setprecision(6);
+  const char* sep = "";
+  for (double v : values) {
+    out << sep << v;
+    sep = ", ";
+  }
+  return out.str() + "]";
 }
 
 }  // namespace
@@ -97,7 +170,11 @@ MachineSpec parse_machine(const std::string& text, const std::string& source) {
     if (!known_section(section) || !table)
       throw InputError(where(source, section_node) + ": unknown " + (table ? "section [" : "key ") + section +
                        (table ? "]" : "") + "; a machine file has [machine], [compute], [memory], [intra_node], "
-                       "[inter_node]");
+                       "[inter_node], [profile]");
+    if (section == "profile") {
+      parse_profile(source, *table, m.profiles);
+      continue;
+    }
     for (const auto& [name_key, node] : *table) {
       const std::string name(name_key.str()), full = section + "." + name;
       if (section == "machine" && name == "name") {
@@ -161,6 +238,28 @@ std::string format_machine(const MachineSpec& machine, const std::map<std::strin
       out << "\n[" << section << "]\n";
     }
     out << k.name << " = " << std::setprecision(6) << k.field(m) / k.scale << note(section + "." + k.name) << "\n";
+  }
+  const KernelProfiles& p = m.profiles;
+  if (p.kernels.empty() && p.gemm.empty()) return out.str();
+  out << "\n[profile]" << note("profile") << "\n";
+  for (const auto& [name, profile] : p.kernels) {
+    out << name << " = [";
+    const char* sep = "";
+    for (const auto& [size, seconds] : profile.points) {
+      out << sep << format_point({size, seconds / micro});
+      sep = ", ";
+    }
+    out << "]" << note("profile." + name) << "\n";
+  }
+  if (!p.gemm.empty()) {
+    out << "gemm = [";
+    const char* sep = "";
+    for (const auto& [elements, profile] : p.gemm.by_weight)
+      for (const auto& [rows, seconds] : profile.points) {
+        out << sep << format_point({rows, std::sqrt(elements), seconds / micro});
+        sep = ", ";
+      }
+    out << "]" << note("profile.gemm") << "\n";
   }
   return out.str();
 }

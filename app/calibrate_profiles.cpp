@@ -1,0 +1,159 @@
+// The kernel profiles of `moeproxy calibrate` (docs/predict.md, "Kernel profiles"): every
+// kernel the forward pass runs, timed at sizes from one row to thousands, with all ranks
+// running at once. Sizes are counted by kernel_size, as the model counts them.
+
+#include <algorithm>
+#include <cmath>
+#include <sstream>
+#include <vector>
+
+#include "calibrate.hpp"
+#include "moeproxy/core/kernels.hpp"
+
+namespace moeproxy::app {
+
+namespace {
+
+constexpr double es = sizeof(float);
+constexpr int width = 512;        // columns of the elementwise kernels' rows
+constexpr int heads = 8, hd = 64;  // heads x head_dim = width
+constexpr int experts = 8, top_k = 2;
+const std::vector<int> row_counts = {1, 8, 64, 512, 4096};
+
+IndexMatrix spread_experts(int tokens) {
+  IndexMatrix idx("moeproxy::calibrate::idx", tokens, top_k);
+  auto h = Kokkos::create_mirror_view(idx);
+  for (int t = 0; t < tokens; ++t)
+    for (int j = 0; j < top_k; ++j) h(t, j) = (t * top_k + j * 3) % experts;
+  Kokkos::deep_copy(idx, h);
+  return idx;
+}
+
+class Profiler {
+ public:
+  Profiler(const CalibrationContext& c, KernelProfiles& out) : c_(c), out_(out) {}
+
+  // One point of kernel `name`: `work` timed, at `size` (its kernel_size).
+  template <class Work>
+  void point(const char* name, double size, Work&& work) {
+    out_.kernels[name].points.emplace_back(size, mean_over_ranks(c_, time_it(c_, work)));
+  }
+
+  void elementwise() {
+    for (const int r : row_counts) {
+      const Matrix x = filled("moeproxy::calibrate::x", r, width, 0.5f), y = filled("moeproxy::calibrate::y", r, width, 0.25f);
+      const Matrix z("moeproxy::calibrate::z", r, width);
+      NormWeights gain;
+      gain.gain = Vector("moeproxy::calibrate::gain", width);
+      Kokkos::deep_copy(gain.gain, 1.0f);
+      point("norm", kernel_size::norm(r, width, es), [&] { normalize(c_.space, NormKind::rmsnorm, 1e-5, x, gain, z); });
+      point("rope", kernel_size::rope(r, width, es), [&] { apply_rope(c_.space, z, heads, hd, r, 0, 10000.0); });
+      const Cache k("moeproxy::calibrate::k", 1, heads, r, hd), v("moeproxy::calibrate::v", 1, heads, r, hd);
+      point("store_kv", kernel_size::store_kv(r, width, es), [&] { store_kv<float>(c_.space, x, y, k, v, r, 0); });
+      point("add", kernel_size::add(r, width, es), [&] { add_into(c_.space, x, z); });
+      point("activate", kernel_size::activate(r, width, 3.0, es), [&] { activate(c_.space, Activation::swiglu, z, y); });
+    }
+  }
+
+  void routing() {
+    for (const int t : row_counts) {
+      const double routed = static_cast<double>(t) * top_k;
+      const Matrix logits = filled("moeproxy::calibrate::logits", t, experts, 0.1f);
+      IndexMatrix chosen("moeproxy::calibrate::chosen", t, top_k);
+      const Matrix weight("moeproxy::calibrate::weight", t, top_k);
+      point("route", kernel_size::route(t, experts, top_k, es),
+            [&] { route_top_k(c_.space, logits, top_k, true, chosen, weight); });
+      const IndexMatrix idx = spread_experts(t);
+      Permutation perm;
+      point("permute", kernel_size::permute(routed, experts), [&] {
+        permute(c_.space, idx, experts, -1, perm);
+        const auto counts = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), perm.counts);
+        (void)counts;
+      });
+      const Matrix x = filled("moeproxy::calibrate::rows", t, width, 0.5f);
+      const Matrix xp("moeproxy::calibrate::permuted", t * top_k, width);
+      point("gather", kernel_size::gather(routed, width, es), [&] { gather_rows(c_.space, x, perm.source, xp); });
+      const Matrix partial("moeproxy::calibrate::partial", t, width);
+      Kokkos::deep_copy(weight, 0.5f);
+      point("combine", kernel_size::combine(t, routed, width, es), [&] {
+        Kokkos::deep_copy(c_.space, partial, 0.0f);
+        combine(c_.space, xp, perm.position, weight, partial);
+      });
+    }
+  }
+
+  void attention_kernels() {
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    constexpr int seqs = 2;
+    for (const int n : {16, 64, 256, 512}) {
+      const Matrix q = filled("moeproxy::calibrate::q", seqs * n, width, 0.01f);
+      const Matrix out("moeproxy::calibrate::attn", seqs * n, width);
+      const Cache k("moeproxy::calibrate::k", seqs, heads, n, hd), v("moeproxy::calibrate::v", seqs, heads, n, hd);
+      Kokkos::deep_copy(k, 0.01f);
+      Kokkos::deep_copy(v, 0.02f);
+      const double keys = n * 0.5 * (n + 1.0);
+      point("attention_prefill", kernel_size::attention_prefill(seqs, heads, hd, keys),
+            [&] { attention<float>(c_.space, q, k, v, out, n, 0, scale, 0, 1); });
+    }
+    constexpr int batch = 8;
+    for (const int ctx : {16, 128, 1024, 8192}) {
+      const Matrix q = filled("moeproxy::calibrate::q", batch, width, 0.01f);
+      const Matrix out("moeproxy::calibrate::attn", batch, width);
+      const Cache k("moeproxy::calibrate::k", batch, heads, ctx, hd), v("moeproxy::calibrate::v", batch, heads, ctx, hd);
+      Kokkos::deep_copy(k, 0.01f);
+      Kokkos::deep_copy(v, 0.02f);
+      point("attention_decode", kernel_size::attention_decode(batch, width, width, ctx, es),
+            [&] { attention<float>(c_.space, q, k, v, out, 1, ctx - 1, scale, 0, 1); });
+    }
+  }
+
+  // [rows, n] x [n, n]: decode's few rows to prefill's many, small to large weights. Each
+  // call reads the next of several copies of the weight, together larger than any cache,
+  // since a forward pass reads every weight once per step: a weight re-read from cache
+  // would make the few-row GEMMs look several times faster than they run.
+  void gemms(const std::function<void(const std::string&)>& say) {
+    constexpr double cold_bytes = 256.0 * 1024 * 1024;
+    for (const int n : {64, 256, 512, 1024, 2048}) {
+      const int copies = std::max(2, static_cast<int>(cold_bytes / (es * n * n)));
+      const Stack weights("moeproxy::calibrate::weights", copies, n, n);
+      Kokkos::deep_copy(weights, 0.25f);
+      KernelProfile profile;
+      std::ostringstream line;
+      line.precision(3);
+      line << "gemm [rows, " << n << "] x [" << n << ", " << n << "] GFLOP/s:";
+      for (const int rows : {1, 4, 16, 64, 256, 1024}) {
+        const Matrix a = filled("moeproxy::calibrate::a", rows, n, 0.5f), out("moeproxy::calibrate::c", rows, n);
+        int next = 0;
+        const double s = mean_over_ranks(c_, time_it(c_, [&] {
+          const Matrix b = Kokkos::subview(weights, next, Kokkos::ALL, Kokkos::ALL);
+          next = (next + 1) % copies;
+          gemm(c_.space, a, b, out);
+        }));
+        profile.points.emplace_back(rows, s);
+        line << " " << rows << ": " << 2.0 * rows * n * n / s / 1e9;
+      }
+      out_.gemm.by_weight.emplace_back(static_cast<double>(n) * n, profile);
+      say(line.str());
+    }
+  }
+
+ private:
+  const CalibrationContext& c_;
+  KernelProfiles& out_;
+};
+
+}  // namespace
+
+KernelProfiles measure_profiles(const CalibrationContext& c, const std::function<void(const std::string&)>& say) {
+  KernelProfiles p;
+  Profiler profiler(c, p);
+  profiler.elementwise();
+  profiler.routing();
+  say("profiled norm, rope, store_kv, add, activate, route, permute, gather, combine at 1 to 4096 rows");
+  profiler.attention_kernels();
+  say("profiled attention: prefill of 2 x 16 to 2 x 512 tokens, decode of 8 queries over 16 to 8192 keys");
+  profiler.gemms(say);
+  return p;
+}
+
+}  // namespace moeproxy::app

@@ -40,12 +40,12 @@ class Profiler {
   }
 
   void elementwise() {
+    NormWeights gain;
+    gain.gain = Vector("moeproxy::calibrate::gain", width);
+    Kokkos::deep_copy(gain.gain, 1.0f);
     for (const int r : row_counts) {
       const Matrix x = filled("moeproxy::calibrate::x", r, width, 0.5f), y = filled("moeproxy::calibrate::y", r, width, 0.25f);
       const Matrix z("moeproxy::calibrate::z", r, width);
-      NormWeights gain;
-      gain.gain = Vector("moeproxy::calibrate::gain", width);
-      Kokkos::deep_copy(gain.gain, 1.0f);
       point("norm", kernel_size::norm(r, width, es), [&] { normalize(c_.space, NormKind::rmsnorm, 1e-5, x, gain, z); });
       point("rope", kernel_size::rope(r, width, es), [&] { apply_rope(c_.space, z, heads, hd, r, 0, 10000.0); });
       const Cache k("moeproxy::calibrate::k", 1, heads, r, hd), v("moeproxy::calibrate::v", 1, heads, r, hd);
@@ -65,10 +65,10 @@ class Profiler {
             [&] { route_top_k(c_.space, logits, top_k, true, chosen, weight); });
       const IndexMatrix idx = spread_experts(t);
       Permutation perm;
+      // With the counts' copy to the host, as the forward pass's permute phase has it.
       point("permute", kernel_size::permute(routed, experts), [&] {
         permute(c_.space, idx, experts, -1, perm);
-        const auto counts = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), perm.counts);
-        (void)counts;
+        Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), perm.counts);
       });
       const Matrix x = filled("moeproxy::calibrate::rows", t, width, 0.5f);
       const Matrix xp("moeproxy::calibrate::permuted", t * top_k, width);

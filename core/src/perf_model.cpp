@@ -282,7 +282,6 @@ class Model {
     c.communicate(Phase::allreduce, "allreduce", "tp", g.tensor.size, bytes, allreduce_seconds(mc_, g.tensor, bytes));
   }
 
-
  private:
   ModelConfig m_;
   MachineSpec mc_;

@@ -103,7 +103,7 @@ std::uint64_t Transformer::activation_bytes() const {
                              ws_.ffn_a.span() + ws_.ffn_b.span() +
                              ws_.logits.span() + ws_.route_w.span() + ws_.xp.span() +
                              ws_.yp.span() + ws_.out.span() + ws_.scores.span();
-  return floats * sizeof(float) + ws_.route_idx.span() * sizeof(int);
+  return floats * sizeof(float) + (ws_.route_idx.span() + ws_.expert_order.span() + ws_.expert_back.span()) * sizeof(int);
 }
 
 Transformer::Workspace Transformer::rows(int tokens) const {
@@ -249,12 +249,45 @@ void Transformer::ffn_rows(int l, const Matrix& x, const std::vector<int>& count
     timed(space_, timing, l, Phase::ffn, [&] { expert_ffn(lw, {GemmGroup{rows, 0}}, x, a, b, y); });
     return;
   }
-  // Blocks of rows by (source rank, local expert): each block through its expert's weights.
-  const std::size_t held = lw.experts.size();
+  // Blocks of rows by (source rank, local expert), block b for local expert b % held. Where
+  // several sources send rows to one expert, its rows are gathered into one block, computed
+  // there and put back: each expert's weights are then read once per layer, not once per
+  // source, which decode's few rows per block are bound by.
+  const int held = static_cast<int>(lw.experts.size()), blocks = static_cast<int>(counts.size());
+  std::vector<int> sources(held, 0);
+  for (int block = 0; block < blocks; ++block) sources[block % held] += counts[block] > 0 ? 1 : 0;
+  if (std::all_of(sources.begin(), sources.end(), [](int n) { return n <= 1; })) {
+    std::vector<GemmGroup> groups;
+    for (int block = 0; block < blocks; ++block) groups.push_back(GemmGroup{counts[block], block % held});
+    timed(space_, timing, l, Phase::expert, [&] { expert_ffn(lw, groups, x, a, b, y); });
+    return;
+  }
+  std::vector<int> first(blocks, 0);
+  for (int block = 1; block < blocks; ++block) first[block] = first[block - 1] + counts[block - 1];
+  if (static_cast<int>(ws_.expert_order.extent(0)) < rows) {
+    ws_.expert_order = IndexVector("moeproxy::model::expert_order", rows);
+    ws_.expert_back = IndexVector("moeproxy::model::expert_back", rows);
+  }
+  const IndexVector order = Kokkos::subview(ws_.expert_order, std::make_pair(0, rows));
+  const IndexVector back = Kokkos::subview(ws_.expert_back, std::make_pair(0, rows));
+  const auto order_h = Kokkos::create_mirror_view(order), back_h = Kokkos::create_mirror_view(back);
   std::vector<GemmGroup> groups;
-  for (std::size_t block = 0; block < counts.size(); ++block)
-    groups.push_back(GemmGroup{counts[block], static_cast<int>(block % held)});
-  timed(space_, timing, l, Phase::expert, [&] { expert_ffn(lw, groups, x, a, b, y); });
+  for (int e = 0, row = 0; e < held; ++e) {
+    groups.push_back(GemmGroup{0, e});
+    for (int block = e; block < blocks; block += held)
+      for (int i = 0; i < counts[block]; ++i, ++row) {
+        order_h(row) = first[block] + i;
+        back_h(first[block] + i) = row;
+        ++groups.back().rows;
+      }
+  }
+  timed(space_, timing, l, Phase::expert, [&] {
+    Kokkos::deep_copy(space_, order, order_h);
+    Kokkos::deep_copy(space_, back, back_h);
+    gather_rows(space_, x, order, y);
+    expert_ffn(lw, groups, y, a, b, x);
+    gather_rows(space_, x, back, y);
+  });
 }
 
 // Causal attention of the layer's queries against the cache. A rank holding a slice of each

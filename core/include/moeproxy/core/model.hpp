@@ -86,7 +86,8 @@ class Transformer {
   // The FFN held here on rows of x, `counts[b]` rows per block (the experts' rows of this
   // rank's own MoE step, or rows another rank's attention_half produced): MoE block b goes
   // to local expert b % (experts held); dense blocks all go through this rank's FFN
-  // columns, a partial sum. Writes y [rows, hidden].
+  // columns, a partial sum. Writes y [rows, hidden]; x's rows are scratch after the call
+  // (an expert's rows from several sources are gathered and computed there).
   void ffn_rows(int l, const Matrix& x, const std::vector<int>& counts, const Matrix& y, PhaseTable& timing);
 
   // Kept tokens per [layer, expert] during prefill (empty for dense models).
@@ -100,6 +101,7 @@ class Transformer {
   struct Workspace {
     Matrix x, h, q, k, v, attn, partial, ffn_a, ffn_b, logits, route_w, xp, yp, out;
     IndexMatrix route_idx;
+    IndexVector expert_order, expert_back;  // ffn_rows' gather of each expert's rows, and back
     Vector scores;  // backs the Scores of sliced-dimension attention, sized for any call
   };
   void layer(int l, const Matrix& x, const MicroBatch& mb, int n, int pos0, std::int64_t token0,

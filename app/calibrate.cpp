@@ -158,16 +158,21 @@ int calibrate_command(const CalibrateOptions& opt, int argc, char** argv) {
   notes["compute.gemm_efficiency"] = "the peak above is the measured GEMM rate";
 
   m.profiles = measure_profiles(c, say);
-  notes["profile"] = "measured: microseconds of one call at each size (kernel_size in "
+  notes["profile"] = "measured: microseconds of one call (attention: of one team) at each size (kernel_size in "
                      "core/include/moeproxy/core/kernel_profile.hpp), fp32, all ranks at once";
   notes["profile.gemm"] = "measured: [rows, n, microseconds] of [rows, n] x [n, n]";
+  if (m.profiles.find("sync_wait"))
+    notes["profile.sync_wait"] = "measured on " + std::to_string(c.size) +
+                                 " ranks: [microseconds of compute, microseconds waited in the next collective]";
 
-  // The profile measured 2 x 256 tokens of 8 heads x 64; the roofline's efficiency is its rate.
-  const double attn_flops = kernel_size::attention_prefill(2, 8, 64, 256 * 0.5 * 257);
-  const double attn = attn_flops / m.profiles.find("attention_prefill")->seconds(attn_flops);
+  // The roofline's attention efficiency is the rate of the profile's 2 x 512 tokens of 8
+  // heads x 64 in causal FLOPs.
+  const kernel_size::AttentionTeams attn_teams = kernel_size::attention_prefill(2, 8, 64, 512, 0);
+  const double attn_flops = 4.0 * 2 * 8 * 64 * (512 * 0.5 * 513);
+  const double attn = attn_flops / (attn_teams.teams * m.profiles.find("attention_prefill")->seconds(attn_teams.size));
   m.attention_efficiency = attn / best;
   say("attention: " + fmt(attn / 1e9, "GFLOP/s"));
-  notes["compute.attention_efficiency"] = "measured: attention 2 x 256 tokens, 8 heads x 64, " + fmt(attn / 1e9, "GFLOP/s");
+  notes["compute.attention_efficiency"] = "measured: attention 2 x 512 tokens, 8 heads x 64, " + fmt(attn / 1e9, "GFLOP/s");
 
   const double bw = stream_rate(c, 2048, 2048);
   m.memory_bandwidth = bw;

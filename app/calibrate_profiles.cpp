@@ -33,10 +33,15 @@ class Profiler {
  public:
   Profiler(const CalibrationContext& c, KernelProfiles& out) : c_(c), out_(out) {}
 
-  // One point of kernel `name`: `work` timed, at `size` (its kernel_size).
+  // One point of kernel `name`: `work` timed, at `size` (its kernel_size), the time of one
+  // of the call's `per` parts (attention: its teams).
+  template <class Work>
+  void point(const char* name, double size, double per, Work&& work) {
+    out_.kernels[name].points.emplace_back(size, mean_over_ranks(c_, time_it(c_, work)) / per);
+  }
   template <class Work>
   void point(const char* name, double size, Work&& work) {
-    out_.kernels[name].points.emplace_back(size, mean_over_ranks(c_, time_it(c_, work)));
+    point(name, size, 1.0, work);
   }
 
   void elementwise() {
@@ -82,28 +87,77 @@ class Profiler {
     }
   }
 
+  // Per team (kernel_size::AttentionTeams): every call has seqs x heads x (query tiles)
+  // teams, and a point is the call's time over its teams, from 1 to 8192 keys.
   void attention_kernels() {
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
     constexpr int seqs = 2;
-    for (const int n : {16, 64, 256, 512}) {
+    for (const int n : {2, 8, 32, 128, 512}) {
       const Matrix q = filled("moeproxy::calibrate::q", seqs * n, width, 0.01f);
       const Matrix out("moeproxy::calibrate::attn", seqs * n, width);
       const Cache k("moeproxy::calibrate::k", seqs, heads, n, hd), v("moeproxy::calibrate::v", seqs, heads, n, hd);
       Kokkos::deep_copy(k, 0.01f);
       Kokkos::deep_copy(v, 0.02f);
-      const double keys = n * 0.5 * (n + 1.0);
-      point("attention_prefill", kernel_size::attention_prefill(seqs, heads, hd, keys),
+      const kernel_size::AttentionTeams teams = kernel_size::attention_prefill(seqs, heads, hd, n, 0);
+      point("attention_prefill", teams.size, teams.teams,
             [&] { attention<float>(c_.space, q, k, v, out, n, 0, scale, 0, 1); });
     }
     constexpr int batch = 8;
-    for (const int ctx : {16, 128, 1024, 8192}) {
+    for (const int ctx : {1, 4, 16, 128, 1024, 8192}) {
       const Matrix q = filled("moeproxy::calibrate::q", batch, width, 0.01f);
       const Matrix out("moeproxy::calibrate::attn", batch, width);
       const Cache k("moeproxy::calibrate::k", batch, heads, ctx, hd), v("moeproxy::calibrate::v", batch, heads, ctx, hd);
       Kokkos::deep_copy(k, 0.01f);
       Kokkos::deep_copy(v, 0.02f);
-      point("attention_decode", kernel_size::attention_decode(batch, width, width, ctx, es),
+      const kernel_size::AttentionTeams teams = kernel_size::attention_decode(batch, heads, hd, ctx, es);
+      point("attention_decode", teams.size, teams.teams,
             [&] { attention<float>(c_.space, q, k, v, out, 1, ctx - 1, scale, 0, 1); });
+    }
+  }
+
+  // "sync_wait": after `work` of compute, the time ranks spend in a collective waiting for
+  // the slowest (their compute times differ run to run: shared caches and memory, the OS):
+  // an 8-byte all-reduce after k decode-sized GEMMs (cold weights, as in gemms()), less the
+  // same all-reduce without work before it. The size is the microseconds of work.
+  void sync_wait() {
+    if (c_.size < 2) return;
+    constexpr int n = 512, rows = 8;
+    constexpr double cold_bytes = 64.0 * 1024 * 1024;
+    const int copies = static_cast<int>(cold_bytes / (es * n * n));
+    const Stack weights("moeproxy::calibrate::sync_weights", copies, n, n);
+    Kokkos::deep_copy(weights, 0.25f);
+    const Matrix a = filled("moeproxy::calibrate::sync_a", rows, n, 0.5f), out("moeproxy::calibrate::sync_c", rows, n);
+    int next = 0;
+    auto interval = [&](int calls, double& work, double& wait) {
+      Kokkos::Timer timer;
+      for (int i = 0; i < calls; ++i) {
+        gemm(c_.space, a, Kokkos::subview(weights, next, Kokkos::ALL, Kokkos::ALL), out);
+        next = (next + 1) % copies;
+      }
+      named_fence(c_.space, "moeproxy::calibrate::sync");
+      work += timer.seconds();
+      timer.reset();
+      float token = 1.0f;
+      MPI_Allreduce(MPI_IN_PLACE, &token, 1, MPI_FLOAT, MPI_SUM, c_.world);
+      wait += timer.seconds();
+    };
+    auto measure = [&](int calls, double& work, double& wait) {
+      double w0 = 0.0, s0 = 0.0;
+      interval(calls, w0, s0);
+      int reps = std::max(5, static_cast<int>(c_.budget / std::max(1e-7, w0 + s0)));
+      MPI_Bcast(&reps, 1, MPI_INT, 0, c_.world);
+      MPI_Barrier(c_.world);
+      for (int r = 0; r < reps; ++r) interval(calls, work, wait);
+      work = mean_over_ranks(c_, work / reps);
+      wait = mean_over_ranks(c_, wait / reps);
+    };
+    double none = 0.0, idle = 0.0;
+    measure(0, none, idle);
+    for (const int calls : {1, 8, 64, 512}) {
+      double work = 0.0, wait = 0.0;
+      measure(calls, work, wait);
+      // Log-log interpolation needs a positive time: a wait below the timer's reach is 1 ns.
+      out_.kernels["sync_wait"].points.emplace_back(work * 1e6, std::max(1e-9, wait - idle));
     }
   }
 
@@ -113,7 +167,7 @@ class Profiler {
   // would make the few-row GEMMs look several times faster than they run.
   void gemms(const std::function<void(const std::string&)>& say) {
     constexpr double cold_bytes = 256.0 * 1024 * 1024;
-    for (const int n : {64, 256, 512, 1024, 2048}) {
+    for (const int n : {16, 32, 64, 256, 512, 1024, 2048}) {
       const int copies = std::max(2, static_cast<int>(cold_bytes / (es * n * n)));
       const Stack weights("moeproxy::calibrate::weights", copies, n, n);
       Kokkos::deep_copy(weights, 0.25f);
@@ -151,8 +205,16 @@ KernelProfiles measure_profiles(const CalibrationContext& c, const std::function
   profiler.routing();
   say("profiled norm, rope, store_kv, add, activate, route, permute, gather, combine at 1 to 4096 rows");
   profiler.attention_kernels();
-  say("profiled attention: prefill of 2 x 16 to 2 x 512 tokens, decode of 8 queries over 16 to 8192 keys");
+  say("profiled attention per team: prefill of 2 x 2 to 2 x 512 tokens, decode of 8 queries over 1 to 8192 keys");
   profiler.gemms(say);
+  profiler.sync_wait();
+  if (const KernelProfile* w = p.find("sync_wait")) {
+    std::ostringstream line;
+    line.precision(3);
+    line << "sync_wait (us of work: us waited in a collective):";
+    for (const auto& [work, wait] : w->points) line << " " << work << ": " << wait * 1e6;
+    say(line.str());
+  }
   return p;
 }
 

@@ -263,6 +263,24 @@ TEST_CASE("perf model: a profiled kernel takes its measured time at the call's s
   CHECK(said);
 }
 
+TEST_CASE("perf model: a synchronising collective waits as sync_wait has it for the compute since the last", "[perf]") {
+  RunConfig cfg = dense_one_layer();
+  MachineSpec m = compute_bound();
+  // Above its one point a profile grows in proportion: a wait of 1e-3 of the work.
+  m.profiles.kernels["sync_wait"] = KernelProfile{{{1e-3, 1e-12}}};
+  const Prediction alone = predict(cfg, m, 1);
+  CHECK(alone.per_rank[0].prefill.at(0, Phase::allreduce) == 0.0);
+  cfg.parallel.tp = 2;
+  const Prediction p = predict(cfg, m, 2);
+  const PhaseTable& t = p.per_rank[0].prefill;
+  double compute = 0.0;
+  for (int ph = 0; ph < static_cast<int>(Phase::allreduce); ++ph) compute += t.at(0, static_cast<Phase>(ph));
+  // Both reductions of the layer follow compute; the final norm comes after the second.
+  const double synchronised = compute - t.at(0, Phase::norm) / 3.0;
+  const double reductions = 2.0 * allreduce_seconds(m, GroupShape{2, 4}, 4.0 * 2 * 32 * 64);
+  CHECK(t.at(0, Phase::allreduce) == Approx(reductions + 1e-3 * synchronised));
+}
+
 TEST_CASE("machine file: [profile] reads back as written, and bad points are named with their line", "[perf]") {
   const std::string base =
       "[machine]\nname = \"x\"\ndevices_per_node = 1\n[compute]\npeak_tflops_fp16 = 2\npeak_tflops_fp32 = 1\n"

@@ -29,12 +29,6 @@ constexpr float masked = -3.0e38f;
 
 }  // namespace
 
-int attention_tile(int head_dim) {
-  // Four [tile, head_dim] fp32 tiles (Q, O, K, V) in 32 KiB: within the 48 KiB of shared
-  // memory a CUDA block gets without opting in, at 16 x 128 or 4 x 512.
-  return std::max(1, std::min(32, 2048 / head_dim));
-}
-
 template <class T>
 void attention_tiled(const ExecSpace& space, const ConstMatrix& q, const CacheOf<T>& k_cache,
                      const CacheOf<T>& v_cache, const Matrix& out, int n, int pos0, float scale, int head_begin,

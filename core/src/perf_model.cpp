@@ -124,8 +124,12 @@ struct CommKey {
 struct Cost {
   std::array<double, phase_count> phase{};
   std::map<CommKey, CommRecord> comm;
+  double since_sync = 0.0;  // compute seconds since the last synchronisation (Model::synchronise)
 
-  void add(Phase p, double s) { phase[static_cast<int>(p)] += s; }
+  void add(Phase p, double s) {
+    phase[static_cast<int>(p)] += s;
+    if (p < Phase::allreduce) since_sync += s;
+  }
   void communicate(Phase p, const char* op, const char* group, int size, double bytes, double s) {
     add(p, s);
     CommRecord& r = comm[{op, group}];
@@ -193,17 +197,22 @@ class Model {
     c.add(Phase::attn_qkv, gemm(t, d, q) + 2.0 * gemm(t, d, kvw) + rope + op("store_kv", kernel_size::store_kv(t, kvw, es_)));
     const double keys = n * (pos0 + 0.5 * (n + 1.0));
     const double ctx = pos0 + n;
-    const double flops = kernel_size::attention_prefill(seqs, s.heads, s.head_dims, keys);
-    const double bytes = es_ * 2.0 * t * q + kernel_size::attention_decode(seqs, 0.0, kvw, ctx, es_);
     // Partial scores [t, heads, ctx], summed over the dimension slices before the softmax.
     const double scores = g.dim.size > 1 ? es_ * s.heads * keys * seqs : 0.0;
-    const KernelProfile* measured = mc_.profiles.find(n > 1 ? "attention_prefill" : "attention_decode");
-    if (measured)
-      c.add(Phase::attn_core, measured->seconds(n > 1 ? flops : bytes) + (scores > 0.0 ? stream(2.0 * scores) : 0.0));
-    else
+    const bool prefill = n > 1;
+    if (const KernelProfile* measured = mc_.profiles.find(prefill ? "attention_prefill" : "attention_decode")) {
+      const kernel_size::AttentionTeams teams = prefill ? kernel_size::attention_prefill(seqs, s.heads, s.head_dims, n, pos0)
+                                           : kernel_size::attention_decode(seqs, s.heads, s.head_dims, ctx, es_);
+      c.add(Phase::attn_core, teams.teams * measured->seconds(teams.size) + (scores > 0.0 ? stream(2.0 * scores) : 0.0));
+    } else {
+      const double flops = 4.0 * seqs * s.heads * s.head_dims * keys;
+      const double bytes = es_ * 2.0 * (t * q + seqs * ctx * kvw);
       c.add(Phase::attn_core, kernel(KernelKind::attention, flops, bytes + 2.0 * scores, scores > 0.0 ? 2 : 1));
-    if (scores > 0.0)
+    }
+    if (scores > 0.0) {
+      synchronise(c, Phase::allreduce, g.dim.size);
       c.communicate(Phase::allreduce, "allreduce", "dim", g.dim.size, scores, allreduce_seconds(mc_, g.dim, scores));
+    }
     c.add(Phase::attn_out, gemm(t, q, d) + add(t));
     reduce(c, g, t);
   }
@@ -236,6 +245,7 @@ class Model {
     const double k = m_.top_k, routed = t * k;
     c.add(Phase::router, router(t));
     c.add(Phase::permute, permute(t));
+    synchronise(c, Phase::dispatch, g.expert.size);
     Cost exchange;
     if (g.expert.size > 1) {
       const double leaving = es_ * routed * d * (g.expert.size - 1) / g.expert.size;
@@ -246,8 +256,9 @@ class Model {
       exchange.communicate(Phase::dispatch, "alltoallv", "ep", g.expert.size, leaving, each);
     }
     const double rows = routed * s.rows;
-    const double expert = expert_block(rows, s.ffn, s.experts, mats);
+    const double expert = expert_block(rows, s.ffn, s.experts, mats, g.expert.size);
     c.add(Phase::expert, expert);
+    synchronise(c, Phase::dispatch, g.expert.size);
     c.add(Phase::combine, combine(t));
     if (g.expert.size > 1 && ep_chunks > 1) {
       // Chunk i's routed rows travel while chunk i-1's experts compute (parallel.ep_chunks):
@@ -264,20 +275,34 @@ class Model {
   }
 
   // The experts' GEMMs over `rows` rows spread evenly over `experts` experts of `cols`
-  // columns: every expert with at least one row reads its weights once.
-  double expert_block(double rows, double cols, double experts, double mats) const {
+  // columns: every expert with at least one row reads its weights once. Rows from several
+  // `sources` are gathered expert by expert first and put back after (Transformer::ffn_rows).
+  double expert_block(double rows, double cols, double experts, double mats, double sources = 1.0) const {
     if (rows <= 0.0 || experts <= 0.0) return 0.0;
     const double d = m_.hidden;
+    const double regroup = sources > 1.0 ? 2.0 * op("gather", kernel_size::gather(rows, d, es_)) : 0.0;
     const double active = experts <= 1.0 ? 1.0 : experts * (1.0 - std::pow(1.0 - 1.0 / experts, rows));
     const double per = rows / active;
     // One expert: W1 (and W3), each a roofline of its own, the bandwidth-bound activation, W2.
     const double one = (mats - 1.0) * gemm(per, d, cols) + op("activate", kernel_size::activate(per, cols, mats, es_)) +
                        gemm(per, cols, d);
-    return active * one;
+    return active * one + regroup;
+  }
+
+  // What a rank of a `size`-rank group waits at a synchronisation for the slowest of the
+  // group, as the machine's sync_wait profile has it for the compute since the previous one
+  // (none without the profile). A wait counts in the phase of the collective it precedes.
+  void synchronise(Cost& c, Phase p, int size) const {
+    if (size <= 1) return;
+    const double work = c.since_sync;
+    c.since_sync = 0.0;
+    if (work <= 0.0) return;
+    if (const KernelProfile* wait = mc_.profiles.find("sync_wait")) c.add(p, wait->seconds(kernel_size::sync_wait(work)));
   }
 
   void reduce(Cost& c, const Groups& g, double t) const {
     if (g.tensor.size <= 1) return;
+    synchronise(c, Phase::allreduce, g.tensor.size);
     const double bytes = es_ * t * m_.hidden;
     c.communicate(Phase::allreduce, "allreduce", "tp", g.tensor.size, bytes, allreduce_seconds(mc_, g.tensor, bytes));
   }
@@ -606,7 +631,7 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
     const double hop = link.latency + E * machine.peer_overhead + std::max(sent, received) / (link.bandwidth * link.efficiency);
     Cost e;
     const double mats = m.activation == Activation::swiglu ? 3.0 : 2.0;
-    e.add(Phase::expert, model.expert_block(all * k * moe.experts / m.experts, m.ffn_hidden, moe.experts, mats));
+    e.add(Phase::expert, model.expert_block(all * k * moe.experts / m.experts, m.ffn_hidden, moe.experts, mats, A));
     const double work_a = a.total(), work_e = e.total();
     const double loop = work_a + 2.0 * hop + work_e;
     L.wall = std::max(loop, mb * std::max({work_a, work_e, hop}));
@@ -714,6 +739,9 @@ Prediction predict(const RunConfig& cfg, const MachineSpec& machine, int ranks) 
                               "), rooflines for the rest");
     if (cfg.model.precision == Precision::fp16)
       out.assumptions.push_back("the profiles were measured in fp32: fp16 kernels are looked up at their byte counts");
+    if (measured.find("sync_wait"))
+      out.assumptions.push_back("the wait at a synchronisation is the machine file's sync_wait, measured on its "
+                                "calibration's ranks, for groups of any size");
   }
   return out;
 }

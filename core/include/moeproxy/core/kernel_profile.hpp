@@ -8,10 +8,13 @@
 // Every profiled kernel has one size measure, computed by the functions in `kernel_size`
 // for both the calibration and the model, so that the two count the same thing.
 
+#include <algorithm>
 #include <map>
 #include <string>
 #include <utility>
 #include <vector>
+
+#include "moeproxy/core/attention_tile.hpp"
 
 namespace moeproxy {
 
@@ -51,12 +54,12 @@ struct KernelProfiles {
 inline const std::vector<std::string>& profiled_kernels() {
   static const std::vector<std::string> names = {"norm",    "rope",   "store_kv", "add",
                                                  "activate", "route", "permute",  "gather",
-                                                 "combine", "attention_prefill", "attention_decode"};
+                                                 "combine", "attention_prefill", "attention_decode", "sync_wait"};
   return names;
 }
 
 // The size of one call of each profiled kernel, in the element size `es` of its activations:
-// bytes it reads and writes, except attention prefill (FLOPs). Names are the profile keys.
+// bytes it reads and writes, except attention (per team, below). Names are the profile keys.
 namespace kernel_size {
 // "norm": RMSNorm or LayerNorm of [t, d].
 inline double norm(double t, double d, double es) { return es * 2.0 * t * d; }
@@ -77,14 +80,33 @@ inline double permute(double routed, double experts) { return 4.0 * routed * (ex
 inline double gather(double routed, double d, double es) { return es * 2.0 * routed * d; }
 // "combine": zero [t, d], then add the weighted routed rows [routed, d] into it.
 inline double combine(double t, double routed, double d, double es) { return es * (routed * d + 2.0 * t * d); }
-// "attention_prefill": FLOPs of causal attention over `keys` (query, key) pairs per head.
-inline double attention_prefill(double seqs, double heads, double head_dim, double keys) {
-  return 4.0 * seqs * heads * head_dim * keys;
+// Attention is profiled per team, as its kernels divide the work: a point is the seconds of
+// one team of the point's size, measured over many teams, and a call takes its teams times
+// the time of one of its teams. A team's cost is not its share of the whole call's bytes
+// or FLOPs: at short contexts and small heads its fixed work dominates.
+struct AttentionTeams {
+  double teams = 0.0;  // teams of the call
+  double size = 0.0;   // the profile's size of each
+};
+// "attention_prefill": a team per (sequence, head, tile of attention_tile(head_dim) queries);
+// its size is the FLOPs over the rectangle of keys the tile visits (its rows x the keys up to
+// its last query), averaged over the tiles.
+inline AttentionTeams attention_prefill(double seqs, double heads, int head_dim, int n, int pos0) {
+  const int tile = attention_tile(head_dim), q_tiles = (n + tile - 1) / tile;
+  double pairs = 0.0;
+  for (int i = 0; i < q_tiles; ++i) {
+    const int rows = std::min(tile, n - i * tile);
+    pairs += static_cast<double>(rows) * (pos0 + i * tile + rows);
+  }
+  return {seqs * heads * q_tiles, 4.0 * head_dim * pairs / q_tiles};
 }
-// "attention_decode": one query per sequence: bytes of q, out and the cache read.
-inline double attention_decode(double seqs, double q_width, double kv_width, double ctx, double es) {
-  return es * (2.0 * seqs * q_width + 2.0 * seqs * ctx * kv_width);
+// "attention_decode": a team per (sequence, head); its size is the bytes of K and V it reads.
+inline AttentionTeams attention_decode(double seqs, double heads, double head_dim, double ctx, double es) {
+  return {seqs * heads, es * 2.0 * ctx * head_dim};
 }
+// "sync_wait": microseconds of compute since the group's previous synchronisation; the
+// profile's time is what a rank waits in the next for the slowest of the group.
+inline double sync_wait(double work_seconds) { return work_seconds * 1e6; }
 }  // namespace kernel_size
 
 }  // namespace moeproxy

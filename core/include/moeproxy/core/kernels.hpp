@@ -6,6 +6,7 @@
 //   T  tokens in this call (rows), T = B * n with n = prompt (prefill) or 1 (decode)
 //   d  hidden, H query heads, Hkv kv heads, hd head_dim, f ffn_hidden, E experts, k top_k
 
+#include "moeproxy/core/attention_tile.hpp"
 #include "moeproxy/core/config.hpp"
 #include "moeproxy/core/gemm.hpp"
 #include "moeproxy/core/types.hpp"
@@ -51,7 +52,6 @@ template <class T>
 void attention_tiled(const ExecSpace& space, const ConstMatrix& q, const CacheOf<T>& k_cache,
                      const CacheOf<T>& v_cache, const Matrix& out, int n, int pos0, float scale,
                      int head_begin, int group);
-int attention_tile(int head_dim);
 
 // Attention split around a reduction, for ranks holding a slice of each head's dimensions
 // (intra-head slicing): the slices' partial scores are summed over the ranks before the

@@ -168,7 +168,7 @@ int calibrate_command(const CalibrateOptions& opt, int argc, char** argv) {
   // The roofline's attention efficiency is the rate of the profile's 2 x 512 tokens of 8
   // heads x 64 in causal FLOPs.
   const kernel_size::AttentionTeams attn_teams = kernel_size::attention_prefill(2, 8, 64, 512, 0);
-  const double attn_flops = 4.0 * 2 * 8 * 64 * (512 * 0.5 * 513);
+  const double attn_flops = kernel_size::attention_flops(2, 8, 64, 512 * 0.5 * 513);
   const double attn = attn_flops / (attn_teams.teams * m.profiles.find("attention_prefill")->seconds(attn_teams.size));
   m.attention_efficiency = attn / best;
   say("attention: " + fmt(attn / 1e9, "GFLOP/s"));

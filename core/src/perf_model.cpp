@@ -205,7 +205,7 @@ class Model {
                                            : kernel_size::attention_decode(seqs, s.heads, s.head_dims, ctx, es_);
       c.add(Phase::attn_core, teams.teams * measured->seconds(teams.size) + (scores > 0.0 ? stream(2.0 * scores) : 0.0));
     } else {
-      const double flops = 4.0 * seqs * s.heads * s.head_dims * keys;
+      const double flops = kernel_size::attention_flops(seqs, s.heads, s.head_dims, keys);
       const double bytes = es_ * 2.0 * (t * q + seqs * ctx * kvw);
       c.add(Phase::attn_core, kernel(KernelKind::attention, flops, bytes + 2.0 * scores, scores > 0.0 ? 2 : 1));
     }

@@ -104,6 +104,11 @@ inline AttentionTeams attention_prefill(double seqs, double heads, int head_dim,
 inline AttentionTeams attention_decode(double seqs, double heads, double head_dim, double ctx, double es) {
   return {seqs * heads, es * 2.0 * ctx * head_dim};
 }
+// FLOPs of causal attention over `keys` (query, key) pairs per head: the roofline's measure,
+// of which calibrate's attention_efficiency is a rate.
+inline double attention_flops(double seqs, double heads, double head_dim, double keys) {
+  return 4.0 * seqs * heads * head_dim * keys;
+}
 // "sync_wait": microseconds of compute since the group's previous synchronisation; the
 // profile's time is what a rank waits in the next for the slowest of the group.
 inline double sync_wait(double work_seconds) { return work_seconds * 1e6; }

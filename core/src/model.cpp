@@ -361,6 +361,11 @@ void Transformer::moe(int l, const Matrix& x, const Matrix& h, std::int64_t toke
   timed(space_, timing, l, Phase::combine, [&] { add_into(space_, w.partial, x); });
 }
 
+void Transformer::reset_statistics() {
+  std::fill(expert_tokens_.begin(), expert_tokens_.end(), 0);
+  dropped_ = 0;
+}
+
 int Transformer::route(int l, const Matrix& h, std::int64_t token0, PhaseTable& timing, bool count_experts,
                        const Matrix& route_w, Permutation& perm, std::vector<int>& counts, const Matrix& xp) {
   const LayerWeights& lw = weights_.layers[l - layer_begin_];

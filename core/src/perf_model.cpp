@@ -729,6 +729,7 @@ Prediction predict(const RunConfig& cfg, const MachineSpec& machine, int ranks) 
   Prediction out = cfg.parallel.attn_ranks > 0 ? predict_separated(cfg, machine, ranks) : predict_grid(cfg, machine, ranks);
   summarize(cfg, machine, out);
   out.assumptions.push_back("uniform routing: every expert gets its even share of the routed rows");
+  out.assumptions.push_back("warm passes: no first-call costs, as a run with workload.warmup >= 1 measures");
   const KernelProfiles& measured = machine.profiles;
   if (measured.kernels.empty() && measured.gemm.empty()) {
     out.assumptions.push_back("kernels as rooflines of the machine's peak rates and efficiencies");

@@ -34,6 +34,7 @@ constexpr std::int64_t kMaxFfnHidden = 1 << 24;
 constexpr std::int64_t kMaxExperts = 1 << 16;
 constexpr std::int64_t kMaxBatch = 1 << 20;
 constexpr std::int64_t kMaxTokens = 1 << 24;
+constexpr std::int64_t kMaxWarmup = 1000;
 constexpr std::int64_t kMaxDegree = 1 << 20;
 
 const char* const kSections[] = {"model", "workload", "parallel", "output", "verify", "faults"};
@@ -404,6 +405,7 @@ const std::vector<KeySpec>& key_specs() {
     s.push_back(int_key("workload.prompt", 1, kMaxTokens, MOEPROXY_FIELD(workload.prompt)));
     s.push_back(
         int_key("workload.decode_steps", 0, kMaxTokens, MOEPROXY_FIELD(workload.decode_steps)));
+    s.push_back(int_key("workload.warmup", 0, kMaxWarmup, MOEPROXY_FIELD(workload.warmup)));
     s.push_back(routing_key());
 
     s.push_back(int_key("parallel.dp", 1, kMaxDegree, MOEPROXY_FIELD(parallel.dp)));

@@ -109,7 +109,7 @@ std::vector<std::string> allgather(MPI_Comm comm, const std::string& mine) {
 // identical metadata from all ranks, and a caller bug must not corrupt the file.
 struct Shared {
   std::string deck, app_version, git_sha, command_line, kokkos_config, layout, comm_backend;
-  int predicted = 0;
+  int predicted = 0, warmup = 0;
   int layers = 0, batch = 0, prompt = 0, decode_steps = 0, hidden = 0;
   int expert_layers = 0, experts = 0;
   RunSummary summary;
@@ -119,13 +119,13 @@ Shared share_from_root(MPI_Comm comm, const RunConfig& cfg, const RunInfo& info,
                        const ExpertCounts& experts) {
   Shared s{cfg.deck_text, info.app_version, info.git_sha, info.command_line, info.kokkos_config, info.layout,
            info.comm_backend,
-           info.predicted ? 1 : 0, cfg.model.layers, cfg.workload.batch, cfg.workload.prompt,
+           info.predicted ? 1 : 0, cfg.workload.warmup, cfg.model.layers, cfg.workload.batch, cfg.workload.prompt,
            cfg.workload.decode_steps, cfg.model.hidden, experts.layers, experts.experts, summary};
   for (std::string* text : {&s.deck, &s.app_version, &s.git_sha, &s.command_line, &s.kokkos_config, &s.layout,
                             &s.comm_backend,
                             &s.summary.verification, &s.summary.verification_note, &s.summary.comm_compression})
     bcast(comm, *text);
-  for (int* value : {&s.predicted, &s.layers, &s.batch, &s.prompt, &s.decode_steps, &s.hidden, &s.expert_layers,
+  for (int* value : {&s.predicted, &s.warmup, &s.layers, &s.batch, &s.prompt, &s.decode_steps, &s.hidden, &s.expert_layers,
                      &s.experts})
     bcast(comm, *value);
   RunSummary& m = s.summary;
@@ -606,6 +606,7 @@ void write_file(MPI_Comm comm, const std::string& path, const RunConfig& cfg, co
     write_attribute(root, "comm_backend", s.comm_backend);
     write_attribute(root, "mpi_size", w.size());
     write_attribute(root, "predicted", s.predicted);
+    write_attribute(root, "warmup", s.warmup);
     w.string_per_rank(root, "hosts", info.host, widths[0]);
     w.string_per_rank(root, "devices", info.device, widths[1]);
   });

@@ -107,23 +107,12 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, CommBacken
   out.hidden_prefill.resize(static_cast<std::size_t>(n) * w.prompt * d);
   out.hidden_decode.resize(static_cast<std::size_t>(n) * w.decode_steps * d);
 
-  world.barrier();
-  Kokkos::Timer timer;
-  Kokkos::Profiling::pushRegion("moeproxy::prefill");
   const Pipeline::Input prefill_input = [&](const Transformer::MicroBatch& mb, const Matrix& x) {
     Kokkos::deep_copy(space, x, model.inputs(mb));
   };
   const Pipeline::Output prefill_output = [&](const Transformer::MicroBatch& mb, const Matrix& y) {
     copy_rows_to_host(y, out.hidden_prefill, static_cast<std::size_t>(mb.first) * w.prompt * d);
   };
-  pass(-1, prefill_input, prefill_output, out.metrics.prefill);
-  named_fence(space, "moeproxy::engine::prefill_end");
-  Kokkos::Profiling::popRegion();
-  out.metrics.prefill_seconds = timer.seconds();
-  if (progress)
-    *progress << "[moeproxy] prefill: " << w.prompt << " tokens x " << w.batch << " sequences in "
-              << out.metrics.prefill_seconds << " s (rank 0)\n" << std::flush;
-
   std::vector<float> step_out;
   const Pipeline::Input decode_input = [&](const Transformer::MicroBatch& mb, const Matrix& x) {
     auto host = Kokkos::create_mirror_view(Kokkos::HostSpace(), x);
@@ -139,6 +128,36 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, CommBacken
                     out.hidden_decode.begin() + (static_cast<std::ptrdiff_t>(mb.first + b) * w.decode_steps + g) * d);
     };
   };
+  // Warm-up passes, then every count starts from zero: the figures are the timed passes'.
+  // They rewrite the same cache positions and outputs the timed passes write again.
+  if (w.warmup > 0) {
+    world.barrier();
+    Kokkos::Timer warm;
+    PhaseTable untimed(m.layers);
+    for (int i = 0; i < w.warmup; ++i) {
+      pass(-1, prefill_input, prefill_output, untimed);
+      if (w.decode_steps > 0) pass(0, decode_input, decode_output(0), untimed);
+    }
+    named_fence(space, "moeproxy::engine::warmed_up");
+    if (progress)
+      *progress << "[moeproxy] warm-up: " << w.warmup << (w.warmup == 1 ? " pass" : " passes") << " in "
+                << warm.seconds() << " s (rank 0, untimed)\n" << std::flush;
+  }
+  model.reset_statistics();
+  for (Communicator* c : {&tp, &ep, &pp, &dim, sep.get()})
+    if (c) c->clear_records();
+  for (DeviceComm* c : {tp_data.get(), ep_data.get(), pp_data.get(), dim_data.get()}) c->clear_records();
+  world.barrier();
+  Kokkos::Timer timer;
+  Kokkos::Profiling::pushRegion("moeproxy::prefill");
+  pass(-1, prefill_input, prefill_output, out.metrics.prefill);
+  named_fence(space, "moeproxy::engine::prefill_end");
+  Kokkos::Profiling::popRegion();
+  out.metrics.prefill_seconds = timer.seconds();
+  if (progress)
+    *progress << "[moeproxy] prefill: " << w.prompt << " tokens x " << w.batch << " sequences in "
+              << out.metrics.prefill_seconds << " s (rank 0)\n" << std::flush;
+
   // The failover drill (failover.hpp): when the failure happens, and when the buddy serves again.
   double failed_at = 0.0, recovered_at = 0.0;
   auto recover = [&](int g) {

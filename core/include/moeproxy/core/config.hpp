@@ -51,6 +51,9 @@ struct WorkloadConfig {
   int batch = 4;
   int prompt = 16;
   int decode_steps = 4;
+  // Untimed passes (a prefill and one decode step each) before the timed ones, so that
+  // first-call costs (a collective's first large message, first touch of buffers) stay out.
+  int warmup = 1;
   RoutingMode routing = RoutingMode::learned;
   double zipf_exponent = 1.2;  // only for RoutingMode::zipf
 };

@@ -93,6 +93,8 @@ class Transformer {
   // Kept tokens per [layer, expert] during prefill (empty for dense models).
   const std::vector<std::uint64_t>& expert_tokens() const { return expert_tokens_; }
   std::uint64_t dropped_slots() const { return dropped_; }
+  // Back to no tokens counted or dropped: the warm-up passes' are not the run's.
+  void reset_statistics();
   std::uint64_t weight_bytes() const { return weights_.bytes(); }
   std::uint64_t kv_cache_bytes() const;
   std::uint64_t activation_bytes() const;

@@ -62,6 +62,7 @@ class Communicator {
 
   // Accumulated records, one per operation on this group.
   std::vector<CommRecord> records() const { return log_.records(); }
+  void clear_records() { log_.clear(); }
 
  private:
   template <class Call>

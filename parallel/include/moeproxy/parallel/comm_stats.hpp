@@ -63,6 +63,7 @@ class CommLog {
   // A posted transfer of `op` was in flight for `seconds` while the rank computed.
   void add_hidden(CommOp op, double seconds);
   std::vector<CommRecord> records() const;
+  void clear() { records_.clear(); }
 
  private:
   std::string group_;

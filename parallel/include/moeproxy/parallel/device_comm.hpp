@@ -73,6 +73,7 @@ class DeviceComm {
   void barrier();
 
   std::vector<CommRecord> records() const { return log_.records(); }
+  void clear_records() { log_.clear(); }
 
  protected:
   virtual void transport_allreduce_sum(float* data, std::size_t count) = 0;

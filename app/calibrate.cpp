@@ -161,6 +161,8 @@ int calibrate_command(const CalibrateOptions& opt, int argc, char** argv) {
   notes["profile"] = "measured: microseconds of one call (attention: of one team) at each size (kernel_size in "
                      "core/include/moeproxy/core/kernel_profile.hpp), fp32, all ranks at once";
   notes["profile.gemm"] = "measured: [rows, n, microseconds] of [rows, n] x [n, n]";
+  for (const std::string& name : profiled_attention())
+    notes["profile." + name] = "measured: [head_dim, size of one team, microseconds]";
   if (m.profiles.find("sync_wait"))
     notes["profile.sync_wait"] = "measured on " + std::to_string(c.size) +
                                  " ranks: [microseconds of compute, microseconds waited in the next collective]";
@@ -169,7 +171,8 @@ int calibrate_command(const CalibrateOptions& opt, int argc, char** argv) {
   // heads x 64 in causal FLOPs.
   const kernel_size::AttentionTeams attn_teams = kernel_size::attention_prefill(2, 8, 64, 512, 0);
   const double attn_flops = kernel_size::attention_flops(2, 8, 64, 512 * 0.5 * 513);
-  const double attn = attn_flops / (attn_teams.teams * m.profiles.find("attention_prefill")->seconds(attn_teams.size));
+  const double attn =
+      attn_flops / (attn_teams.teams * m.profiles.find_attention("attention_prefill")->seconds(64, attn_teams.size));
   m.attention_efficiency = attn / best;
   say("attention: " + fmt(attn / 1e9, "GFLOP/s"));
   notes["compute.attention_efficiency"] = "measured: attention 2 x 512 tokens, 8 heads x 64, " + fmt(attn / 1e9, "GFLOP/s");

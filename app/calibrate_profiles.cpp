@@ -16,9 +16,20 @@ namespace {
 
 constexpr double es = sizeof(float);
 constexpr int width = 512;        // columns of the elementwise kernels' rows
-constexpr int heads = 8, hd = 64;  // heads x head_dim = width
+constexpr int heads = 8, hd = 64;  // heads x head_dim = width, for RoPE and the cache
+const std::vector<int> attention_head_dims = {16, 64, 128};
 constexpr int experts = 8, top_k = 2;
 const std::vector<int> row_counts = {1, 8, 64, 512, 4096};
+
+// Copies of an [n, n] weight, together about `bytes` (at least two), for GEMM loops that read
+// the next copy each call: a forward pass reads every weight once per step, and a weight
+// re-read from cache would make the few-row GEMMs look several times faster than they run.
+Stack cold_weights(int n, double bytes) {
+  const int copies = std::max(2, static_cast<int>(bytes / (es * n * n)));
+  const Stack weights("moeproxy::calibrate::weights", copies, n, n);
+  Kokkos::deep_copy(weights, 0.25f);
+  return weights;
+}
 
 IndexMatrix spread_experts(int tokens) {
   IndexMatrix idx("moeproxy::calibrate::idx", tokens, top_k);
@@ -33,15 +44,10 @@ class Profiler {
  public:
   Profiler(const CalibrationContext& c, KernelProfiles& out) : c_(c), out_(out) {}
 
-  // One point of kernel `name`: `work` timed, at `size` (its kernel_size), the time of one
-  // of the call's `per` parts (attention: its teams).
-  template <class Work>
-  void point(const char* name, double size, double per, Work&& work) {
-    out_.kernels[name].points.emplace_back(size, mean_over_ranks(c_, time_it(c_, work)) / per);
-  }
+  // One point of kernel `name`: `work` timed, at `size` (its kernel_size).
   template <class Work>
   void point(const char* name, double size, Work&& work) {
-    point(name, size, 1.0, work);
+    out_.kernels[name].points.emplace_back(size, mean_over_ranks(c_, time_it(c_, work)));
   }
 
   void elementwise() {
@@ -87,45 +93,53 @@ class Profiler {
     }
   }
 
-  // Per team (kernel_size::AttentionTeams): every call has seqs x heads x (query tiles)
-  // teams, and a point is the call's time over its teams, from 1 to 8192 keys.
+  // Per team (kernel_size::AttentionTeams) and head width: every call has seqs x heads x
+  // (query tiles) teams, and a point is the call's time over its teams, at heads of 16, 64
+  // and 128 across the same 512 columns, from 1 to 8192 keys.
   void attention_kernels() {
-    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    constexpr int seqs = 2;
-    for (const int n : {2, 8, 32, 128, 512}) {
-      const Matrix q = filled("moeproxy::calibrate::q", seqs * n, width, 0.01f);
-      const Matrix out("moeproxy::calibrate::attn", seqs * n, width);
-      const Cache k("moeproxy::calibrate::k", seqs, heads, n, hd), v("moeproxy::calibrate::v", seqs, heads, n, hd);
-      Kokkos::deep_copy(k, 0.01f);
-      Kokkos::deep_copy(v, 0.02f);
-      const kernel_size::AttentionTeams teams = kernel_size::attention_prefill(seqs, heads, hd, n, 0);
-      point("attention_prefill", teams.size, teams.teams,
-            [&] { attention<float>(c_.space, q, k, v, out, n, 0, scale, 0, 1); });
-    }
-    constexpr int batch = 8;
-    for (const int ctx : {1, 4, 16, 128, 1024, 8192}) {
-      const Matrix q = filled("moeproxy::calibrate::q", batch, width, 0.01f);
-      const Matrix out("moeproxy::calibrate::attn", batch, width);
-      const Cache k("moeproxy::calibrate::k", batch, heads, ctx, hd), v("moeproxy::calibrate::v", batch, heads, ctx, hd);
-      Kokkos::deep_copy(k, 0.01f);
-      Kokkos::deep_copy(v, 0.02f);
-      const kernel_size::AttentionTeams teams = kernel_size::attention_decode(batch, heads, hd, ctx, es);
-      point("attention_decode", teams.size, teams.teams,
-            [&] { attention<float>(c_.space, q, k, v, out, 1, ctx - 1, scale, 0, 1); });
+    for (const int head_dim : attention_head_dims) {
+      const int head_count = width / head_dim;
+      const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+      auto team_point = [&](const char* name, const kernel_size::AttentionTeams& teams, auto&& work) {
+        const double s = mean_over_ranks(c_, time_it(c_, work)) / teams.teams;
+        auto& by = out_.attention[name].by_head_dim;
+        if (by.empty() || by.back().first != head_dim) by.emplace_back(head_dim, KernelProfile{});
+        by.back().second.points.emplace_back(teams.size, s);
+      };
+      constexpr int seqs = 2;
+      for (const int n : {2, 8, 32, 128, 512}) {
+        const Matrix q = filled("moeproxy::calibrate::q", seqs * n, width, 0.01f);
+        const Matrix out("moeproxy::calibrate::attn", seqs * n, width);
+        const Cache k("moeproxy::calibrate::k", seqs, head_count, n, head_dim),
+            v("moeproxy::calibrate::v", seqs, head_count, n, head_dim);
+        Kokkos::deep_copy(k, 0.01f);
+        Kokkos::deep_copy(v, 0.02f);
+        team_point("attention_prefill", kernel_size::attention_prefill(seqs, head_count, head_dim, n, 0),
+                   [&] { attention<float>(c_.space, q, k, v, out, n, 0, scale, 0, 1); });
+      }
+      constexpr int batch = 8;
+      for (const int ctx : {1, 4, 16, 128, 1024, 8192}) {
+        const Matrix q = filled("moeproxy::calibrate::q", batch, width, 0.01f);
+        const Matrix out("moeproxy::calibrate::attn", batch, width);
+        const Cache k("moeproxy::calibrate::k", batch, head_count, ctx, head_dim),
+            v("moeproxy::calibrate::v", batch, head_count, ctx, head_dim);
+        Kokkos::deep_copy(k, 0.01f);
+        Kokkos::deep_copy(v, 0.02f);
+        team_point("attention_decode", kernel_size::attention_decode(batch, head_count, head_dim, ctx, es),
+                   [&] { attention<float>(c_.space, q, k, v, out, 1, ctx - 1, scale, 0, 1); });
+      }
     }
   }
 
   // "sync_wait": after `work` of compute, the time ranks spend in a collective waiting for
   // the slowest (their compute times differ run to run: shared caches and memory, the OS):
-  // an 8-byte all-reduce after k decode-sized GEMMs (cold weights, as in gemms()), less the
+  // an 8-byte all-reduce after k decode-sized GEMMs on cold weights, less the
   // same all-reduce without work before it. The size is the microseconds of work.
   void sync_wait() {
     if (c_.size < 2) return;
     constexpr int n = 512, rows = 8;
-    constexpr double cold_bytes = 64.0 * 1024 * 1024;
-    const int copies = static_cast<int>(cold_bytes / (es * n * n));
-    const Stack weights("moeproxy::calibrate::sync_weights", copies, n, n);
-    Kokkos::deep_copy(weights, 0.25f);
+    const Stack weights = cold_weights(n, 64.0 * 1024 * 1024);
+    const int copies = static_cast<int>(weights.extent(0));
     const Matrix a = filled("moeproxy::calibrate::sync_a", rows, n, 0.5f), out("moeproxy::calibrate::sync_c", rows, n);
     int next = 0;
     auto interval = [&](int calls, double& work, double& wait) {
@@ -161,16 +175,12 @@ class Profiler {
     }
   }
 
-  // [rows, n] x [n, n]: decode's few rows to prefill's many, small to large weights. Each
-  // call reads the next of several copies of the weight, together larger than any cache,
-  // since a forward pass reads every weight once per step: a weight re-read from cache
-  // would make the few-row GEMMs look several times faster than they run.
+  // [rows, n] x [n, n]: decode's few rows to prefill's many, small to large weights, each
+  // call on the next of cold_weights' copies, together larger than any cache.
   void gemms(const std::function<void(const std::string&)>& say) {
-    constexpr double cold_bytes = 256.0 * 1024 * 1024;
     for (const int n : {16, 32, 64, 256, 512, 1024, 2048}) {
-      const int copies = std::max(2, static_cast<int>(cold_bytes / (es * n * n)));
-      const Stack weights("moeproxy::calibrate::weights", copies, n, n);
-      Kokkos::deep_copy(weights, 0.25f);
+      const Stack weights = cold_weights(n, 256.0 * 1024 * 1024);
+      const int copies = static_cast<int>(weights.extent(0));
       KernelProfile profile;
       std::ostringstream line;
       line.precision(3);
@@ -205,7 +215,8 @@ KernelProfiles measure_profiles(const CalibrationContext& c, const std::function
   profiler.routing();
   say("profiled norm, rope, store_kv, add, activate, route, permute, gather, combine at 1 to 4096 rows");
   profiler.attention_kernels();
-  say("profiled attention per team: prefill of 2 x 2 to 2 x 512 tokens, decode of 8 queries over 1 to 8192 keys");
+  say("profiled attention per team at head widths 16, 64 and 128: prefill of 2 x 2 to 2 x 512 tokens, decode of 8 "
+      "queries over 1 to 8192 keys");
   profiler.gemms(say);
   profiler.sync_wait();
   if (const KernelProfile* w = p.find("sync_wait")) {

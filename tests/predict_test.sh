@@ -57,7 +57,7 @@ case $case_name in
     "$exe" predict "$src/tests/decks/tiny-moe.toml" --machine "$out/local.toml" --set parallel.dp=2 \
       --set parallel.ep=2 --out "$out/tiny.h5" > "$out/predict.log" 2>&1 || { cat "$out/predict.log"; fail "predict"; }
     check_file "$out/tiny.h5" 2
-    grep -q '^gemm = \[\[1, 16, ' "$out/local.toml" && grep -q '^attention_decode = ' "$out/local.toml" \
+    grep -q '^gemm = \[\[1, 16, ' "$out/local.toml" && grep -q '^attention_decode = \[\[16, ' "$out/local.toml" \
       || fail "the machine file has no kernel profiles"
     grep -q "measured profiles (gemm, activate, add" "$out/predict.log" || { cat "$out/predict.log"; fail "predict ignored the profiles"; }
     ;;

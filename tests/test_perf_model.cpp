@@ -44,6 +44,13 @@ double phase_sum(const PhaseTable& t) {
   return s;
 }
 
+// A machine file's required sections, 16 lines, before a [profile] section.
+std::string machine_without_profile() {
+  return "[machine]\nname = \"x\"\ndevices_per_node = 1\n[compute]\npeak_tflops_fp16 = 2\npeak_tflops_fp32 = 1\n"
+         "[memory]\nbandwidth_gbs = 100\ncapacity_gb = 16\n"
+         "[intra_node]\nbandwidth_gbs = 50\nlatency_us = 2\n[inter_node]\nbandwidth_gbs = 10\nlatency_us = 4\n";
+}
+
 }  // namespace
 
 TEST_CASE("perf model: a GEMM-bound kernel takes FLOPs / (peak x efficiency)", "[perf]") {
@@ -282,10 +289,7 @@ TEST_CASE("perf model: a synchronising collective waits as sync_wait has it for 
 }
 
 TEST_CASE("machine file: [profile] reads back as written, and bad points are named with their line", "[perf]") {
-  const std::string base =
-      "[machine]\nname = \"x\"\ndevices_per_node = 1\n[compute]\npeak_tflops_fp16 = 2\npeak_tflops_fp32 = 1\n"
-      "[memory]\nbandwidth_gbs = 100\ncapacity_gb = 16\n"
-      "[intra_node]\nbandwidth_gbs = 50\nlatency_us = 2\n[inter_node]\nbandwidth_gbs = 10\nlatency_us = 4\n";
+  const std::string base = machine_without_profile();
   const MachineSpec m = io::parse_machine(
       base + "[profile]\nnorm = [[1024, 2.5], [4096, 6]]\ngemm = [[1, 64, 3], [8, 64, 4], [1, 256, 9]]\n", "p.toml");
   const KernelProfile* norm = m.profiles.find("norm");
@@ -311,4 +315,56 @@ TEST_CASE("machine file: [profile] reads back as written, and bad points are nam
   refused("norm = [[1024, -2]]\n", "[size, microseconds]");
   refused("norm = [1024, 2]\n", "[size, microseconds]");
   refused("gemm = [[8, 64, 3], [1, 64, 4]]\n", "rows must increase");
+  refused("attention_decode = [[512, 0.3]]\n", "run moeproxy calibrate again");
+  refused("attention_decode = [[64, 512, 1, 2]]\n", "must be an array of [head_dim, size, microseconds]");
+  refused("attention_decode = [[64, 2048, 0.6], [64, 512, 0.3]]\n", "sizes must increase for each head_dim");
+}
+
+TEST_CASE("machine file: attention profiles by head width read back as written", "[perf]") {
+  const std::string base = machine_without_profile();
+  const MachineSpec m = io::parse_machine(
+      base + "[profile]\nattention_prefill = [[64, 1024, 3], [64, 16384, 12], [16, 256, 1], [16, 4096, 4]]\n", "a.toml");
+  const HeadDimProfile* p = m.profiles.find_attention("attention_prefill");
+  REQUIRE(p != nullptr);
+  REQUIRE(p->by_head_dim.size() == 2);
+  CHECK(p->by_head_dim[0].first == 16.0);
+  CHECK(p->seconds(64.0, 16384.0) == Approx(12e-6));
+  CHECK(p->seconds(16.0, 4096.0) == Approx(4e-6));
+  const MachineSpec back = io::parse_machine(io::format_machine(m, {}), "back.toml");
+  const HeadDimProfile* q = back.profiles.find_attention("attention_prefill");
+  REQUIRE(q != nullptr);
+  REQUIRE(q->by_head_dim.size() == 2);
+  for (std::size_t i = 0; i < 2; ++i) {
+    CHECK(q->by_head_dim[i].first == p->by_head_dim[i].first);
+    CHECK(q->by_head_dim[i].second.points == p->by_head_dim[i].second.points);
+  }
+}
+
+TEST_CASE("head-width profile: the nearest width outside, log-log in the width between", "[perf]") {
+  HeadDimProfile p;
+  p.by_head_dim.push_back({16.0, KernelProfile{{{100.0, 1e-6}, {10000.0, 1e-4}}}});
+  p.by_head_dim.push_back({64.0, KernelProfile{{{100.0, 4e-6}, {10000.0, 4e-4}}}});
+  CHECK(p.seconds(8.0, 1000.0) == Approx(1e-5));
+  CHECK(p.seconds(16.0, 100.0) == Approx(1e-6));
+  CHECK(p.seconds(128.0, 100.0) == Approx(4e-6));
+  // 32 lies halfway (log) between 16 and 64: the geometric mean of their times.
+  CHECK(p.seconds(32.0, 100.0) == Approx(2e-6));
+  CHECK(p.seconds(32.0, 10000.0) == Approx(2e-4));
+}
+
+TEST_CASE("perf model: attention takes its teams times the team's time at the deck's head width", "[perf]") {
+  RunConfig cfg = dense_one_layer();
+  cfg.model.heads = 2;  // head_dim 32, between the profile's widths
+  MachineSpec m = compute_bound();
+  HeadDimProfile& prefill = m.profiles.attention["attention_prefill"];
+  // A team takes 1 us at width 16 and 1 ms at 1024 whatever its size: at 32, 1/6 of the way
+  // (log) from 16 to 1024, 10^0.5 us.
+  prefill.by_head_dim.push_back({16.0, KernelProfile{{{1.0, 1e-6}, {1e12, 1e-6}}}});
+  prefill.by_head_dim.push_back({1024.0, KernelProfile{{{1.0, 1e-3}, {1e12, 1e-3}}}});
+  const int hd = cfg.model.effective_head_dim();
+  REQUIRE(hd == 32);
+  const kernel_size::AttentionTeams teams =
+      kernel_size::attention_prefill(cfg.workload.batch, cfg.model.heads, hd, cfg.workload.prompt, 0);
+  const Prediction p = predict(cfg, m, 1);
+  CHECK(p.per_rank[0].prefill.at(0, Phase::attn_core) == Approx(teams.teams * std::sqrt(10.0) * 1e-6));
 }

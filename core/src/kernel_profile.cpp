@@ -25,6 +25,16 @@ double KernelProfile::seconds(double size) const {
   return log_interpolate(size, lo->first, lo->second, hi->first, hi->second);
 }
 
+double HeadDimProfile::seconds(double head_dim, double size) const {
+  if (by_head_dim.empty() || size <= 0.0) return 0.0;
+  if (head_dim <= by_head_dim.front().first) return by_head_dim.front().second.seconds(size);
+  if (head_dim >= by_head_dim.back().first) return by_head_dim.back().second.seconds(size);
+  const auto hi = std::upper_bound(by_head_dim.begin(), by_head_dim.end(), head_dim,
+                                   [](double h, const std::pair<double, KernelProfile>& p) { return h < p.first; });
+  const auto lo = hi - 1;
+  return log_interpolate(head_dim, lo->first, lo->second.seconds(size), hi->first, hi->second.seconds(size));
+}
+
 double GemmProfile::seconds(double rows, double inner, double cols) const {
   if (by_weight.empty() || rows <= 0.0 || inner <= 0.0 || cols <= 0.0) return 0.0;
   const double elements = inner * cols;

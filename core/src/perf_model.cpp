@@ -200,10 +200,11 @@ class Model {
     // Partial scores [t, heads, ctx], summed over the dimension slices before the softmax.
     const double scores = g.dim.size > 1 ? es_ * s.heads * keys * seqs : 0.0;
     const bool prefill = n > 1;
-    if (const KernelProfile* measured = mc_.profiles.find(prefill ? "attention_prefill" : "attention_decode")) {
+    if (const HeadDimProfile* measured = mc_.profiles.find_attention(prefill ? "attention_prefill" : "attention_decode")) {
       const kernel_size::AttentionTeams teams = prefill ? kernel_size::attention_prefill(seqs, s.heads, s.head_dims, n, pos0)
                                            : kernel_size::attention_decode(seqs, s.heads, s.head_dims, ctx, es_);
-      c.add(Phase::attn_core, teams.teams * measured->seconds(teams.size) + (scores > 0.0 ? stream(2.0 * scores) : 0.0));
+      c.add(Phase::attn_core, teams.teams * measured->seconds(s.head_dims, teams.size) +
+                                  (scores > 0.0 ? stream(2.0 * scores) : 0.0));
     } else {
       const double flops = kernel_size::attention_flops(seqs, s.heads, s.head_dims, keys);
       const double bytes = es_ * 2.0 * (t * q + seqs * ctx * kvw);
@@ -731,11 +732,12 @@ Prediction predict(const RunConfig& cfg, const MachineSpec& machine, int ranks) 
   out.assumptions.push_back("uniform routing: every expert gets its even share of the routed rows");
   out.assumptions.push_back("warm passes: no first-call costs, as a run with workload.warmup >= 1 measures");
   const KernelProfiles& measured = machine.profiles;
-  if (measured.kernels.empty() && measured.gemm.empty()) {
+  if (measured.kernels.empty() && measured.attention.empty() && measured.gemm.empty()) {
     out.assumptions.push_back("kernels as rooflines of the machine's peak rates and efficiencies");
   } else {
     std::string names = measured.gemm.empty() ? "" : "gemm";
     for (const auto& [name, profile] : measured.kernels) names += (names.empty() ? "" : ", ") + name;
+    for (const auto& [name, profile] : measured.attention) names += (names.empty() ? "" : ", ") + name;
     out.assumptions.push_back("kernel times from the machine file's measured profiles (" + names +
                               "), rooflines for the rest");
     if (cfg.model.precision == Precision::fp16)

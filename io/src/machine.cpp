@@ -82,7 +82,7 @@ bool known_section(const std::string& s) {
 }
 
 // [profile]: per kernel an array of [size, microseconds] (gemm: [rows, n, microseconds] for
-// [rows, n] x [n, n]), as calibrate measured them.
+// [rows, n] x [n, n]; attention: [head_dim, size, microseconds]), as calibrate measured them.
 std::vector<std::vector<double>> profile_rows(const std::string& source, const std::string& key,
                                               const toml::node& node, std::size_t width, const char* shape) {
   const std::string full = "profile." + key;
@@ -126,10 +126,31 @@ void parse_profile(const std::string& source, const toml::table& table, KernelPr
       }
       continue;
     }
+    const auto& attention = profiled_attention();
+    if (std::find(attention.begin(), attention.end(), name) != attention.end()) {
+      const toml::array* rows = node.as_array();
+      const toml::array* first = rows && !rows->empty() ? (*rows)[0].as_array() : nullptr;
+      if (first && first->size() == 2)
+        throw InputError(where(source, node) + ": profile." + name +
+                         " has [size, microseconds] rows, as calibrate wrote them before attention was profiled by "
+                         "head width: rows are [head_dim, size, microseconds] now; run moeproxy calibrate again");
+      auto& by = profiles.attention[name].by_head_dim;
+      for (const auto& r : profile_rows(source, name, node, 3, "[head_dim, size, microseconds]")) {
+        auto it = std::find_if(by.begin(), by.end(), [&](const auto& h) { return h.first >= r[0]; });
+        if (it == by.end() || it->first != r[0]) it = by.insert(it, {r[0], KernelProfile{}});
+        auto& points = it->second.points;
+        if (!points.empty() && r[1] <= points.back().first)
+          throw InputError(where(source, node) + ": profile." + name + ": sizes must increase for each head_dim (" +
+                           std::to_string(static_cast<long>(r[0])) + ")");
+        points.emplace_back(r[1], r[2] * micro);
+      }
+      continue;
+    }
     const auto& known = profiled_kernels();
     if (std::find(known.begin(), known.end(), name) == known.end()) {
       std::string list = "gemm";
       for (const auto& k : known) list += ", " + k;
+      for (const auto& k : attention) list += ", " + k;
       throw InputError(where(source, node) + ": unknown key profile." + name + "; valid keys of [profile]: " + list);
     }
     KernelProfile& p = profiles.kernels[name];
@@ -240,7 +261,7 @@ std::string format_machine(const MachineSpec& machine, const std::map<std::strin
     out << k.name << " = " << std::setprecision(6) << k.field(m) / k.scale << note(section + "." + k.name) << "\n";
   }
   const KernelProfiles& p = m.profiles;
-  if (p.kernels.empty() && p.gemm.empty()) return out.str();
+  if (p.kernels.empty() && p.attention.empty() && p.gemm.empty()) return out.str();
   out << "\n[profile]" << note("profile") << "\n";
   for (const auto& [name, profile] : p.kernels) {
     out << name << " = [";
@@ -249,6 +270,16 @@ std::string format_machine(const MachineSpec& machine, const std::map<std::strin
       out << sep << format_point({size, seconds / micro});
       sep = ", ";
     }
+    out << "]" << note("profile." + name) << "\n";
+  }
+  for (const auto& [name, profile] : p.attention) {
+    out << name << " = [";
+    const char* sep = "";
+    for (const auto& [head_dim, by_size] : profile.by_head_dim)
+      for (const auto& [size, seconds] : by_size.points) {
+        out << sep << format_point({head_dim, size, seconds / micro});
+        sep = ", ";
+      }
     out << "]" << note("profile." + name) << "\n";
   }
   if (!p.gemm.empty()) {

@@ -39,22 +39,44 @@ struct GemmProfile {
   double seconds(double rows, double inner, double cols) const;
 };
 
-// The profiled kernels by name (see kernel_size) and the GEMM.
+// An attention kernel's team over team sizes for several head widths: a team's fixed work
+// (its query tile, the softmax state, the write) grows with the head width, its work per
+// key partly not (the softmax), so no one size measure serves every width. A call takes,
+// at its team size, the time interpolated log-log in the head width between the two
+// measured widths around its own (outside them, the nearest's).
+struct HeadDimProfile {
+  std::vector<std::pair<double, KernelProfile>> by_head_dim;  // (head_dim, profile over team size)
+
+  bool empty() const { return by_head_dim.empty(); }
+  double seconds(double head_dim, double size) const;
+};
+
+// The profiled kernels by name (see kernel_size), attention by head width, and the GEMM.
 struct KernelProfiles {
   std::map<std::string, KernelProfile> kernels;
+  std::map<std::string, HeadDimProfile> attention;
   GemmProfile gemm;
 
   const KernelProfile* find(const std::string& name) const {
     const auto it = kernels.find(name);
     return it == kernels.end() || it->second.empty() ? nullptr : &it->second;
   }
+  const HeadDimProfile* find_attention(const std::string& name) const {
+    const auto it = attention.find(name);
+    return it == attention.end() || it->second.empty() ? nullptr : &it->second;
+  }
 };
 
-// The names of the profiled kernels other than the GEMM, as machine files spell them.
+// The names of the profiled kernels other than the GEMM and attention, as machine files
+// spell them.
 inline const std::vector<std::string>& profiled_kernels() {
-  static const std::vector<std::string> names = {"norm",    "rope",   "store_kv", "add",
-                                                 "activate", "route", "permute",  "gather",
-                                                 "combine", "attention_prefill", "attention_decode", "sync_wait"};
+  static const std::vector<std::string> names = {"norm",  "rope",    "store_kv", "add",     "activate",
+                                                 "route", "permute", "gather",   "combine", "sync_wait"};
+  return names;
+}
+// The attention kernels, profiled by head width.
+inline const std::vector<std::string>& profiled_attention() {
+  static const std::vector<std::string> names = {"attention_prefill", "attention_decode"};
   return names;
 }
 

@@ -165,7 +165,7 @@ KNOWN = {"prefill_tokens_per_s", "ttft_s", "tpot_s", "decode_tokens_per_s", "mfu
          "comm_fraction", "comm_seconds_raw", "comm_exposed_s", "comm_hidden_s", "expert_imbalance",
          "dropped_tokens", "verification",
          "max_rel_error", "tolerance", "verification_note", "layout", "mpi_size", "ranks",
-         "predicted", "schema_version", "app_version", "git_sha", "command_line", "complete",
+         "predicted", "warmup", "schema_version", "app_version", "git_sha", "command_line", "complete",
          "deck_name", "peak_memory_bytes", "prefill_wall_max_s", "decode_wall_max_s",
          "comm_bytes_total", "expert_tokens_min", "expert_tokens_max", "expert_tokens_std"}
 

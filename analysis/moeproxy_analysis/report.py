@@ -19,6 +19,7 @@ COLUMNS = [
     ("layout", "", "rank layout, e.g. dp=4"),
     ("ranks", "ranks", "MPI ranks (mpi_size)"),
     ("predicted", "", "1 for moeproxy predict output"),
+    ("warmup", "passes", "untimed warm-up passes before the timed ones; empty for files from before the key"),
     ("prefill_tokens_per_s", "tokens/s", "prompt tokens / prefill wall time"),
     ("ttft_s", "s", "time to first token"),
     ("tpot_s", "s", "decode wall time / decode steps"),
@@ -82,6 +83,7 @@ def row(run, baseline=None):
         "layout": run.layout,
         "ranks": run.ranks,
         "predicted": int(run.predicted),
+        "warmup": int(run.attrs["warmup"]) if "warmup" in run.attrs else None,
         "prefill_tokens_per_s": _float(s.get("prefill_tokens_per_s")),
         "ttft_s": _float(s.get("ttft_s")),
         "tpot_s": _float(s.get("tpot_s")),
@@ -125,6 +127,16 @@ def _csv_value(v):
     if isinstance(v, float):
         return repr(v)
     return v
+
+
+def _timed(run):
+    """Which passes a run's figures are from (workload.warmup, root attribute warmup)."""
+    if run.predicted:
+        return "modelled warm passes"
+    if "warmup" not in run.attrs:
+        return "the first, cold pass (written before workload.warmup existed)"
+    n = int(run.attrs["warmup"])
+    return "the first, cold pass (warmup = 0)" if n == 0 else f"after {n} untimed warm-up pass" + ("es" if n > 1 else "")
 
 
 def write_csv(path, rows, with_baseline):
@@ -264,6 +276,7 @@ def write_markdown(path, runs, rows, baseline, figures, comparison_png):
                 f"- file: `{run.path}`",
                 f"- deck: {run.deck_name}" + (f" ({_md_escape(run.description)})" if run.description else ""),
                 f"- layout: {run.layout}, {_ranks(run.ranks)}" + (", **predicted** (not measured)" if run.predicted else ""),
+                f"- timed: {_timed(run)}",
                 f"- hosts: {_unique(run.hosts)}; devices: {_unique(run.devices)}",
                 f"- moeproxy {run.attrs.get('app_version', '?')}, git {run.attrs.get('git_sha', '?')}",
                 f"- verification: {r['verification']}, max relative error {fmt_number(r['max_rel_error'])} "

@@ -63,8 +63,10 @@ assert rows[0]["deck"] == "quickstart" and rows[3]["deck"] == "tiny-dense", [r["
 assert float(rows[0]["decode_speedup"]) == 1.0 and float(rows[0]["tpot_reduction_pct"]) == 0.0
 assert rows[0]["mfu"] == "", "MFU must be empty where the peak is unknown"
 assert rows[3]["expert_imbalance"] == "", "dense runs have no expert imbalance"
+assert all(r["warmup"] == "1" for r in rows), [r["warmup"] for r in rows]
 md = open(f"{rep}/summary.md").read()
-for word in ("| run | deck | layout | ranks |", "TPOT", "TPOT reduction", "q4-phases.png", "comparison.png"):
+for word in ("| run | deck | layout | ranks |", "TPOT", "TPOT reduction", "q4-phases.png", "comparison.png",
+             "- timed: after 1 untimed warm-up pass"):
     assert word in md, word
 
 def png_size(path):

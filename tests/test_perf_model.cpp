@@ -51,6 +51,19 @@ std::string machine_without_profile() {
          "[intra_node]\nbandwidth_gbs = 50\nlatency_us = 2\n[inter_node]\nbandwidth_gbs = 10\nlatency_us = 4\n";
 }
 
+// Attention/MoE separation: 3 attention ranks of a 2-layer MoE, 4 experts, batch 12.
+RunConfig separated_3_4() {
+  RunConfig cfg;
+  cfg.model.layers = 2;
+  cfg.model.hidden = 64;
+  cfg.model.heads = 8;
+  cfg.model.experts = 4;
+  cfg.workload.batch = 12;
+  cfg.parallel.attn_ranks = 3;
+  cfg.parallel.ep = 1;
+  return cfg;
+}
+
 }  // namespace
 
 TEST_CASE("perf model: a GEMM-bound kernel takes FLOPs / (peak x efficiency)", "[perf]") {
@@ -145,14 +158,7 @@ TEST_CASE("perf model: memory per rank agrees with estimate_memory in fp32", "[p
 }
 
 TEST_CASE("perf model: attention/MoE separation from the deck keys", "[perf]") {
-  RunConfig cfg;
-  cfg.model.layers = 2;
-  cfg.model.hidden = 64;
-  cfg.model.heads = 8;
-  cfg.model.experts = 4;
-  cfg.workload.batch = 12;
-  cfg.parallel.attn_ranks = 3;
-  cfg.parallel.ep = 1;
+  RunConfig cfg = separated_3_4();
   const MachineSpec m = compute_bound();
   CHECK(deck_ranks(cfg.parallel) == 4);
   const Prediction p = predict(cfg, m, 7);  // 3 attention ranks, 4 expert ranks
@@ -165,14 +171,34 @@ TEST_CASE("perf model: attention/MoE separation from the deck keys", "[perf]") {
   REQUIRE_THROWS_AS(predict(cfg, m, 6), InputError);  // 3 expert ranks do not divide 4 experts
 }
 
+TEST_CASE("perf model: separation's ping-pong hides the transfers it overlaps, never more than the wall", "[perf]") {
+  RunConfig cfg = separated_3_4();
+  MachineSpec m = compute_bound();
+  // A slow link, so that transfers exceed what a micro-batch computes.
+  m.intra.bandwidth = m.inter.bandwidth = 1e6;
+  const Prediction one = predict(cfg, m, 7);
+  CHECK(one.summary.comm_hidden_seconds == 0.0);
+  cfg.parallel.micro_batches = 2;
+  const Prediction two = predict(cfg, m, 7);
+  CHECK(two.summary.comm_hidden_seconds > 0.0);
+  CHECK(two.summary.comm_fraction <= 1.0);
+  CHECK(two.summary.comm_seconds_raw ==
+        Approx(two.summary.comm_exposed_seconds + two.summary.comm_hidden_seconds));
+  double hidden = 0.0;
+  for (const RankMetrics& r : two.per_rank) {
+    hidden += r.comm_hidden_seconds;
+    // The phases add up to the wall: what is hidden is no longer in them.
+    CHECK(phase_sum(r.prefill) == Approx(r.prefill_seconds));
+    CHECK(phase_sum(r.decode) == Approx(r.decode_seconds));
+    double records = 0.0;
+    for (const CommRecord& c : r.comm) records += c.hidden_seconds;
+    CHECK(records == Approx(r.comm_hidden_seconds));
+  }
+  CHECK(hidden == Approx(two.summary.comm_hidden_seconds));
+}
+
 TEST_CASE("perf model: the suggested attention/FFN split is the fastest one the runtime accepts", "[perf]") {
-  RunConfig cfg;
-  cfg.model.layers = 2;
-  cfg.model.hidden = 64;
-  cfg.model.heads = 8;
-  cfg.model.experts = 4;
-  cfg.workload.batch = 12;
-  cfg.parallel.attn_ranks = 3;
+  RunConfig cfg = separated_3_4();
   cfg.parallel.dp = 3;
   const MachineSpec m = compute_bound();
   // On 7 ranks the FFN ranks divide the 4 experts for 3 (4 FFN ranks), 5 (2) and 6 (1)

@@ -125,6 +125,7 @@ struct Cost {
   std::array<double, phase_count> phase{};
   std::map<CommKey, CommRecord> comm;
   double since_sync = 0.0;  // compute seconds since the last synchronisation (Model::synchronise)
+  double hidden = 0.0;      // transfer seconds that overlapped the rank's compute (Cost::overlap)
 
   void add(Phase p, double s) {
     phase[static_cast<int>(p)] += s;
@@ -141,8 +142,19 @@ struct Cost {
     r.uncompressed_bytes = r.bytes;
     r.seconds += s;
   }
+  // `s` seconds of phase p's transfers, of the records `keys` (shared evenly), ran while the
+  // rank computed: hidden, no longer in the phase nor in the records' exposed seconds.
+  void overlap(Phase p, double s, std::initializer_list<CommKey> keys) {
+    phase[static_cast<int>(p)] -= s;
+    hidden += s;
+    for (const CommKey& k : keys) {
+      comm[k].seconds -= s / static_cast<double>(keys.size());
+      comm[k].hidden_seconds += s / static_cast<double>(keys.size());
+    }
+  }
   void add(const Cost& o, double times = 1.0) {
     for (int p = 0; p < phase_count; ++p) phase[p] += times * o.phase[p];
+    hidden += times * o.hidden;
     for (const auto& [key, r] : o.comm) {
       CommRecord& mine = comm[key];
       mine.operation = r.operation;
@@ -152,6 +164,7 @@ struct Cost {
       mine.bytes += static_cast<std::uint64_t>(std::llround(times * r.bytes));
       mine.uncompressed_bytes = mine.bytes;
       mine.seconds += times * r.seconds;
+      mine.hidden_seconds += times * r.hidden_seconds;
     }
   }
   double total() const { return std::accumulate(phase.begin(), phase.end(), 0.0); }
@@ -385,14 +398,16 @@ double comm_phase_seconds(const PhaseTable& t) {
 
 void summarize(const RunConfig& cfg, const MachineSpec& machine, Prediction& out) {
   const WorkloadConfig& w = cfg.workload;
-  double pre = 0.0, dec = 0.0, flops = 0.0, comm = 0.0;
-  // The model's communication phases are what it did not overlap: all exposed.
+  double pre = 0.0, dec = 0.0, flops = 0.0, comm = 0.0, hidden = 0.0;
+  // The communication phases are what the model did not overlap: exposed; what it overlapped
+  // (the separated ping-pong) each rank carries as comm_hidden_seconds.
   for (RankMetrics& r : out.per_rank) {
     pre = std::max(pre, r.prefill_seconds);
     dec = std::max(dec, r.decode_seconds);
     flops += r.prefill_flops + r.decode_flops;
     r.comm_exposed_seconds = comm_phase_seconds(r.prefill) + comm_phase_seconds(r.decode);
     comm += r.comm_exposed_seconds;
+    hidden += r.comm_hidden_seconds;
   }
   RunSummary& s = out.summary;
   s.prefill_tokens_per_s = pre > 0.0 ? static_cast<double>(w.batch) * w.prompt / pre : 0.0;
@@ -401,8 +416,9 @@ void summarize(const RunConfig& cfg, const MachineSpec& machine, Prediction& out
   s.decode_tokens_per_s = w.decode_steps > 0 && dec > 0.0 ? static_cast<double>(w.batch) * w.decode_steps / dec : 0.0;
   s.peak_flops = machine.peak_flops(cfg.model.precision) * out.ranks;
   s.mfu = s.peak_flops > 0.0 ? flops / (pre + dec) / s.peak_flops : 0.0;
-  s.comm_seconds_raw = comm;
+  s.comm_seconds_raw = comm + hidden;
   s.comm_exposed_seconds = comm;
+  s.comm_hidden_seconds = hidden;
   s.comm_fraction = comm / out.ranks / (pre + dec);
   s.verification = "SKIPPED";
   s.verification_note = "predicted by the performance model for machine " + machine.name + ", not run";
@@ -636,14 +652,21 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
     const double work_a = a.total(), work_e = e.total();
     const double loop = work_a + 2.0 * hop + work_e;
     L.wall = std::max(loop, mb * std::max({work_a, work_e, hop}));
+    // A side's transfers beyond the layer's wall ran while it computed another micro-batch
+    // (the ping-pong): hidden. The rest, and its idle time, are exposed.
+    auto settle = [&](Cost& side) {
+      const double over = std::min(side.total() - L.wall, side.of({Phase::dispatch}));
+      if (over > 0.0) side.overlap(Phase::dispatch, over, {{"send", "attn-moe"}, {"recv", "attn-moe"}});
+      side.add(Phase::wait, std::max(0.0, L.wall - side.total()));
+    };
     L.attn.add(a, mb);
     L.attn.communicate(Phase::dispatch, "send", "attn-moe", ranks, sent * mb, hop * mb);
     L.attn.communicate(Phase::dispatch, "recv", "attn-moe", ranks, sent * mb, hop * mb);
-    L.attn.add(Phase::wait, std::max(0.0, L.wall - L.attn.total()));
+    settle(L.attn);
     L.moe.add(e, mb);
     L.moe.communicate(Phase::dispatch, "recv", "attn-moe", ranks, received * mb, hop * mb);
     L.moe.communicate(Phase::dispatch, "send", "attn-moe", ranks, received * mb, hop * mb);
-    L.moe.add(Phase::wait, std::max(0.0, L.wall - L.moe.total()));
+    settle(L.moe);
     return L;
   };
 
@@ -661,6 +684,8 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
       add_layers({L.moe}, l, 1.0, te);
       collect_comm(ca, L.attn, 1.0);
       collect_comm(ce, L.moe, 1.0);
+      ra.comm_hidden_seconds += L.attn.hidden;
+      re.comm_hidden_seconds += L.moe.hidden;
       wall += L.wall;
     }
     return wall;

@@ -159,20 +159,21 @@ int calibrate_command(const CalibrateOptions& opt, int argc, char** argv) {
 
   m.profiles = measure_profiles(c, say);
   notes["profile"] = "measured: microseconds of one call (attention: of one team) at each size (kernel_size in "
-                     "core/include/moeproxy/core/kernel_profile.hpp), fp32, all ranks at once";
+                     "core/include/moeproxy/core/kernel_profile.hpp), fp32, all ranks at once, each call after a sweep";
+  notes["profile.sweep.bytes"] = "bytes written through the caches before each call, its inputs read back in after";
   notes["profile.gemm"] = "measured: [rows, n, microseconds] of [rows, n] x [n, n]";
   for (const std::string& name : profiled_attention())
     notes["profile." + name] = "measured: [head_dim, size of one team, microseconds]";
-  if (m.profiles.find("sync_wait"))
+  if (!m.profiles.sync_wait.empty())
     notes["profile.sync_wait"] = "measured on " + std::to_string(c.size) +
                                  " ranks: [microseconds of compute, microseconds waited in the next collective]";
 
   // The roofline's attention efficiency is the rate of the profile's 2 x 512 tokens of 8
-  // heads x 64 in causal FLOPs.
+  // heads x 64 in causal FLOPs, after the smallest sweep.
   const kernel_size::AttentionTeams attn_teams = kernel_size::attention_prefill(2, 8, 64, 512, 0);
   const double attn_flops = kernel_size::attention_flops(2, 8, 64, 512 * 0.5 * 513);
   const double attn =
-      attn_flops / (attn_teams.teams * m.profiles.find_attention("attention_prefill")->seconds(64, attn_teams.size));
+      attn_flops / (attn_teams.teams * m.profiles.any()->find_attention("attention_prefill")->seconds(64, attn_teams.size));
   m.attention_efficiency = attn / best;
   say("attention: " + fmt(attn / 1e9, "GFLOP/s"));
   notes["compute.attention_efficiency"] = "measured: attention 2 x 512 tokens, 8 heads x 64, " + fmt(attn / 1e9, "GFLOP/s");

@@ -57,6 +57,6 @@ inline Matrix filled(const std::string& label, int rows, int cols, float value) 
 
 // Times every kernel of the forward pass that the performance model profiles, at several
 // sizes (kernel_profile.hpp), fp32; `say` reports progress on rank 0.
-KernelProfiles measure_profiles(const CalibrationContext& c, const std::function<void(const std::string&)>& say);
+MachineProfiles measure_profiles(const CalibrationContext& c, const std::function<void(const std::string&)>& say);
 
 }  // namespace moeproxy::app

@@ -1,6 +1,15 @@
 // The kernel profiles of `moeproxy calibrate` (docs/predict.md, "Kernel profiles"): every
 // kernel the forward pass runs, timed at sizes from one row to thousands, with all ranks
 // running at once. Sizes are counted by kernel_size, as the model counts them.
+//
+// A forward pass meets each kernel with its caches full of other kernels' data: between two
+// calls of one kernel pass the layer's other activations, its weights and the KV cache. Timed
+// in a loop over its own buffers, a kernel runs from cache: RMSNorm of [1024, 256] took 175 us
+// so and 244 us in a forward pass; with the caches emptied before each call and only its input
+// read back in, 214-237 us (Xeon VM, 2026-12-03). So every call here is timed alone, after a
+// sweep of some bytes through the caches and with the inputs that the kernel before it would
+// just have written read back in (ColdCaller), at several sweeps (kernel_profile.hpp,
+// MachineProfiles).
 
 #include <algorithm>
 #include <cmath>
@@ -20,16 +29,79 @@ constexpr int heads = 8, hd = 64;  // heads x head_dim = width, for RoPE and the
 const std::vector<int> attention_head_dims = {16, 64, 128};
 constexpr int experts = 8, top_k = 2;
 const std::vector<int> row_counts = {1, 8, 64, 512, 4096};
+// Bytes written through the caches before each timed call: about an L2, a large L3 slice, and
+// more than any cache (an H100's L2 is 50 MB).
+const std::vector<double> profile_sweeps = {1024.0 * 1024, 8.0 * 1024 * 1024, 64.0 * 1024 * 1024};
 
-// Copies of an [n, n] weight, together about `bytes` (at least two), for GEMM loops that read
-// the next copy each call: a forward pass reads every weight once per step, and a weight
-// re-read from cache would make the few-row GEMMs look several times faster than they run.
+// Copies of an [n, n] weight, together about `bytes` (at least two), for the GEMM loop of
+// sync_wait, which reads the next copy each call as a forward pass reads each weight once
+// per step.
 Stack cold_weights(int n, double bytes) {
   const int copies = std::max(2, static_cast<int>(bytes / (es * n * n)));
   const Stack weights("moeproxy::calibrate::weights", copies, n, n);
   Kokkos::deep_copy(weights, 0.25f);
   return weights;
 }
+
+// A copy into `to` from `from` before each call, for kernels that work in place: their
+// input is then what the kernel before wrote, not what the previous call left (SwiGLU with
+// a gate of 0.25 applied to its own output shrinks it toward zero, through the denormal
+// numbers that a CPU computes slowly).
+struct Refill {
+  Matrix to;
+  Matrix from;
+};
+
+// Writes `sweep` bytes through the caches before each timed call, then reads the call's
+// inputs back in.
+class ColdCaller {
+ public:
+  ColdCaller(const CalibrationContext& c, double sweep)
+      : c_(c), sweep_("moeproxy::calibrate::sweep", static_cast<std::size_t>(sweep / sizeof(float))) {}
+
+  // Mean seconds of one call of `work` after the sweep, over calls filling the budget (at
+  // least five); every rank calls the same number of times (rank 0's choice).
+  template <class Work, class... Inputs>
+  double seconds(Work&& work, const Inputs&... inputs) {
+    (prepare(inputs), ...);
+    work();  // set-up: first touch of the outputs, allocations inside the kernel
+    Kokkos::Timer probe;
+    call(work, inputs...);
+    int reps = std::clamp(static_cast<int>(c_.budget / std::max(1e-9, probe.seconds())), 5, 100000);
+    MPI_Bcast(&reps, 1, MPI_INT, 0, c_.world);
+    MPI_Barrier(c_.world);
+    double total = 0.0;
+    for (int i = 0; i < reps; ++i) total += call(work, inputs...);
+    return total / reps;
+  }
+
+ private:
+  template <class Work, class... Inputs>
+  double call(Work& work, const Inputs&... inputs) {
+    const auto sweep = sweep_;
+    Kokkos::parallel_for("moeproxy::calibrate::sweep", Kokkos::RangePolicy<ExecSpace>(c_.space, 0, sweep.extent(0)),
+                         KOKKOS_LAMBDA(const std::size_t i) { sweep(i) = 0.5f * sweep(i) + 1.0f; });
+    (prepare(inputs), ...);
+    named_fence(c_.space, "moeproxy::calibrate::cold");
+    Kokkos::Timer timer;
+    work();
+    named_fence(c_.space, "moeproxy::calibrate::cold");
+    return timer.seconds();
+  }
+
+  void prepare(const Refill& r) { Kokkos::deep_copy(c_.space, r.to, r.from); }
+  template <class View>
+  void prepare(const View& v) {
+    const auto* data = v.data();
+    double sum = 0.0;
+    Kokkos::parallel_reduce(
+        "moeproxy::calibrate::read_back", Kokkos::RangePolicy<ExecSpace>(c_.space, 0, v.span()),
+        KOKKOS_LAMBDA(const std::size_t i, double& s) { s += static_cast<double>(data[i]); }, sum);
+  }
+
+  const CalibrationContext& c_;
+  Kokkos::View<float*, MemSpace> sweep_;
+};
 
 IndexMatrix spread_experts(int tokens) {
   IndexMatrix idx("moeproxy::calibrate::idx", tokens, top_k);
@@ -40,14 +112,61 @@ IndexMatrix spread_experts(int tokens) {
   return idx;
 }
 
+// "sync_wait": after `work` of compute, the time ranks spend in a collective waiting for
+// the slowest (their compute times differ run to run: shared caches and memory, the OS):
+// an 8-byte all-reduce after k decode-sized GEMMs on cold weights, less the
+// same all-reduce without work before it. The size is the microseconds of work.
+KernelProfile measure_sync_wait(const CalibrationContext& c) {
+  KernelProfile profile;
+  if (c.size < 2) return profile;
+  constexpr int n = 512, rows = 8;
+  const Stack weights = cold_weights(n, 64.0 * 1024 * 1024);
+  const int copies = static_cast<int>(weights.extent(0));
+  const Matrix a = filled("moeproxy::calibrate::sync_a", rows, n, 0.5f), out("moeproxy::calibrate::sync_c", rows, n);
+  int next = 0;
+  auto interval = [&](int calls, double& work, double& wait) {
+    Kokkos::Timer timer;
+    for (int i = 0; i < calls; ++i) {
+      gemm(c.space, a, Kokkos::subview(weights, next, Kokkos::ALL, Kokkos::ALL), out);
+      next = (next + 1) % copies;
+    }
+    named_fence(c.space, "moeproxy::calibrate::sync");
+    work += timer.seconds();
+    timer.reset();
+    float token = 1.0f;
+    MPI_Allreduce(MPI_IN_PLACE, &token, 1, MPI_FLOAT, MPI_SUM, c.world);
+    wait += timer.seconds();
+  };
+  auto measure = [&](int calls, double& work, double& wait) {
+    double w0 = 0.0, s0 = 0.0;
+    interval(calls, w0, s0);
+    int reps = std::max(5, static_cast<int>(c.budget / std::max(1e-7, w0 + s0)));
+    MPI_Bcast(&reps, 1, MPI_INT, 0, c.world);
+    MPI_Barrier(c.world);
+    for (int r = 0; r < reps; ++r) interval(calls, work, wait);
+    work = mean_over_ranks(c, work / reps);
+    wait = mean_over_ranks(c, wait / reps);
+  };
+  double none = 0.0, idle = 0.0;
+  measure(0, none, idle);
+  for (const int calls : {1, 8, 64, 512}) {
+    double work = 0.0, wait = 0.0;
+    measure(calls, work, wait);
+    // Log-log interpolation needs a positive time: a wait below the timer's reach is 1 ns.
+    profile.points.emplace_back(work * 1e6, std::max(1e-9, wait - idle));
+  }
+  return profile;
+}
+
 class Profiler {
  public:
-  Profiler(const CalibrationContext& c, KernelProfiles& out) : c_(c), out_(out) {}
+  Profiler(const CalibrationContext& c, double sweep, KernelProfiles& out) : c_(c), out_(out), cold_(c, sweep) {}
 
-  // One point of kernel `name`: `work` timed, at `size` (its kernel_size).
-  template <class Work>
-  void point(const char* name, double size, Work&& work) {
-    out_.kernels[name].points.emplace_back(size, mean_over_ranks(c_, time_it(c_, work)));
+  // One point of kernel `name`: `work` timed after the sweep, its `inputs` read back in, at
+  // `size` (its kernel_size).
+  template <class Work, class... Inputs>
+  void point(const char* name, double size, Work&& work, const Inputs&... inputs) {
+    out_.kernels[name].points.emplace_back(size, mean_over_ranks(c_, cold_.seconds(work, inputs...)));
   }
 
   void elementwise() {
@@ -57,12 +176,15 @@ class Profiler {
     for (const int r : row_counts) {
       const Matrix x = filled("moeproxy::calibrate::x", r, width, 0.5f), y = filled("moeproxy::calibrate::y", r, width, 0.25f);
       const Matrix z("moeproxy::calibrate::z", r, width);
-      point("norm", kernel_size::norm(r, width, es), [&] { normalize(c_.space, NormKind::rmsnorm, 1e-5, x, gain, z); });
-      point("rope", kernel_size::rope(r, width, es), [&] { apply_rope(c_.space, z, heads, hd, r, 0, 10000.0); });
+      point("norm", kernel_size::norm(r, width, es), [&] { normalize(c_.space, NormKind::rmsnorm, 1e-5, x, gain, z); }, x);
+      point("rope", kernel_size::rope(r, width, es), [&] { apply_rope(c_.space, z, heads, hd, r, 0, 10000.0); }, z);
       const Cache k("moeproxy::calibrate::k", 1, heads, r, hd), v("moeproxy::calibrate::v", 1, heads, r, hd);
-      point("store_kv", kernel_size::store_kv(r, width, es), [&] { store_kv<float>(c_.space, x, y, k, v, r, 0); });
-      point("add", kernel_size::add(r, width, es), [&] { add_into(c_.space, x, z); });
-      point("activate", kernel_size::activate(r, width, 3.0, es), [&] { activate(c_.space, Activation::swiglu, z, y); });
+      point("store_kv", kernel_size::store_kv(r, width, es), [&] { store_kv<float>(c_.space, x, y, k, v, r, 0); }, x, y);
+      // The residual stream x was written a whole block earlier, the partial sum just now.
+      point("add", kernel_size::add(r, width, es), [&] { add_into(c_.space, z, x); }, z);
+      const Matrix gate = filled("moeproxy::calibrate::gate", r, width, 0.5f);
+      point("activate", kernel_size::activate(r, width, 3.0, es), [&] { activate(c_.space, Activation::swiglu, z, y); },
+            Refill{z, gate}, y);
     }
   }
 
@@ -73,23 +195,23 @@ class Profiler {
       IndexMatrix chosen("moeproxy::calibrate::chosen", t, top_k);
       const Matrix weight("moeproxy::calibrate::weight", t, top_k);
       point("route", kernel_size::route(t, experts, top_k, es),
-            [&] { route_top_k(c_.space, logits, top_k, true, chosen, weight); });
+            [&] { route_top_k(c_.space, logits, top_k, true, chosen, weight); }, logits);
       const IndexMatrix idx = spread_experts(t);
       Permutation perm;
       // With the counts' copy to the host, as the forward pass's permute phase has it.
       point("permute", kernel_size::permute(routed, experts), [&] {
         permute(c_.space, idx, experts, -1, perm);
         Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), perm.counts);
-      });
+      }, idx);
       const Matrix x = filled("moeproxy::calibrate::rows", t, width, 0.5f);
       const Matrix xp("moeproxy::calibrate::permuted", t * top_k, width);
-      point("gather", kernel_size::gather(routed, width, es), [&] { gather_rows(c_.space, x, perm.source, xp); });
+      point("gather", kernel_size::gather(routed, width, es), [&] { gather_rows(c_.space, x, perm.source, xp); }, x, perm.source);
       const Matrix partial("moeproxy::calibrate::partial", t, width);
       Kokkos::deep_copy(weight, 0.5f);
       point("combine", kernel_size::combine(t, routed, width, es), [&] {
         Kokkos::deep_copy(c_.space, partial, 0.0f);
         combine(c_.space, xp, perm.position, weight, partial);
-      });
+      }, xp);
     }
   }
 
@@ -100,8 +222,8 @@ class Profiler {
     for (const int head_dim : attention_head_dims) {
       const int head_count = width / head_dim;
       const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-      auto team_point = [&](const char* name, const kernel_size::AttentionTeams& teams, auto&& work) {
-        const double s = mean_over_ranks(c_, time_it(c_, work)) / teams.teams;
+      auto team_point = [&](const char* name, const kernel_size::AttentionTeams& teams, auto&& work, const auto&... inputs) {
+        const double s = mean_over_ranks(c_, cold_.seconds(work, inputs...)) / teams.teams;
         auto& by = out_.attention[name].by_head_dim;
         if (by.empty() || by.back().first != head_dim) by.emplace_back(head_dim, KernelProfile{});
         by.back().second.points.emplace_back(teams.size, s);
@@ -115,7 +237,7 @@ class Profiler {
         Kokkos::deep_copy(k, 0.01f);
         Kokkos::deep_copy(v, 0.02f);
         team_point("attention_prefill", kernel_size::attention_prefill(seqs, head_count, head_dim, n, 0),
-                   [&] { attention<float>(c_.space, q, k, v, out, n, 0, scale, 0, 1); });
+                   [&] { attention<float>(c_.space, q, k, v, out, n, 0, scale, 0, 1); }, q, k, v);
       }
       constexpr int batch = 8;
       for (const int ctx : {1, 4, 16, 128, 1024, 8192}) {
@@ -126,73 +248,23 @@ class Profiler {
         Kokkos::deep_copy(k, 0.01f);
         Kokkos::deep_copy(v, 0.02f);
         team_point("attention_decode", kernel_size::attention_decode(batch, head_count, head_dim, ctx, es),
-                   [&] { attention<float>(c_.space, q, k, v, out, 1, ctx - 1, scale, 0, 1); });
+                   [&] { attention<float>(c_.space, q, k, v, out, 1, ctx - 1, scale, 0, 1); }, q);
       }
     }
   }
 
-  // "sync_wait": after `work` of compute, the time ranks spend in a collective waiting for
-  // the slowest (their compute times differ run to run: shared caches and memory, the OS):
-  // an 8-byte all-reduce after k decode-sized GEMMs on cold weights, less the
-  // same all-reduce without work before it. The size is the microseconds of work.
-  void sync_wait() {
-    if (c_.size < 2) return;
-    constexpr int n = 512, rows = 8;
-    const Stack weights = cold_weights(n, 64.0 * 1024 * 1024);
-    const int copies = static_cast<int>(weights.extent(0));
-    const Matrix a = filled("moeproxy::calibrate::sync_a", rows, n, 0.5f), out("moeproxy::calibrate::sync_c", rows, n);
-    int next = 0;
-    auto interval = [&](int calls, double& work, double& wait) {
-      Kokkos::Timer timer;
-      for (int i = 0; i < calls; ++i) {
-        gemm(c_.space, a, Kokkos::subview(weights, next, Kokkos::ALL, Kokkos::ALL), out);
-        next = (next + 1) % copies;
-      }
-      named_fence(c_.space, "moeproxy::calibrate::sync");
-      work += timer.seconds();
-      timer.reset();
-      float token = 1.0f;
-      MPI_Allreduce(MPI_IN_PLACE, &token, 1, MPI_FLOAT, MPI_SUM, c_.world);
-      wait += timer.seconds();
-    };
-    auto measure = [&](int calls, double& work, double& wait) {
-      double w0 = 0.0, s0 = 0.0;
-      interval(calls, w0, s0);
-      int reps = std::max(5, static_cast<int>(c_.budget / std::max(1e-7, w0 + s0)));
-      MPI_Bcast(&reps, 1, MPI_INT, 0, c_.world);
-      MPI_Barrier(c_.world);
-      for (int r = 0; r < reps; ++r) interval(calls, work, wait);
-      work = mean_over_ranks(c_, work / reps);
-      wait = mean_over_ranks(c_, wait / reps);
-    };
-    double none = 0.0, idle = 0.0;
-    measure(0, none, idle);
-    for (const int calls : {1, 8, 64, 512}) {
-      double work = 0.0, wait = 0.0;
-      measure(calls, work, wait);
-      // Log-log interpolation needs a positive time: a wait below the timer's reach is 1 ns.
-      out_.kernels["sync_wait"].points.emplace_back(work * 1e6, std::max(1e-9, wait - idle));
-    }
-  }
-
-  // [rows, n] x [n, n]: decode's few rows to prefill's many, small to large weights, each
-  // call on the next of cold_weights' copies, together larger than any cache.
+  // [rows, n] x [n, n]: decode's few rows to prefill's many, small to large weights, the
+  // weight cold (a forward pass reads each weight once per step) and the rows warm.
   void gemms(const std::function<void(const std::string&)>& say) {
     for (const int n : {16, 32, 64, 256, 512, 1024, 2048}) {
-      const Stack weights = cold_weights(n, 256.0 * 1024 * 1024);
-      const int copies = static_cast<int>(weights.extent(0));
+      const Matrix b = filled("moeproxy::calibrate::b", n, n, 0.25f);
       KernelProfile profile;
       std::ostringstream line;
       line.precision(3);
       line << "gemm [rows, " << n << "] x [" << n << ", " << n << "] GFLOP/s:";
       for (const int rows : {1, 4, 16, 64, 256, 1024}) {
         const Matrix a = filled("moeproxy::calibrate::a", rows, n, 0.5f), out("moeproxy::calibrate::c", rows, n);
-        int next = 0;
-        const double s = mean_over_ranks(c_, time_it(c_, [&] {
-          const Matrix b = Kokkos::subview(weights, next, Kokkos::ALL, Kokkos::ALL);
-          next = (next + 1) % copies;
-          gemm(c_.space, a, b, out);
-        }));
+        const double s = mean_over_ranks(c_, cold_.seconds([&] { gemm(c_.space, a, b, out); }, a));
         profile.points.emplace_back(rows, s);
         line << " " << rows << ": " << 2.0 * rows * n * n / s / 1e9;
       }
@@ -204,26 +276,31 @@ class Profiler {
  private:
   const CalibrationContext& c_;
   KernelProfiles& out_;
+  ColdCaller cold_;
 };
 
 }  // namespace
 
-KernelProfiles measure_profiles(const CalibrationContext& c, const std::function<void(const std::string&)>& say) {
-  KernelProfiles p;
-  Profiler profiler(c, p);
-  profiler.elementwise();
-  profiler.routing();
-  say("profiled norm, rope, store_kv, add, activate, route, permute, gather, combine at 1 to 4096 rows");
-  profiler.attention_kernels();
-  say("profiled attention per team at head widths 16, 64 and 128: prefill of 2 x 2 to 2 x 512 tokens, decode of 8 "
-      "queries over 1 to 8192 keys");
-  profiler.gemms(say);
-  profiler.sync_wait();
-  if (const KernelProfile* w = p.find("sync_wait")) {
+MachineProfiles measure_profiles(const CalibrationContext& c, const std::function<void(const std::string&)>& say) {
+  MachineProfiles p;
+  for (const double sweep : profile_sweeps) {
+    const std::string swept = std::to_string(static_cast<long>(sweep / (1024 * 1024))) + " MiB swept: ";
+    KernelProfiles& k = p.by_sweep.emplace_back(sweep, KernelProfiles{}).second;
+    Profiler profiler(c, sweep, k);
+    profiler.elementwise();
+    profiler.routing();
+    say(swept + "profiled norm, rope, store_kv, add, activate, route, permute, gather, combine at 1 to 4096 rows");
+    profiler.attention_kernels();
+    say(swept + "profiled attention per team at head widths 16, 64 and 128: prefill of 2 x 2 to 2 x 512 tokens, "
+                "decode of 8 queries over 1 to 8192 keys");
+    profiler.gemms([&](const std::string& line) { say(swept + line); });
+  }
+  p.sync_wait = measure_sync_wait(c);
+  if (!p.sync_wait.empty()) {
     std::ostringstream line;
     line.precision(3);
     line << "sync_wait (us of work: us waited in a collective):";
-    for (const auto& [work, wait] : w->points) line << " " << work << ": " << wait * 1e6;
+    for (const auto& [work, wait] : p.sync_wait.points) line << " " << work << ": " << wait * 1e6;
     say(line.str());
   }
   return p;

@@ -44,11 +44,17 @@ double phase_sum(const PhaseTable& t) {
   return s;
 }
 
-// A machine file's required sections, 16 lines, before a [profile] section.
+// A machine file's required sections, 15 lines, before a [profile] section.
 std::string machine_without_profile() {
   return "[machine]\nname = \"x\"\ndevices_per_node = 1\n[compute]\npeak_tflops_fp16 = 2\npeak_tflops_fp32 = 1\n"
          "[memory]\nbandwidth_gbs = 100\ncapacity_gb = 16\n"
          "[intra_node]\nbandwidth_gbs = 50\nlatency_us = 2\n[inter_node]\nbandwidth_gbs = 10\nlatency_us = 4\n";
+}
+
+// The profiles of a machine measured at a single sweep, to be filled in.
+KernelProfiles& single_sweep(MachineSpec& m) {
+  m.profiles.by_sweep.assign(1, {1024.0 * 1024, KernelProfiles{}});
+  return m.profiles.by_sweep.front().second;
 }
 
 // Attention/MoE separation: 3 attention ranks of a 2-layer MoE, 4 experts, batch 12.
@@ -283,10 +289,10 @@ TEST_CASE("perf model: a profiled kernel takes its measured time at the call's s
   RunConfig cfg = dense_one_layer();
   MachineSpec m = compute_bound();
   const double roofline = predict(cfg, m, 1).per_rank[0].prefill.at(0, Phase::norm);
-  m.profiles.kernels["norm"] = KernelProfile{{{1.0, 5e-3}}};
+  single_sweep(m).kernels["norm"] = KernelProfile{{{1.0, 5e-3}}};
   const Prediction p = predict(cfg, m, 1);
   const double t = static_cast<double>(cfg.workload.batch) * cfg.workload.prompt;
-  const double one = m.profiles.kernels["norm"].seconds(kernel_size::norm(t, cfg.model.hidden, 4.0));
+  const double one = m.profiles.any()->find("norm")->seconds(kernel_size::norm(t, cfg.model.hidden, 4.0));
   CHECK(one == Approx(5e-3 * kernel_size::norm(t, cfg.model.hidden, 4.0)));
   // Two norms per layer and the final norm.
   CHECK(p.per_rank[0].prefill.at(0, Phase::norm) == Approx(3.0 * one));
@@ -300,7 +306,7 @@ TEST_CASE("perf model: a synchronising collective waits as sync_wait has it for 
   RunConfig cfg = dense_one_layer();
   MachineSpec m = compute_bound();
   // Above its one point a profile grows in proportion: a wait of 1e-3 of the work.
-  m.profiles.kernels["sync_wait"] = KernelProfile{{{1e-3, 1e-12}}};
+  m.profiles.sync_wait = KernelProfile{{{1e-3, 1e-12}}};
   const Prediction alone = predict(cfg, m, 1);
   CHECK(alone.per_rank[0].prefill.at(0, Phase::allreduce) == 0.0);
   cfg.parallel.tp = 2;
@@ -316,27 +322,46 @@ TEST_CASE("perf model: a synchronising collective waits as sync_wait has it for 
 
 TEST_CASE("machine file: [profile] reads back as written, and bad points are named with their line", "[perf]") {
   const std::string base = machine_without_profile();
-  const MachineSpec m = io::parse_machine(
-      base + "[profile]\nnorm = [[1024, 2.5], [4096, 6]]\ngemm = [[1, 64, 3], [8, 64, 4], [1, 256, 9]]\n", "p.toml");
-  const KernelProfile* norm = m.profiles.find("norm");
+  const MachineSpec m = io::parse_machine(base +
+                                              "[profile]\nsync_wait = [[100, 2], [1000, 30]]\n"
+                                              "[[profile.sweep]]\nbytes = 1048576\nnorm = [[1024, 2.5], [4096, 6]]\n"
+                                              "gemm = [[1, 64, 3], [8, 64, 4], [1, 256, 9]]\n"
+                                              "[[profile.sweep]]\nbytes = 67108864\nnorm = [[1024, 5], [4096, 12]]\n"
+                                              "gemm = [[1, 64, 6], [8, 64, 8], [1, 256, 18]]\n",
+                                          "p.toml");
+  REQUIRE(m.profiles.by_sweep.size() == 2);
+  CHECK(m.profiles.by_sweep[1].first == 67108864.0);
+  const KernelProfile* norm = m.profiles.any()->find("norm");
   REQUIRE(norm != nullptr);
   CHECK(norm->seconds(4096.0) == Approx(6e-6));
-  REQUIRE(m.profiles.gemm.by_weight.size() == 2);
-  CHECK(m.profiles.gemm.seconds(8.0, 64.0, 64.0) == Approx(4e-6));
+  CHECK(m.profiles.by_sweep[1].second.find("norm")->seconds(4096.0) == Approx(12e-6));
+  REQUIRE(m.profiles.any()->gemm.by_weight.size() == 2);
+  CHECK(m.profiles.any()->gemm.seconds(8.0, 64.0, 64.0) == Approx(4e-6));
+  CHECK(m.profiles.sync_wait.seconds(1000.0) == Approx(30e-6));
   const MachineSpec back = io::parse_machine(io::format_machine(m, {{"profile.norm", "a note"}}), "back.toml");
-  CHECK(back.profiles.find("norm")->points == norm->points);
-  CHECK(back.profiles.gemm.seconds(1.0, 256.0, 256.0) == Approx(9e-6));
-  auto refused = [&](const std::string& profile, const std::string& expect) {
+  REQUIRE(back.profiles.by_sweep.size() == 2);
+  for (std::size_t i = 0; i < 2; ++i) {
+    CHECK(back.profiles.by_sweep[i].first == m.profiles.by_sweep[i].first);
+    CHECK(back.profiles.by_sweep[i].second.find("norm")->points == m.profiles.by_sweep[i].second.find("norm")->points);
+  }
+  CHECK(back.profiles.by_sweep[1].second.gemm.seconds(1.0, 256.0, 256.0) == Approx(18e-6));
+  CHECK(back.profiles.sync_wait.points == m.profiles.sync_wait.points);
+  // base is 15 lines: [profile] is line 16, a sweep's first kernel line 19.
+  auto refused_at = [&](const std::string& text, const std::string& expect, const std::string& line) {
     try {
-      io::parse_machine(base + "[profile]\n" + profile, "bad.toml");
-      FAIL("accepted: " + profile);
+      io::parse_machine(base + text, "bad.toml");
+      FAIL("accepted: " + text);
     } catch (const InputError& e) {
       const std::string what = e.what();
-      CHECK(what.find("bad.toml:17") != std::string::npos);
+      INFO(what);
+      CHECK(what.find("bad.toml:" + line) != std::string::npos);
       CHECK(what.find(expect) != std::string::npos);
     }
   };
-  refused("nrom = [[1, 2]]\n", "valid keys of [profile]: gemm, norm");
+  auto refused = [&](const std::string& profile, const std::string& expect) {
+    refused_at("[profile]\n[[profile.sweep]]\nbytes = 1048576\n" + profile, expect, "19");
+  };
+  refused("nrom = [[1, 2]]\n", "valid keys of [[profile.sweep]]: bytes, gemm, norm");
   refused("norm = [[4096, 2], [1024, 6]]\n", "sizes must increase");
   refused("norm = [[1024, -2]]\n", "[size, microseconds]");
   refused("norm = [1024, 2]\n", "[size, microseconds]");
@@ -344,26 +369,77 @@ TEST_CASE("machine file: [profile] reads back as written, and bad points are nam
   refused("attention_decode = [[512, 0.3]]\n", "run moeproxy calibrate again");
   refused("attention_decode = [[64, 512, 1, 2]]\n", "must be an array of [head_dim, size, microseconds]");
   refused("attention_decode = [[64, 2048, 0.6], [64, 512, 0.3]]\n", "sizes must increase for each head_dim");
+  refused_at("[profile]\nnorm = [[1024, 2.5]]\n", "outside [[profile.sweep]]", "17");
+  refused_at("[profile]\nnorm = [[1024, 2.5]]\n", "run moeproxy calibrate again", "17");
+  refused_at("[profile]\nsweeps = 3\n", "valid keys of [profile]: sync_wait, sweep", "17");
+  refused_at("[profile]\n[[profile.sweep]]\nbytes = -1\n", "bytes must be a positive number", "18");
+  refused_at("[profile]\n[[profile.sweep]]\nbytes = 2048\nnorm = [[1, 2]]\n[[profile.sweep]]\nbytes = 1024\n"
+             "norm = [[1, 3]]\n",
+             "the sweeps' bytes must increase", "21");
+  refused_at("[profile]\n[[profile.sweep]]\nbytes = 1024\nnorm = [[1, 2]]\n[[profile.sweep]]\nbytes = 2048\n"
+             "add = [[1, 3]]\n",
+             "every sweep holds the same kernels", "20");
 }
 
 TEST_CASE("machine file: attention profiles by head width read back as written", "[perf]") {
   const std::string base = machine_without_profile();
-  const MachineSpec m = io::parse_machine(
-      base + "[profile]\nattention_prefill = [[64, 1024, 3], [64, 16384, 12], [16, 256, 1], [16, 4096, 4]]\n", "a.toml");
-  const HeadDimProfile* p = m.profiles.find_attention("attention_prefill");
+  const MachineSpec m = io::parse_machine(base +
+                                              "[profile]\n[[profile.sweep]]\nbytes = 1048576\n"
+                                              "attention_prefill = [[64, 1024, 3], [64, 16384, 12], [16, 256, 1], "
+                                              "[16, 4096, 4]]\n",
+                                          "a.toml");
+  const HeadDimProfile* p = m.profiles.any()->find_attention("attention_prefill");
   REQUIRE(p != nullptr);
   REQUIRE(p->by_head_dim.size() == 2);
   CHECK(p->by_head_dim[0].first == 16.0);
   CHECK(p->seconds(64.0, 16384.0) == Approx(12e-6));
   CHECK(p->seconds(16.0, 4096.0) == Approx(4e-6));
   const MachineSpec back = io::parse_machine(io::format_machine(m, {}), "back.toml");
-  const HeadDimProfile* q = back.profiles.find_attention("attention_prefill");
+  const HeadDimProfile* q = back.profiles.any()->find_attention("attention_prefill");
   REQUIRE(q != nullptr);
   REQUIRE(q->by_head_dim.size() == 2);
   for (std::size_t i = 0; i < 2; ++i) {
     CHECK(q->by_head_dim[i].first == p->by_head_dim[i].first);
     CHECK(q->by_head_dim[i].second.points == p->by_head_dim[i].second.points);
   }
+}
+
+TEST_CASE("sweep profiles: the nearest sweep outside, log-log in the footprint between", "[perf]") {
+  MachineProfiles p;
+  p.by_sweep.push_back({1e6, KernelProfiles{}});
+  p.by_sweep.push_back({1e8, KernelProfiles{}});
+  p.by_sweep[0].second.kernels["norm"] = KernelProfile{{{1.0, 1e-6}}};
+  p.by_sweep[1].second.kernels["norm"] = KernelProfile{{{1.0, 1e-4}}};
+  const auto norm = [](const KernelProfiles& k) { return k.find("norm")->seconds(1.0); };
+  CHECK(p.at(1e3, norm) == Approx(1e-6));
+  CHECK(p.at(1e6, norm) == Approx(1e-6));
+  CHECK(p.at(1e9, norm) == Approx(1e-4));
+  // 1e7 lies halfway (log) between the sweeps: the geometric mean of their times.
+  CHECK(p.at(1e7, norm) == Approx(1e-5));
+}
+
+TEST_CASE("perf model: a rank's kernels are looked up at the footprint of its pass", "[perf]") {
+  RunConfig cfg = dense_one_layer();
+  MachineSpec m = compute_bound();
+  const Prediction plain = predict(cfg, m, 1);
+  const auto& memory = plain.per_rank[0].memory;
+  const auto bytes = [&](MemoryKind k) { return static_cast<double>(memory[static_cast<int>(k)]); };
+  // Prefill moves every byte the rank holds; sweeps at a quarter and four times that.
+  const double prefill = bytes(MemoryKind::weights) + bytes(MemoryKind::kv_cache) + bytes(MemoryKind::activations) +
+                         bytes(MemoryKind::comm_buffers);
+  m.profiles.by_sweep.push_back({prefill / 4.0, KernelProfiles{}});
+  m.profiles.by_sweep.push_back({prefill * 4.0, KernelProfiles{}});
+  m.profiles.by_sweep[0].second.kernels["norm"] = KernelProfile{{{1e12, 1e-6}}};
+  m.profiles.by_sweep[1].second.kernels["norm"] = KernelProfile{{{1e12, 1e-4}}};
+  const Prediction p = predict(cfg, m, 1);
+  // Two norms in the layer and the final norm, each at the geometric mean of the sweeps.
+  CHECK(p.per_rank[0].prefill.at(0, Phase::norm) == Approx(3.0 * 1e-5));
+  // A decode step moves the weights, the KV cache and one prompt position's share of the rest.
+  const double step = bytes(MemoryKind::weights) + bytes(MemoryKind::kv_cache) +
+                      (bytes(MemoryKind::activations) + bytes(MemoryKind::comm_buffers)) / cfg.workload.prompt;
+  const double f = std::log(step / (prefill / 4.0)) / std::log(16.0);
+  const double one = f <= 0.0 ? 1e-6 : std::exp(std::log(1e-6) + f * std::log(100.0));
+  CHECK(p.per_rank[0].decode.at(0, Phase::norm) == Approx(3.0 * cfg.workload.decode_steps * one));
 }
 
 TEST_CASE("head-width profile: the nearest width outside, log-log in the width between", "[perf]") {
@@ -382,7 +458,7 @@ TEST_CASE("perf model: attention takes its teams times the team's time at the de
   RunConfig cfg = dense_one_layer();
   cfg.model.heads = 2;  // head_dim 32, between the profile's widths
   MachineSpec m = compute_bound();
-  HeadDimProfile& prefill = m.profiles.attention["attention_prefill"];
+  HeadDimProfile& prefill = single_sweep(m).attention["attention_prefill"];
   // A team takes 1 us at width 16 and 1 ms at 1024 whatever its size: at 32, 1/6 of the way
   // (log) from 16 to 1024, 10^0.5 us.
   prefill.by_head_dim.push_back({16.0, KernelProfile{{{1.0, 1e-6}, {1e12, 1e-6}}}});

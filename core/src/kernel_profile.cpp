@@ -49,4 +49,16 @@ double GemmProfile::seconds(double rows, double inner, double cols) const {
   return log_interpolate(elements, lo->first, scaled(*lo), hi->first, scaled(*hi));
 }
 
+double MachineProfiles::at(double footprint, const std::function<double(const KernelProfiles&)>& of) const {
+  if (by_sweep.empty()) return 0.0;
+  if (footprint <= by_sweep.front().first) return of(by_sweep.front().second);
+  if (footprint >= by_sweep.back().first) return of(by_sweep.back().second);
+  const auto hi = std::upper_bound(by_sweep.begin(), by_sweep.end(), footprint,
+                                   [](double f, const std::pair<double, KernelProfiles>& p) { return f < p.first; });
+  const auto lo = hi - 1;
+  const double t_lo = of(lo->second), t_hi = of(hi->second);
+  if (t_lo <= 0.0 || t_hi <= 0.0) return t_lo + (t_hi - t_lo) * (footprint - lo->first) / (hi->first - lo->first);
+  return log_interpolate(footprint, lo->first, t_lo, hi->first, t_hi);
+}
+
 }  // namespace moeproxy

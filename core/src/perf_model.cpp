@@ -177,24 +177,37 @@ struct Cost {
 
 class Model {
  public:
-  Model(const RunConfig& cfg, const MachineSpec& machine)
-      : m_(cfg.model), mc_(machine), p_(cfg.model.precision), es_(cfg.model.precision == Precision::fp16 ? 2.0 : 4.0) {}
+  // A rank's model for a pass: its kernels see the caches that the pass's `footprint` bytes
+  // (pass_footprint) leave.
+  Model(const RunConfig& cfg, const MachineSpec& machine, double footprint)
+      : m_(cfg.model), mc_(machine), p_(cfg.model.precision), es_(element_size(cfg.model.precision)),
+        footprint_(footprint) {}
 
+  static double element_size(Precision p) { return p == Precision::fp16 ? 2.0 : 4.0; }
   double es() const { return es_; }
 
   double kernel(KernelKind kind, double flops, double bytes, int launches = 1) const {
     return kernel_seconds(mc_, p_, kind, flops, bytes) + (launches - 1) * mc_.kernel_overhead;
   }
   double gemm(double rows, double inner, double cols) const {
-    if (!mc_.profiles.gemm.empty()) return mc_.profiles.gemm.seconds(rows, inner, cols);
+    const KernelProfiles* measured = mc_.profiles.any();
+    if (measured && !measured->gemm.empty())
+      return measured_at([&](const KernelProfiles& k) { return k.gemm.seconds(rows, inner, cols); });
     return kernel(KernelKind::gemm, 2.0 * rows * inner * cols, es_ * (rows * inner + inner * cols + rows * cols));
   }
   double stream(double bytes, int launches = 1) const { return kernel(KernelKind::memory, 0.0, bytes, launches); }
   // One call of a bandwidth-bound kernel of `bytes` (its kernel_size): the machine's measured
   // time where it profiles the kernel, else the roofline of `launches` launches.
   double op(const char* name, double bytes, int launches = 1) const {
-    if (const KernelProfile* p = mc_.profiles.find(name)) return p->seconds(bytes);
-    return stream(bytes, launches);
+    const KernelProfiles* measured = mc_.profiles.any();
+    if (!measured || !measured->find(name)) return stream(bytes, launches);
+    return measured_at([&](const KernelProfiles& k) {
+      const KernelProfile* p = k.find(name);
+      return p ? p->seconds(bytes) : stream(bytes, launches);
+    });
+  }
+  double measured_at(const std::function<double(const KernelProfiles&)>& of) const {
+    return mc_.profiles.at(footprint_, of);
   }
   double norm(double t) const { return op("norm", kernel_size::norm(t, m_.hidden, es_)); }
   double add(double t) const { return op("add", kernel_size::add(t, m_.hidden, es_)); }
@@ -213,11 +226,16 @@ class Model {
     // Partial scores [t, heads, ctx], summed over the dimension slices before the softmax.
     const double scores = g.dim.size > 1 ? es_ * s.heads * keys * seqs : 0.0;
     const bool prefill = n > 1;
-    if (const HeadDimProfile* measured = mc_.profiles.find_attention(prefill ? "attention_prefill" : "attention_decode")) {
+    const char* name = prefill ? "attention_prefill" : "attention_decode";
+    const KernelProfiles* measured = mc_.profiles.any();
+    if (measured && measured->find_attention(name)) {
       const kernel_size::AttentionTeams teams = prefill ? kernel_size::attention_prefill(seqs, s.heads, s.head_dims, n, pos0)
                                            : kernel_size::attention_decode(seqs, s.heads, s.head_dims, ctx, es_);
-      c.add(Phase::attn_core, teams.teams * measured->seconds(s.head_dims, teams.size) +
-                                  (scores > 0.0 ? stream(2.0 * scores) : 0.0));
+      const double team = measured_at([&](const KernelProfiles& k) {
+        const HeadDimProfile* p = k.find_attention(name);
+        return p ? p->seconds(s.head_dims, teams.size) : 0.0;
+      });
+      c.add(Phase::attn_core, teams.teams * team + (scores > 0.0 ? stream(2.0 * scores) : 0.0));
     } else {
       const double flops = kernel_size::attention_flops(seqs, s.heads, s.head_dims, keys);
       const double bytes = es_ * 2.0 * (t * q + seqs * ctx * kvw);
@@ -311,7 +329,7 @@ class Model {
     const double work = c.since_sync;
     c.since_sync = 0.0;
     if (work <= 0.0) return;
-    if (const KernelProfile* wait = mc_.profiles.find("sync_wait")) c.add(p, wait->seconds(kernel_size::sync_wait(work)));
+    if (!mc_.profiles.sync_wait.empty()) c.add(p, mc_.profiles.sync_wait.seconds(kernel_size::sync_wait(work)));
   }
 
   void reduce(Cost& c, const Groups& g, double t) const {
@@ -323,10 +341,21 @@ class Model {
 
  private:
   ModelConfig m_;
-  MachineSpec mc_;
+  const MachineSpec& mc_;
   Precision p_;
   double es_;
+  double footprint_;
 };
+
+// The bytes a pass of n new tokens per sequence moves through a rank's caches: its weights
+// and KV cache, and the share of its activations and buffers (sized for the prompt) that the
+// pass's tokens use.
+double pass_footprint(const std::array<std::uint64_t, memory_kind_count>& memory, int n, int prompt) {
+  const auto of = [&](MemoryKind k) { return static_cast<double>(memory[static_cast<int>(k)]); };
+  const double share = static_cast<double>(n) / prompt;
+  return of(MemoryKind::weights) + of(MemoryKind::kv_cache) +
+         share * (of(MemoryKind::activations) + of(MemoryKind::comm_buffers));
+}
 
 // Memory of one rank from the shapes, as estimate_memory counts it (core/src/model.cpp), in
 // the deck's element size.
@@ -374,6 +403,7 @@ struct Stage {
   std::vector<Cost> layer_prefill;  // [layer of the stage], one micro-batch
   std::vector<std::vector<Cost>> layer_decode;  // [step][layer]
   int layer_begin = 0, layer_count = 0;
+  std::array<std::uint64_t, memory_kind_count> memory{};  // of each of the stage's ranks
 };
 
 void add_layers(const std::vector<Cost>& layers, int layer_begin, double times, PhaseTable& table) {
@@ -467,8 +497,7 @@ Prediction predict_grid(const RunConfig& cfg, const MachineSpec& machine, int ra
   g.dim = group_shape(p.dim_groups, 1, gpn);
   g.expert = group_shape(p.ep, group, gpn);
   const bool overlap = p.ep > 1 && p.ep_chunks > 1;
-  const Model model(cfg, machine);
-  const double es = model.es(), d = m.hidden;
+  const double es = Model::element_size(m.precision), d = m.hidden;
   const int mb = p.micro_batches, seqs = per_replica / mb;
   const int stride = p.dp * group;  // ranks between neighbouring stages
   const bool stage_link_inter = stride >= gpn;
@@ -482,7 +511,12 @@ Prediction predict_grid(const RunConfig& cfg, const MachineSpec& machine, int ra
     S.layer_begin = st * per + std::min(st, extra);
     S.layer_count = per + (st < extra ? 1 : 0);
     const bool last = st == p.pp - 1;
+    double comm_bytes = 0.0;
+    if (p.ep > 1) comm_bytes += es * 2.0 * per_replica * w.prompt * m.top_k * d;
+    if (p.pp > 1) comm_bytes += es * static_cast<double>(seqs) * w.prompt * d;
+    S.memory = memory_of(m, w, s, S.layer_count, per_replica, es, comm_bytes, true);
     auto pass = [&](int n, int pos0, std::vector<Cost>& layers, Cost& whole) {
+      const Model model(cfg, machine, pass_footprint(S.memory, n, w.prompt));
       const double t = static_cast<double>(seqs) * n;
       for (int l = 0; l < S.layer_count; ++l) {
         Cost c;
@@ -545,11 +579,7 @@ Prediction predict_grid(const RunConfig& cfg, const MachineSpec& machine, int ra
     const double share = static_cast<double>(S.layer_count) / m.layers / (p.tp * p.head_groups * p.dim_groups);
     r.prefill_flops = share * forward_flops(m, per_replica, w.prompt, 0);
     for (int step = 0; step < w.decode_steps; ++step) r.decode_flops += share * forward_flops(m, per_replica, 1, w.prompt + step);
-    const double t = static_cast<double>(per_replica) * w.prompt;
-    double comm_bytes = 0.0;
-    if (p.ep > 1) comm_bytes += es * 2.0 * t * m.top_k * d;
-    if (p.pp > 1) comm_bytes += es * static_cast<double>(seqs) * w.prompt * d;
-    r.memory = memory_of(m, w, s, S.layer_count, per_replica, es, comm_bytes, true);
+    r.memory = S.memory;
     for (const auto& entry : stage_comm[st]) r.comm.push_back(entry.second);
   }
   for (int rank = 0; rank < ranks; ++rank) {
@@ -619,9 +649,12 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
   moe.experts = busiest_experts(cfg, E);
   moe.ffn = m.ffn_hidden;
   moe.router = false;
-  Groups none;
-  const Model model(cfg, machine);
-  const double es = model.es(), d = m.hidden, k = m.top_k;
+  const double es = Model::element_size(m.precision), d = m.hidden, k = m.top_k;
+  RankMetrics ra, re;
+  const double t_rank = static_cast<double>(seqs_rank) * w.prompt;
+  ra.memory = memory_of(m, w, attn, m.layers, seqs_rank, es, es * 2.0 * t_rank * k * d / (data_parallel ? 1.0 : A), true);
+  moe.rows = static_cast<double>(w.batch) / seqs_rank / E;  // routed rows here per token of an attention replica
+  re.memory = memory_of(m, w, moe, m.layers, seqs_rank, es, es * 2.0 * w.batch * w.prompt * k * d / E, false);
   const bool across = ranks > gpn;
   const Link& link = across ? machine.inter : machine.intra;
 
@@ -632,23 +665,25 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
   // One layer for all micro-batches of a pass: the two sides and the link form a loop that
   // micro-batches circulate through; with enough of them the busiest resource paces it.
   auto layer = [&](int n, int pos0, bool last) {
+    const Model attn_model(cfg, machine, pass_footprint(ra.memory, n, w.prompt)),
+        moe_model(cfg, machine, pass_footprint(re.memory, n, w.prompt));
     Layer L;
     const double t = static_cast<double>(seqs) * n;           // one micro-batch of an attention replica
     const double all = static_cast<double>(w.batch) / mb * n;  // one micro-batch, all replicas
     Cost a;
-    model.attention(a, attn, ga, seqs, n, pos0);
-    a.add(Phase::norm, model.norm(t));
-    a.add(Phase::router, model.router(t));
-    a.add(Phase::permute, model.permute(t));
-    a.add(Phase::combine, model.combine(t));
-    if (last) a.add(Phase::norm, model.norm(t));
+    attn_model.attention(a, attn, ga, seqs, n, pos0);
+    a.add(Phase::norm, attn_model.norm(t));
+    a.add(Phase::router, attn_model.router(t));
+    a.add(Phase::permute, attn_model.permute(t));
+    a.add(Phase::combine, attn_model.combine(t));
+    if (last) a.add(Phase::norm, attn_model.norm(t));
     // Replicas send their own rows; ranks sharing heads hold every row and send 1/group each.
     const double sent = es * t * k * d / (data_parallel ? 1.0 : A);
     const double received = es * all * k * d * moe.experts / m.experts;  // per (busiest) expert rank
     const double hop = link.latency + E * machine.peer_overhead + std::max(sent, received) / (link.bandwidth * link.efficiency);
     Cost e;
     const double mats = m.activation == Activation::swiglu ? 3.0 : 2.0;
-    e.add(Phase::expert, model.expert_block(all * k * moe.experts / m.experts, m.ffn_hidden, moe.experts, mats, A));
+    e.add(Phase::expert, moe_model.expert_block(all * k * moe.experts / m.experts, m.ffn_hidden, moe.experts, mats, A));
     const double work_a = a.total(), work_e = e.total();
     const double loop = work_a + 2.0 * hop + work_e;
     L.wall = std::max(loop, mb * std::max({work_a, work_e, hop}));
@@ -670,7 +705,6 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
     return L;
   };
 
-  RankMetrics ra, re;
   ra.prefill = PhaseTable(m.layers);
   ra.decode = PhaseTable(m.layers);
   re.prefill = PhaseTable(m.layers);
@@ -708,10 +742,6 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
   ra.decode_flops = (total_dec - expert_dec) / A;
   re.prefill_flops = expert_pre / E;
   re.decode_flops = expert_dec / E;
-  const double t_rank = static_cast<double>(seqs_rank) * w.prompt;
-  ra.memory = memory_of(m, w, attn, m.layers, seqs_rank, es, es * 2.0 * t_rank * k * d / (data_parallel ? 1.0 : A), true);
-  moe.rows = static_cast<double>(w.batch) / seqs_rank / E;  // routed rows here per token of an attention replica
-  re.memory = memory_of(m, w, moe, m.layers, seqs_rank, es, es * 2.0 * w.batch * w.prompt * k * d / E, false);
   for (const auto& entry : ca) ra.comm.push_back(entry.second);
   for (const auto& entry : ce) re.comm.push_back(entry.second);
 
@@ -756,21 +786,22 @@ Prediction predict(const RunConfig& cfg, const MachineSpec& machine, int ranks) 
   summarize(cfg, machine, out);
   out.assumptions.push_back("uniform routing: every expert gets its even share of the routed rows");
   out.assumptions.push_back("warm passes: no first-call costs, as a run with workload.warmup >= 1 measures");
-  const KernelProfiles& measured = machine.profiles;
-  if (measured.kernels.empty() && measured.attention.empty() && measured.gemm.empty()) {
-    out.assumptions.push_back("kernels as rooflines of the machine's peak rates and efficiencies");
-  } else {
-    std::string names = measured.gemm.empty() ? "" : "gemm";
-    for (const auto& [name, profile] : measured.kernels) names += (names.empty() ? "" : ", ") + name;
-    for (const auto& [name, profile] : measured.attention) names += (names.empty() ? "" : ", ") + name;
+  if (const KernelProfiles* measured = machine.profiles.any()) {
+    std::string names = measured->gemm.empty() ? "" : "gemm";
+    for (const auto& [name, profile] : measured->kernels) names += (names.empty() ? "" : ", ") + name;
+    for (const auto& [name, profile] : measured->attention) names += (names.empty() ? "" : ", ") + name;
     out.assumptions.push_back("kernel times from the machine file's measured profiles (" + names +
                               "), rooflines for the rest");
+    out.assumptions.push_back("a rank's kernels find the caches as a sweep of its footprint (the memory it holds) "
+                              "leaves them, between the profiles' sweeps");
     if (cfg.model.precision == Precision::fp16)
       out.assumptions.push_back("the profiles were measured in fp32: fp16 kernels are looked up at their byte counts");
-    if (measured.find("sync_wait"))
-      out.assumptions.push_back("the wait at a synchronisation is the machine file's sync_wait, measured on its "
-                                "calibration's ranks, for groups of any size");
+  } else {
+    out.assumptions.push_back("kernels as rooflines of the machine's peak rates and efficiencies");
   }
+  if (!machine.profiles.sync_wait.empty())
+    out.assumptions.push_back("the wait at a synchronisation is the machine file's sync_wait, measured on its "
+                              "calibration's ranks, for groups of any size");
   return out;
 }
 

@@ -8,6 +8,7 @@
 #include <functional>
 #include <iomanip>
 #include <iterator>
+#include <set>
 #include <sstream>
 #include <vector>
 
@@ -81,11 +82,12 @@ bool known_section(const std::string& s) {
          s == "profile";
 }
 
-// [profile]: per kernel an array of [size, microseconds] (gemm: [rows, n, microseconds] for
-// [rows, n] x [n, n]; attention: [head_dim, size, microseconds]), as calibrate measured them.
-std::vector<std::vector<double>> profile_rows(const std::string& source, const std::string& key,
+// [profile]: sync_wait as [microseconds of work, microseconds waited] and, per sweep
+// ([[profile.sweep]], its `bytes`), per kernel an array of [size, microseconds] (gemm: [rows,
+// n, microseconds] for [rows, n] x [n, n]; attention: [head_dim, size, microseconds]), as
+// calibrate measured them. `full` names the key in messages.
+std::vector<std::vector<double>> profile_rows(const std::string& source, const std::string& full,
                                               const toml::node& node, std::size_t width, const char* shape) {
-  const std::string full = "profile." + key;
   const auto fail = [&](const toml::node& at) {
     return InputError(where(source, at) + ": " + full + " must be an array of " + shape +
                       " arrays of positive numbers");
@@ -109,18 +111,30 @@ std::vector<std::vector<double>> profile_rows(const std::string& source, const s
   return out;
 }
 
-void parse_profile(const std::string& source, const toml::table& table, KernelProfiles& profiles) {
+KernelProfile kernel_rows(const std::string& source, const std::string& full, const toml::node& node) {
+  KernelProfile p;
+  for (const auto& r : profile_rows(source, full, node, 2, "[size, microseconds]")) {
+    if (!p.points.empty() && r[0] <= p.points.back().first)
+      throw InputError(where(source, node) + ": " + full + ": sizes must increase");
+    p.points.emplace_back(r[0], r[1] * micro);
+  }
+  return p;
+}
+
+void parse_kernels(const std::string& source, const std::string& prefix, const toml::table& table,
+                   KernelProfiles& profiles) {
   for (const auto& [name_key, node] : table) {
-    const std::string name(name_key.str());
+    const std::string name(name_key.str()), full = prefix + name;
+    if (name == "bytes") continue;
     if (name == "gemm") {
-      for (const auto& r : profile_rows(source, name, node, 3, "[rows, n, microseconds]")) {
+      for (const auto& r : profile_rows(source, full, node, 3, "[rows, n, microseconds]")) {
         const double elements = r[1] * r[1];
         auto& by = profiles.gemm.by_weight;
         auto it = std::find_if(by.begin(), by.end(), [&](const auto& w) { return w.first >= elements; });
         if (it == by.end() || it->first != elements) it = by.insert(it, {elements, KernelProfile{}});
         auto& points = it->second.points;
         if (!points.empty() && r[0] <= points.back().first)
-          throw InputError(where(source, node) + ": profile.gemm: rows must increase for each n (n = " +
+          throw InputError(where(source, node) + ": " + full + ": rows must increase for each n (n = " +
                            std::to_string(static_cast<long>(r[1])) + ")");
         points.emplace_back(r[0], r[2] * micro);
       }
@@ -131,16 +145,16 @@ void parse_profile(const std::string& source, const toml::table& table, KernelPr
       const toml::array* rows = node.as_array();
       const toml::array* first = rows && !rows->empty() ? (*rows)[0].as_array() : nullptr;
       if (first && first->size() == 2)
-        throw InputError(where(source, node) + ": profile." + name +
+        throw InputError(where(source, node) + ": " + full +
                          " has [size, microseconds] rows, as calibrate wrote them before attention was profiled by "
                          "head width: rows are [head_dim, size, microseconds] now; run moeproxy calibrate again");
       auto& by = profiles.attention[name].by_head_dim;
-      for (const auto& r : profile_rows(source, name, node, 3, "[head_dim, size, microseconds]")) {
+      for (const auto& r : profile_rows(source, full, node, 3, "[head_dim, size, microseconds]")) {
         auto it = std::find_if(by.begin(), by.end(), [&](const auto& h) { return h.first >= r[0]; });
         if (it == by.end() || it->first != r[0]) it = by.insert(it, {r[0], KernelProfile{}});
         auto& points = it->second.points;
         if (!points.empty() && r[1] <= points.back().first)
-          throw InputError(where(source, node) + ": profile." + name + ": sizes must increase for each head_dim (" +
+          throw InputError(where(source, node) + ": " + full + ": sizes must increase for each head_dim (" +
                            std::to_string(static_cast<long>(r[0])) + ")");
         points.emplace_back(r[1], r[2] * micro);
       }
@@ -148,29 +162,66 @@ void parse_profile(const std::string& source, const toml::table& table, KernelPr
     }
     const auto& known = profiled_kernels();
     if (std::find(known.begin(), known.end(), name) == known.end()) {
-      std::string list = "gemm";
+      std::string list = "bytes, gemm";
       for (const auto& k : known) list += ", " + k;
       for (const auto& k : attention) list += ", " + k;
-      throw InputError(where(source, node) + ": unknown key profile." + name + "; valid keys of [profile]: " + list);
+      throw InputError(where(source, node) + ": unknown key " + full + "; valid keys of [[profile.sweep]]: " + list);
     }
-    KernelProfile& p = profiles.kernels[name];
-    for (const auto& r : profile_rows(source, name, node, 2, "[size, microseconds]")) {
-      if (!p.points.empty() && r[0] <= p.points.back().first)
-        throw InputError(where(source, node) + ": profile." + name + ": sizes must increase");
-      p.points.emplace_back(r[0], r[1] * micro);
-    }
+    profiles.kernels[name] = kernel_rows(source, full, node);
   }
 }
 
-std::string format_point(std::initializer_list<double> values) {
-  std::ostringstream out;
-  out << "[" << std::setprecision(6);
-  const char* sep = "";
-  for (double v : values) {
-    out << sep << v;
-    sep = ", ";
+std::set<std::string> kernel_names(const KernelProfiles& k) {
+  std::set<std::string> names;
+  if (!k.gemm.empty()) names.insert("gemm");
+  for (const auto& entry : k.kernels) names.insert(entry.first);
+  for (const auto& entry : k.attention) names.insert(entry.first);
+  return names;
+}
+
+void parse_profile(const std::string& source, const toml::table& table, MachineProfiles& profiles) {
+  for (const auto& [name_key, node] : table) {
+    const std::string name(name_key.str());
+    if (name == "sync_wait") {
+      profiles.sync_wait = kernel_rows(source, "profile.sync_wait", node);
+      continue;
+    }
+    if (name != "sweep") {
+      const auto& k = profiled_kernels();
+      const auto& a = profiled_attention();
+      const bool kernel = name == "gemm" || std::find(k.begin(), k.end(), name) != k.end() ||
+                          std::find(a.begin(), a.end(), name) != a.end();
+      throw InputError(where(source, node) + (kernel ? ": profile." + name +
+                                                          " outside [[profile.sweep]], as calibrate wrote it before "
+                                                          "kernels were timed with cold caches; run moeproxy calibrate again"
+                                                    : ": unknown key profile." + name +
+                                                          "; valid keys of [profile]: sync_wait, sweep"));
+    }
+    const toml::array* sweeps = node.as_array();
+    if (!sweeps || sweeps->empty() || !sweeps->is_homogeneous(toml::node_type::table))
+      throw InputError(where(source, node) + ": profile.sweep must be an array of tables ([[profile.sweep]])");
+    for (std::size_t i = 0; i < sweeps->size(); ++i) {
+      const toml::table& sweep = *(*sweeps)[i].as_table();
+      const std::string prefix = "profile.sweep[" + std::to_string(i) + "].";
+      const auto* bytes_node = sweep.get("bytes");
+      double bytes = -1.0;
+      if (bytes_node) {
+        if (const auto* b = bytes_node->as_integer()) bytes = static_cast<double>(b->get());
+        else if (const auto* b = bytes_node->as_floating_point()) bytes = b->get();
+      }
+      if (!std::isfinite(bytes) || bytes <= 0.0)
+        throw InputError(where(source, bytes_node ? *bytes_node : (*sweeps)[i]) + ": " + prefix +
+                         "bytes must be a positive number (bytes written through the caches before each call)");
+      if (!profiles.by_sweep.empty() && bytes <= profiles.by_sweep.back().first)
+        throw InputError(where(source, *bytes_node) + ": " + prefix + "bytes: the sweeps' bytes must increase");
+      KernelProfiles k;
+      parse_kernels(source, prefix, sweep, k);
+      if (!profiles.by_sweep.empty() && kernel_names(k) != kernel_names(profiles.by_sweep.front().second))
+        throw InputError(where(source, (*sweeps)[i]) + ": profile.sweep[" + std::to_string(i) +
+                         "] profiles other kernels than profile.sweep[0]: every sweep holds the same kernels");
+      profiles.by_sweep.emplace_back(bytes, std::move(k));
+    }
   }
-  return out.str() + "]";
 }
 
 }  // namespace
@@ -260,37 +311,41 @@ std::string format_machine(const MachineSpec& machine, const std::map<std::strin
     }
     out << k.name << " = " << std::setprecision(6) << k.field(m) / k.scale << note(section + "." + k.name) << "\n";
   }
-  const KernelProfiles& p = m.profiles;
-  if (p.kernels.empty() && p.attention.empty() && p.gemm.empty()) return out.str();
-  out << "\n[profile]" << note("profile") << "\n";
-  for (const auto& [name, profile] : p.kernels) {
+  const MachineProfiles& p = m.profiles;
+  if (p.empty()) return out.str();
+  auto rows = [&](const std::string& name, const std::vector<std::vector<double>>& values, const std::string& key) {
     out << name << " = [";
     const char* sep = "";
-    for (const auto& [size, seconds] : profile.points) {
-      out << sep << format_point({size, seconds / micro});
+    for (const auto& v : values) {
+      out << sep << "[" << std::setprecision(6);
+      for (std::size_t i = 0; i < v.size(); ++i) out << (i ? ", " : "") << v[i];
+      out << "]";
       sep = ", ";
     }
-    out << "]" << note("profile." + name) << "\n";
-  }
-  for (const auto& [name, profile] : p.attention) {
-    out << name << " = [";
-    const char* sep = "";
-    for (const auto& [head_dim, by_size] : profile.by_head_dim)
-      for (const auto& [size, seconds] : by_size.points) {
-        out << sep << format_point({head_dim, size, seconds / micro});
-        sep = ", ";
-      }
-    out << "]" << note("profile." + name) << "\n";
-  }
-  if (!p.gemm.empty()) {
-    out << "gemm = [";
-    const char* sep = "";
-    for (const auto& [elements, profile] : p.gemm.by_weight)
-      for (const auto& [rows, seconds] : profile.points) {
-        out << sep << format_point({rows, std::sqrt(elements), seconds / micro});
-        sep = ", ";
-      }
-    out << "]" << note("profile.gemm") << "\n";
+    out << "]" << note(key) << "\n";
+  };
+  auto points = [&](const KernelProfile& profile) {
+    std::vector<std::vector<double>> v;
+    for (const auto& [size, seconds] : profile.points) v.push_back({size, seconds / micro});
+    return v;
+  };
+  out << "\n[profile]" << note("profile") << "\n";
+  if (!p.sync_wait.empty()) rows("sync_wait", points(p.sync_wait), "profile.sync_wait");
+  for (const auto& [bytes, k] : p.by_sweep) {
+    out << "\n[[profile.sweep]]\nbytes = " << std::setprecision(12) << bytes << note("profile.sweep.bytes") << "\n";
+    for (const auto& [name, profile] : k.kernels) rows(name, points(profile), "profile." + name);
+    for (const auto& [name, profile] : k.attention) {
+      std::vector<std::vector<double>> v;
+      for (const auto& [head_dim, by_size] : profile.by_head_dim)
+        for (const auto& [size, seconds] : by_size.points) v.push_back({head_dim, size, seconds / micro});
+      rows(name, v, "profile." + name);
+    }
+    if (!k.gemm.empty()) {
+      std::vector<std::vector<double>> v;
+      for (const auto& [elements, profile] : k.gemm.by_weight)
+        for (const auto& [r, seconds] : profile.points) v.push_back({r, std::sqrt(elements), seconds / micro});
+      rows("gemm", v, "profile.gemm");
+    }
   }
   return out.str();
 }

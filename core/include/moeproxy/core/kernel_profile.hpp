@@ -9,6 +9,7 @@
 // for both the calibration and the model, so that the two count the same thing.
 
 #include <algorithm>
+#include <functional>
 #include <map>
 #include <string>
 #include <utility>
@@ -67,11 +68,29 @@ struct KernelProfiles {
   }
 };
 
+// A kernel's time depends on where its data is when it starts, which a forward pass decides:
+// between two calls of one kernel, the rank's weights, KV cache and other activations pass
+// through the caches. calibrate times every kernel after writing `swept` bytes through the
+// caches (its inputs read back in, as the kernel before would have written them), at a few
+// sweeps; a rank looks its kernels up at its footprint, the bytes it holds, interpolated
+// log-log between the sweeps around it (outside them, the nearest). The wait at a
+// synchronisation is measured once.
+struct MachineProfiles {
+  std::vector<std::pair<double, KernelProfiles>> by_sweep;  // (bytes swept, profiles), sweeps increasing
+  KernelProfile sync_wait;
+
+  bool empty() const { return by_sweep.empty() && sync_wait.empty(); }
+  // The profiles of the smallest sweep, which hold the same kernels as the others.
+  const KernelProfiles* any() const { return by_sweep.empty() ? nullptr : &by_sweep.front().second; }
+  // `of` (the seconds of a call under one sweep's profiles) at `footprint` bytes.
+  double at(double footprint, const std::function<double(const KernelProfiles&)>& of) const;
+};
+
 // The names of the profiled kernels other than the GEMM and attention, as machine files
 // spell them.
 inline const std::vector<std::string>& profiled_kernels() {
-  static const std::vector<std::string> names = {"norm",  "rope",    "store_kv", "add",     "activate",
-                                                 "route", "permute", "gather",   "combine", "sync_wait"};
+  static const std::vector<std::string> names = {"norm", "rope", "store_kv", "add", "activate",
+                                                 "route", "permute", "gather", "combine"};
   return names;
 }
 // The attention kernels, profiled by head width.

@@ -2,8 +2,9 @@
 // The analytic performance model behind `moeproxy predict` (docs/predict.md): for a deck and
 // a machine description, the seconds of every [layer, phase] of every rank, for prefill and
 // decode, from the same kernel sequence the forward pass runs (core/src/model.cpp):
-//   - each kernel as its measured time at the call's size where the machine file profiles
-//     it (kernel_profile.hpp), else as a roofline: max(FLOPs / (peak x efficiency), bytes /
+//   - each kernel as its measured time at the call's size, for the caches a rank holding
+//     its footprint leaves it, where the machine file profiles it (kernel_profile.hpp),
+//     else as a roofline: max(FLOPs / (peak x efficiency), bytes /
 //     (bandwidth x efficiency)) plus a launch overhead;
 //   - each communication as alpha-beta over a two-level topology (a link inside a node of
 //     `devices_per_node`, another across nodes), with the nccl-tests bus-bandwidth factors;
@@ -53,7 +54,7 @@ struct MachineSpec {
   double kernel_overhead = 0.0;       // seconds per kernel launch (and its fence)
   double peer_overhead = 0.0;         // seconds per peer of an all-to-all(v)
   // Measured kernel times (calibrate); a kernel without a profile is a roofline of the above.
-  KernelProfiles profiles;
+  MachineProfiles profiles;
 
   double peak_flops(Precision p) const { return p == Precision::fp16 ? peak_flops_fp16 : peak_flops_fp32; }
 };

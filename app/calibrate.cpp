@@ -112,7 +112,7 @@ CLI::App* add_calibrate(CLI::App& app, CalibrateOptions& opt) {
                                  "(mpiexec -n N), its MPI collectives; write a machine file for predict.");
   cmd->add_option("--out", opt.out, "Machine file to write (TOML)")->required();
   cmd->add_option("--name", opt.name, "machine.name to record (default: the host name and backend)");
-  cmd->add_option("--seconds", opt.seconds, "Seconds per measurement")->check(CLI::Range(0.01, 60.0))->capture_default_str();
+  cmd->add_option("--seconds", opt.seconds, "Seconds per measurement (about 400 of them: 2 minutes at 0.3 on a CPU core)")->check(CLI::Range(0.01, 60.0))->capture_default_str();
   return cmd;
 }
 
@@ -162,8 +162,9 @@ int calibrate_command(const CalibrateOptions& opt, int argc, char** argv) {
                      "core/include/moeproxy/core/kernel_profile.hpp), fp32, all ranks at once, each call after a sweep";
   notes["profile.sweep.bytes"] = "bytes written through the caches before each call, its inputs read back in after";
   notes["profile.gemm"] = "measured: [rows, n, microseconds] of [rows, n] x [n, n]";
-  for (const std::string& name : profiled_attention())
-    notes["profile." + name] = "measured: [head_dim, size of one team, microseconds]";
+  for (const auto& [name, parameter] : profiled_by_parameter())
+    notes["profile." + name] = "measured: [" + parameter + ", size" + (name == "rope" ? " (angles)" : " of one team") +
+                               ", microseconds]";
   if (!m.profiles.sync_wait.empty())
     notes["profile.sync_wait"] = "measured on " + std::to_string(c.size) +
                                  " ranks: [microseconds of compute, microseconds waited in the next collective]";
@@ -173,7 +174,7 @@ int calibrate_command(const CalibrateOptions& opt, int argc, char** argv) {
   const kernel_size::AttentionTeams attn_teams = kernel_size::attention_prefill(2, 8, 64, 512, 0);
   const double attn_flops = kernel_size::attention_flops(2, 8, 64, 512 * 0.5 * 513);
   const double attn =
-      attn_flops / (attn_teams.teams * m.profiles.any()->find_attention("attention_prefill")->seconds(64, attn_teams.size));
+      attn_flops / (attn_teams.teams * m.profiles.any()->find_by_parameter("attention_prefill")->seconds(64, attn_teams.size));
   m.attention_efficiency = attn / best;
   say("attention: " + fmt(attn / 1e9, "GFLOP/s"));
   notes["compute.attention_efficiency"] = "measured: attention 2 x 512 tokens, 8 heads x 64, " + fmt(attn / 1e9, "GFLOP/s");

@@ -25,7 +25,8 @@ namespace {
 
 constexpr double es = sizeof(float);
 constexpr int width = 512;        // columns of the elementwise kernels' rows
-constexpr int heads = 8, hd = 64;  // heads x head_dim = width, for RoPE and the cache
+constexpr int heads = 8, hd = 64;  // heads x head_dim = width, for the cache
+const std::vector<int> rope_heads = {1, 8, 32};
 const std::vector<int> attention_head_dims = {16, 64, 128};
 constexpr int experts = 8, top_k = 2;
 const std::vector<int> row_counts = {1, 8, 64, 512, 4096};
@@ -177,7 +178,6 @@ class Profiler {
       const Matrix x = filled("moeproxy::calibrate::x", r, width, 0.5f), y = filled("moeproxy::calibrate::y", r, width, 0.25f);
       const Matrix z("moeproxy::calibrate::z", r, width);
       point("norm", kernel_size::norm(r, width, es), [&] { normalize(c_.space, NormKind::rmsnorm, 1e-5, x, gain, z); }, x);
-      point("rope", kernel_size::rope(r, width, es), [&] { apply_rope(c_.space, z, heads, hd, r, 0, 10000.0); }, z);
       const Cache k("moeproxy::calibrate::k", 1, heads, r, hd), v("moeproxy::calibrate::v", 1, heads, r, hd);
       point("store_kv", kernel_size::store_kv(r, width, es), [&] { store_kv<float>(c_.space, x, y, k, v, r, 0); }, x, y);
       // The residual stream x was written a whole block earlier, the partial sum just now.
@@ -185,6 +185,19 @@ class Profiler {
       const Matrix gate = filled("moeproxy::calibrate::gate", r, width, 0.5f);
       point("activate", kernel_size::activate(r, width, 3.0, es), [&] { activate(c_.space, Activation::swiglu, z, y); },
             Refill{z, gate}, y);
+    }
+  }
+
+  // "rope" on rows of 1, 8 and 32 heads of 64, each angle rotating a pair in every head.
+  void rope() {
+    for (const int head_count : rope_heads) {
+      auto& by = out_.by_parameter["rope"].by_value;
+      by.emplace_back(head_count, KernelProfile{});
+      for (const int r : row_counts) {
+        const Matrix x = filled("moeproxy::calibrate::rope", r, head_count * hd, 0.5f);
+        const double s = mean_over_ranks(c_, cold_.seconds([&] { apply_rope(c_.space, x, head_count, hd, r, 0, 10000.0); }, x));
+        by.back().second.points.emplace_back(kernel_size::rope(r, hd), s);
+      }
     }
   }
 
@@ -224,7 +237,7 @@ class Profiler {
       const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
       auto team_point = [&](const char* name, const kernel_size::AttentionTeams& teams, auto&& work, const auto&... inputs) {
         const double s = mean_over_ranks(c_, cold_.seconds(work, inputs...)) / teams.teams;
-        auto& by = out_.attention[name].by_head_dim;
+        auto& by = out_.by_parameter[name].by_value;
         if (by.empty() || by.back().first != head_dim) by.emplace_back(head_dim, KernelProfile{});
         by.back().second.points.emplace_back(teams.size, s);
       };
@@ -288,8 +301,10 @@ MachineProfiles measure_profiles(const CalibrationContext& c, const std::functio
     KernelProfiles& k = p.by_sweep.emplace_back(sweep, KernelProfiles{}).second;
     Profiler profiler(c, sweep, k);
     profiler.elementwise();
+    profiler.rope();
     profiler.routing();
-    say(swept + "profiled norm, rope, store_kv, add, activate, route, permute, gather, combine at 1 to 4096 rows");
+    say(swept + "profiled norm, store_kv, add, activate, route, permute, gather, combine at 1 to 4096 rows, rope of 1, "
+                "8 and 32 heads");
     profiler.attention_kernels();
     say(swept + "profiled attention per team at head widths 16, 64 and 128: prefill of 2 x 2 to 2 x 512 tokens, "
                 "decode of 8 queries over 1 to 8192 keys");

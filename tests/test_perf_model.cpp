@@ -369,6 +369,7 @@ TEST_CASE("machine file: [profile] reads back as written, and bad points are nam
   refused("attention_decode = [[512, 0.3]]\n", "run moeproxy calibrate again");
   refused("attention_decode = [[64, 512, 1, 2]]\n", "must be an array of [head_dim, size, microseconds]");
   refused("attention_decode = [[64, 2048, 0.6], [64, 512, 0.3]]\n", "sizes must increase for each head_dim");
+  refused("rope = [[4096, 6.7]]\n", "rope by heads: rows are [heads, size, microseconds] now");
   refused_at("[profile]\nnorm = [[1024, 2.5]]\n", "outside [[profile.sweep]]", "17");
   refused_at("[profile]\nnorm = [[1024, 2.5]]\n", "run moeproxy calibrate again", "17");
   refused_at("[profile]\nsweeps = 3\n", "valid keys of [profile]: sync_wait, sweep", "17");
@@ -388,19 +389,19 @@ TEST_CASE("machine file: attention profiles by head width read back as written",
                                               "attention_prefill = [[64, 1024, 3], [64, 16384, 12], [16, 256, 1], "
                                               "[16, 4096, 4]]\n",
                                           "a.toml");
-  const HeadDimProfile* p = m.profiles.any()->find_attention("attention_prefill");
+  const ParameterProfile* p = m.profiles.any()->find_by_parameter("attention_prefill");
   REQUIRE(p != nullptr);
-  REQUIRE(p->by_head_dim.size() == 2);
-  CHECK(p->by_head_dim[0].first == 16.0);
+  REQUIRE(p->by_value.size() == 2);
+  CHECK(p->by_value[0].first == 16.0);
   CHECK(p->seconds(64.0, 16384.0) == Approx(12e-6));
   CHECK(p->seconds(16.0, 4096.0) == Approx(4e-6));
   const MachineSpec back = io::parse_machine(io::format_machine(m, {}), "back.toml");
-  const HeadDimProfile* q = back.profiles.any()->find_attention("attention_prefill");
+  const ParameterProfile* q = back.profiles.any()->find_by_parameter("attention_prefill");
   REQUIRE(q != nullptr);
-  REQUIRE(q->by_head_dim.size() == 2);
+  REQUIRE(q->by_value.size() == 2);
   for (std::size_t i = 0; i < 2; ++i) {
-    CHECK(q->by_head_dim[i].first == p->by_head_dim[i].first);
-    CHECK(q->by_head_dim[i].second.points == p->by_head_dim[i].second.points);
+    CHECK(q->by_value[i].first == p->by_value[i].first);
+    CHECK(q->by_value[i].second.points == p->by_value[i].second.points);
   }
 }
 
@@ -443,9 +444,9 @@ TEST_CASE("perf model: a rank's kernels are looked up at the footprint of its pa
 }
 
 TEST_CASE("head-width profile: the nearest width outside, log-log in the width between", "[perf]") {
-  HeadDimProfile p;
-  p.by_head_dim.push_back({16.0, KernelProfile{{{100.0, 1e-6}, {10000.0, 1e-4}}}});
-  p.by_head_dim.push_back({64.0, KernelProfile{{{100.0, 4e-6}, {10000.0, 4e-4}}}});
+  ParameterProfile p;
+  p.by_value.push_back({16.0, KernelProfile{{{100.0, 1e-6}, {10000.0, 1e-4}}}});
+  p.by_value.push_back({64.0, KernelProfile{{{100.0, 4e-6}, {10000.0, 4e-4}}}});
   CHECK(p.seconds(8.0, 1000.0) == Approx(1e-5));
   CHECK(p.seconds(16.0, 100.0) == Approx(1e-6));
   CHECK(p.seconds(128.0, 100.0) == Approx(4e-6));
@@ -454,15 +455,33 @@ TEST_CASE("head-width profile: the nearest width outside, log-log in the width b
   CHECK(p.seconds(32.0, 10000.0) == Approx(2e-4));
 }
 
+TEST_CASE("perf model: RoPE takes its angles' time at the heads that share them", "[perf]") {
+  RunConfig cfg = dense_one_layer();
+  cfg.model.rope = true;
+  cfg.model.kv_heads = 1;
+  MachineSpec m = compute_bound();
+  const double before = predict(cfg, m, 1).per_rank[0].prefill.at(0, Phase::attn_qkv);
+  // 1 us per angle for one head, 4 us for 16: 2 us at 4 heads, the query's.
+  ParameterProfile& rope = single_sweep(m).by_parameter["rope"];
+  rope.by_value.push_back({1.0, KernelProfile{{{1.0, 1e-6}, {1e12, 1e6}}}});
+  rope.by_value.push_back({16.0, KernelProfile{{{1.0, 4e-6}, {1e12, 4e6}}}});
+  REQUIRE(cfg.model.heads == 4);
+  const double t = static_cast<double>(cfg.workload.batch) * cfg.workload.prompt;
+  const double angles = kernel_size::rope(t, cfg.model.effective_head_dim());
+  const double after = predict(cfg, m, 1).per_rank[0].prefill.at(0, Phase::attn_qkv);
+  // Less the two roofline rotations it replaces (bandwidth-bound, far below a microsecond).
+  CHECK(after - before == Approx(angles * (2e-6 + 1e-6)).epsilon(1e-3));
+}
+
 TEST_CASE("perf model: attention takes its teams times the team's time at the deck's head width", "[perf]") {
   RunConfig cfg = dense_one_layer();
   cfg.model.heads = 2;  // head_dim 32, between the profile's widths
   MachineSpec m = compute_bound();
-  HeadDimProfile& prefill = single_sweep(m).attention["attention_prefill"];
+  ParameterProfile& prefill = single_sweep(m).by_parameter["attention_prefill"];
   // A team takes 1 us at width 16 and 1 ms at 1024 whatever its size: at 32, 1/6 of the way
   // (log) from 16 to 1024, 10^0.5 us.
-  prefill.by_head_dim.push_back({16.0, KernelProfile{{{1.0, 1e-6}, {1e12, 1e-6}}}});
-  prefill.by_head_dim.push_back({1024.0, KernelProfile{{{1.0, 1e-3}, {1e12, 1e-3}}}});
+  prefill.by_value.push_back({16.0, KernelProfile{{{1.0, 1e-6}, {1e12, 1e-6}}}});
+  prefill.by_value.push_back({1024.0, KernelProfile{{{1.0, 1e-3}, {1e12, 1e-3}}}});
   const int hd = cfg.model.effective_head_dim();
   REQUIRE(hd == 32);
   const kernel_size::AttentionTeams teams =

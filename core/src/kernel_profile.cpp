@@ -25,14 +25,14 @@ double KernelProfile::seconds(double size) const {
   return log_interpolate(size, lo->first, lo->second, hi->first, hi->second);
 }
 
-double HeadDimProfile::seconds(double head_dim, double size) const {
-  if (by_head_dim.empty() || size <= 0.0) return 0.0;
-  if (head_dim <= by_head_dim.front().first) return by_head_dim.front().second.seconds(size);
-  if (head_dim >= by_head_dim.back().first) return by_head_dim.back().second.seconds(size);
-  const auto hi = std::upper_bound(by_head_dim.begin(), by_head_dim.end(), head_dim,
-                                   [](double h, const std::pair<double, KernelProfile>& p) { return h < p.first; });
+double ParameterProfile::seconds(double value, double size) const {
+  if (by_value.empty() || size <= 0.0) return 0.0;
+  if (value <= by_value.front().first) return by_value.front().second.seconds(size);
+  if (value >= by_value.back().first) return by_value.back().second.seconds(size);
+  const auto hi = std::upper_bound(by_value.begin(), by_value.end(), value,
+                                   [](double v, const std::pair<double, KernelProfile>& p) { return v < p.first; });
   const auto lo = hi - 1;
-  return log_interpolate(head_dim, lo->first, lo->second.seconds(size), hi->first, hi->second.seconds(size));
+  return log_interpolate(value, lo->first, lo->second.seconds(size), hi->first, hi->second.seconds(size));
 }
 
 double GemmProfile::seconds(double rows, double inner, double cols) const {

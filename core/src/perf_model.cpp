@@ -206,6 +206,19 @@ class Model {
       return p ? p->seconds(bytes) : stream(bytes, launches);
     });
   }
+  // One call of a kernel profiled by a parameter (ParameterProfile) at `value` and `size`;
+  // `roofline` where the machine does not profile it.
+  double op_by(const char* name, double value, double size, double roofline) const {
+    const KernelProfiles* measured = mc_.profiles.any();
+    if (!measured || !measured->find_by_parameter(name)) return roofline;
+    return measured_at([&](const KernelProfiles& k) {
+      const ParameterProfile* p = k.find_by_parameter(name);
+      return p ? p->seconds(value, size) : roofline;
+    });
+  }
+  double rope(double t, double heads, double head_dim) const {
+    return op_by("rope", heads, kernel_size::rope(t, head_dim), stream(es_ * 2.0 * t * heads * head_dim));
+  }
   double measured_at(const std::function<double(const KernelProfiles&)>& of) const {
     return mc_.profiles.at(footprint_, of);
   }
@@ -219,8 +232,8 @@ class Model {
     const double t = static_cast<double>(seqs) * n, d = m_.hidden;
     const double q = s.heads * static_cast<double>(s.head_dims), kvw = s.kv_heads * static_cast<double>(s.head_dims);
     c.add(Phase::norm, norm(t));
-    const double rope = m_.rope ? op("rope", kernel_size::rope(t, q, es_)) + op("rope", kernel_size::rope(t, kvw, es_)) : 0.0;
-    c.add(Phase::attn_qkv, gemm(t, d, q) + 2.0 * gemm(t, d, kvw) + rope + op("store_kv", kernel_size::store_kv(t, kvw, es_)));
+    const double rotary = m_.rope ? rope(t, s.heads, s.head_dims) + rope(t, s.kv_heads, s.head_dims) : 0.0;
+    c.add(Phase::attn_qkv, gemm(t, d, q) + 2.0 * gemm(t, d, kvw) + rotary + op("store_kv", kernel_size::store_kv(t, kvw, es_)));
     const double keys = n * (pos0 + 0.5 * (n + 1.0));
     const double ctx = pos0 + n;
     // Partial scores [t, heads, ctx], summed over the dimension slices before the softmax.
@@ -228,14 +241,11 @@ class Model {
     const bool prefill = n > 1;
     const char* name = prefill ? "attention_prefill" : "attention_decode";
     const KernelProfiles* measured = mc_.profiles.any();
-    if (measured && measured->find_attention(name)) {
+    if (measured && measured->find_by_parameter(name)) {
       const kernel_size::AttentionTeams teams = prefill ? kernel_size::attention_prefill(seqs, s.heads, s.head_dims, n, pos0)
                                            : kernel_size::attention_decode(seqs, s.heads, s.head_dims, ctx, es_);
-      const double team = measured_at([&](const KernelProfiles& k) {
-        const HeadDimProfile* p = k.find_attention(name);
-        return p ? p->seconds(s.head_dims, teams.size) : 0.0;
-      });
-      c.add(Phase::attn_core, teams.teams * team + (scores > 0.0 ? stream(2.0 * scores) : 0.0));
+      c.add(Phase::attn_core, teams.teams * op_by(name, s.head_dims, teams.size, 0.0) +
+                                  (scores > 0.0 ? stream(2.0 * scores) : 0.0));
     } else {
       const double flops = kernel_size::attention_flops(seqs, s.heads, s.head_dims, keys);
       const double bytes = es_ * 2.0 * (t * q + seqs * ctx * kvw);
@@ -789,7 +799,7 @@ Prediction predict(const RunConfig& cfg, const MachineSpec& machine, int ranks) 
   if (const KernelProfiles* measured = machine.profiles.any()) {
     std::string names = measured->gemm.empty() ? "" : "gemm";
     for (const auto& [name, profile] : measured->kernels) names += (names.empty() ? "" : ", ") + name;
-    for (const auto& [name, profile] : measured->attention) names += (names.empty() ? "" : ", ") + name;
+    for (const auto& [name, profile] : measured->by_parameter) names += (names.empty() ? "" : ", ") + name;
     out.assumptions.push_back("kernel times from the machine file's measured profiles (" + names +
                               "), rooflines for the rest");
     out.assumptions.push_back("a rank's kernels find the caches as a sweep of its footprint (the memory it holds) "

@@ -84,8 +84,8 @@ bool known_section(const std::string& s) {
 
 // [profile]: sync_wait as [microseconds of work, microseconds waited] and, per sweep
 // ([[profile.sweep]], its `bytes`), per kernel an array of [size, microseconds] (gemm: [rows,
-// n, microseconds] for [rows, n] x [n, n]; attention: [head_dim, size, microseconds]), as
-// calibrate measured them. `full` names the key in messages.
+// n, microseconds] for [rows, n] x [n, n]; the kernels by a parameter: [parameter, size,
+// microseconds]), as calibrate measured them. `full` names the key in messages.
 std::vector<std::vector<double>> profile_rows(const std::string& source, const std::string& full,
                                               const toml::node& node, std::size_t width, const char* shape) {
   const auto fail = [&](const toml::node& at) {
@@ -140,22 +140,23 @@ void parse_kernels(const std::string& source, const std::string& prefix, const t
       }
       continue;
     }
-    const auto& attention = profiled_attention();
-    if (std::find(attention.begin(), attention.end(), name) != attention.end()) {
+    const auto parameter = profiled_by_parameter().find(name);
+    if (parameter != profiled_by_parameter().end()) {
+      const std::string shape = "[" + parameter->second + ", size, microseconds]";
       const toml::array* rows = node.as_array();
       const toml::array* first = rows && !rows->empty() ? (*rows)[0].as_array() : nullptr;
       if (first && first->size() == 2)
-        throw InputError(where(source, node) + ": " + full +
-                         " has [size, microseconds] rows, as calibrate wrote them before attention was profiled by "
-                         "head width: rows are [head_dim, size, microseconds] now; run moeproxy calibrate again");
-      auto& by = profiles.attention[name].by_head_dim;
-      for (const auto& r : profile_rows(source, full, node, 3, "[head_dim, size, microseconds]")) {
+        throw InputError(where(source, node) + ": " + full + " has [size, microseconds] rows, as calibrate wrote them " +
+                         "before it profiled " + name + " by " + parameter->second + ": rows are " + shape +
+                         " now; run moeproxy calibrate again");
+      auto& by = profiles.by_parameter[name].by_value;
+      for (const auto& r : profile_rows(source, full, node, 3, shape.c_str())) {
         auto it = std::find_if(by.begin(), by.end(), [&](const auto& h) { return h.first >= r[0]; });
         if (it == by.end() || it->first != r[0]) it = by.insert(it, {r[0], KernelProfile{}});
         auto& points = it->second.points;
         if (!points.empty() && r[1] <= points.back().first)
-          throw InputError(where(source, node) + ": " + full + ": sizes must increase for each head_dim (" +
-                           std::to_string(static_cast<long>(r[0])) + ")");
+          throw InputError(where(source, node) + ": " + full + ": sizes must increase for each " + parameter->second +
+                           " (" + std::to_string(static_cast<long>(r[0])) + ")");
         points.emplace_back(r[1], r[2] * micro);
       }
       continue;
@@ -164,7 +165,7 @@ void parse_kernels(const std::string& source, const std::string& prefix, const t
     if (std::find(known.begin(), known.end(), name) == known.end()) {
       std::string list = "bytes, gemm";
       for (const auto& k : known) list += ", " + k;
-      for (const auto& k : attention) list += ", " + k;
+      for (const auto& k : profiled_by_parameter()) list += ", " + k.first;
       throw InputError(where(source, node) + ": unknown key " + full + "; valid keys of [[profile.sweep]]: " + list);
     }
     profiles.kernels[name] = kernel_rows(source, full, node);
@@ -175,7 +176,7 @@ std::set<std::string> kernel_names(const KernelProfiles& k) {
   std::set<std::string> names;
   if (!k.gemm.empty()) names.insert("gemm");
   for (const auto& entry : k.kernels) names.insert(entry.first);
-  for (const auto& entry : k.attention) names.insert(entry.first);
+  for (const auto& entry : k.by_parameter) names.insert(entry.first);
   return names;
 }
 
@@ -188,9 +189,8 @@ void parse_profile(const std::string& source, const toml::table& table, MachineP
     }
     if (name != "sweep") {
       const auto& k = profiled_kernels();
-      const auto& a = profiled_attention();
       const bool kernel = name == "gemm" || std::find(k.begin(), k.end(), name) != k.end() ||
-                          std::find(a.begin(), a.end(), name) != a.end();
+                          profiled_by_parameter().count(name) > 0;
       throw InputError(where(source, node) + (kernel ? ": profile." + name +
                                                           " outside [[profile.sweep]], as calibrate wrote it before "
                                                           "kernels were timed with cold caches; run moeproxy calibrate again"
@@ -334,10 +334,10 @@ std::string format_machine(const MachineSpec& machine, const std::map<std::strin
   for (const auto& [bytes, k] : p.by_sweep) {
     out << "\n[[profile.sweep]]\nbytes = " << std::setprecision(12) << bytes << note("profile.sweep.bytes") << "\n";
     for (const auto& [name, profile] : k.kernels) rows(name, points(profile), "profile." + name);
-    for (const auto& [name, profile] : k.attention) {
+    for (const auto& [name, profile] : k.by_parameter) {
       std::vector<std::vector<double>> v;
-      for (const auto& [head_dim, by_size] : profile.by_head_dim)
-        for (const auto& [size, seconds] : by_size.points) v.push_back({head_dim, size, seconds / micro});
+      for (const auto& [value, by_size] : profile.by_value)
+        for (const auto& [size, seconds] : by_size.points) v.push_back({value, size, seconds / micro});
       rows(name, v, "profile." + name);
     }
     if (!k.gemm.empty()) {

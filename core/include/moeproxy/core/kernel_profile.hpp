@@ -40,31 +40,33 @@ struct GemmProfile {
   double seconds(double rows, double inner, double cols) const;
 };
 
-// An attention kernel's team over team sizes for several head widths: a team's fixed work
-// (its query tile, the softmax state, the write) grows with the head width, its work per
-// key partly not (the softmax), so no one size measure serves every width. A call takes,
-// at its team size, the time interpolated log-log in the head width between the two
-// measured widths around its own (outside them, the nearest's).
-struct HeadDimProfile {
-  std::vector<std::pair<double, KernelProfile>> by_head_dim;  // (head_dim, profile over team size)
+// A kernel profiled over its size at several values of a second parameter that changes its
+// time at the same size (profiled_by_parameter). Attention, by head width: a team's fixed
+// work (its query tile, the softmax state, the write) grows with the width, its work per key
+// partly not (the softmax). RoPE, by the heads that share each angle: its angles (a pow and
+// a sincos each) cost more than the rotations on a CPU, and the rotations per angle are the
+// heads. A call takes, at its size, the time interpolated log-log in the parameter between
+// the two measured values around its own (outside them, the nearest's).
+struct ParameterProfile {
+  std::vector<std::pair<double, KernelProfile>> by_value;  // (parameter, profile over size)
 
-  bool empty() const { return by_head_dim.empty(); }
-  double seconds(double head_dim, double size) const;
+  bool empty() const { return by_value.empty(); }
+  double seconds(double value, double size) const;
 };
 
-// The profiled kernels by name (see kernel_size), attention by head width, and the GEMM.
+// The profiled kernels by name (see kernel_size), those by a parameter, and the GEMM.
 struct KernelProfiles {
   std::map<std::string, KernelProfile> kernels;
-  std::map<std::string, HeadDimProfile> attention;
+  std::map<std::string, ParameterProfile> by_parameter;
   GemmProfile gemm;
 
   const KernelProfile* find(const std::string& name) const {
     const auto it = kernels.find(name);
     return it == kernels.end() || it->second.empty() ? nullptr : &it->second;
   }
-  const HeadDimProfile* find_attention(const std::string& name) const {
-    const auto it = attention.find(name);
-    return it == attention.end() || it->second.empty() ? nullptr : &it->second;
+  const ParameterProfile* find_by_parameter(const std::string& name) const {
+    const auto it = by_parameter.find(name);
+    return it == by_parameter.end() || it->second.empty() ? nullptr : &it->second;
   }
 };
 
@@ -86,26 +88,29 @@ struct MachineProfiles {
   double at(double footprint, const std::function<double(const KernelProfiles&)>& of) const;
 };
 
-// The names of the profiled kernels other than the GEMM and attention, as machine files
-// spell them.
+// The names of the profiled kernels other than the GEMM and those by a parameter, as machine
+// files spell them.
 inline const std::vector<std::string>& profiled_kernels() {
-  static const std::vector<std::string> names = {"norm", "rope", "store_kv", "add", "activate",
-                                                 "route", "permute", "gather", "combine"};
+  static const std::vector<std::string> names = {"norm",  "store_kv", "add",    "activate",
+                                                 "route", "permute",  "gather", "combine"};
   return names;
 }
-// The attention kernels, profiled by head width.
-inline const std::vector<std::string>& profiled_attention() {
-  static const std::vector<std::string> names = {"attention_prefill", "attention_decode"};
+// The kernels profiled by a parameter, and the parameter's name in machine files.
+inline const std::map<std::string, std::string>& profiled_by_parameter() {
+  static const std::map<std::string, std::string> names = {
+      {"attention_prefill", "head_dim"}, {"attention_decode", "head_dim"}, {"rope", "heads"}};
   return names;
 }
 
 // The size of one call of each profiled kernel, in the element size `es` of its activations:
-// bytes it reads and writes, except attention (per team, below). Names are the profile keys.
+// bytes it reads and writes, except RoPE (its angles) and attention (per team, below). Names
+// are the profile keys.
 namespace kernel_size {
 // "norm": RMSNorm or LayerNorm of [t, d].
 inline double norm(double t, double d, double es) { return es * 2.0 * t * d; }
-// "rope": rotary embedding in place on [t, width].
-inline double rope(double t, double width, double es) { return es * 2.0 * t * width; }
+// "rope": rotary embedding in place on t rows of heads x head_dim, by its heads: its angles,
+// one per (row, pair of dimensions), each serving every head.
+inline double rope(double t, double head_dim) { return t * head_dim / 2.0; }
 // "store_kv": k and v rows [t, width] into the cache.
 inline double store_kv(double t, double width, double es) { return es * 4.0 * t * width; }
 // "add": x += y over [t, d].

@@ -53,6 +53,22 @@ struct Refill {
   Matrix from;
 };
 
+// Writes every element of `sweep`, evicting what the caches held.
+void write_through(const ExecSpace& space, const Kokkos::View<float*, MemSpace>& sweep) {
+  Kokkos::parallel_for("moeproxy::calibrate::sweep", Kokkos::RangePolicy<ExecSpace>(space, 0, sweep.extent(0)),
+                       KOKKOS_LAMBDA(const std::size_t i) { sweep(i) = 0.5f * sweep(i) + 1.0f; });
+}
+
+// Reads every element of `v` (contiguous) into the caches.
+template <class View>
+void read_back(const ExecSpace& space, const View& v) {
+  const auto* data = v.data();
+  double sum = 0.0;
+  Kokkos::parallel_reduce(
+      "moeproxy::calibrate::read_back", Kokkos::RangePolicy<ExecSpace>(space, 0, v.span()),
+      KOKKOS_LAMBDA(const std::size_t i, double& s) { s += static_cast<double>(data[i]); }, sum);
+}
+
 // Writes `sweep` bytes through the caches before each timed call, then reads the call's
 // inputs back in.
 class ColdCaller {
@@ -79,9 +95,7 @@ class ColdCaller {
  private:
   template <class Work, class... Inputs>
   double call(Work& work, const Inputs&... inputs) {
-    const auto sweep = sweep_;
-    Kokkos::parallel_for("moeproxy::calibrate::sweep", Kokkos::RangePolicy<ExecSpace>(c_.space, 0, sweep.extent(0)),
-                         KOKKOS_LAMBDA(const std::size_t i) { sweep(i) = 0.5f * sweep(i) + 1.0f; });
+    write_through(c_.space, sweep_);
     (prepare(inputs), ...);
     named_fence(c_.space, "moeproxy::calibrate::cold");
     Kokkos::Timer timer;
@@ -93,11 +107,7 @@ class ColdCaller {
   void prepare(const Refill& r) { Kokkos::deep_copy(c_.space, r.to, r.from); }
   template <class View>
   void prepare(const View& v) {
-    const auto* data = v.data();
-    double sum = 0.0;
-    Kokkos::parallel_reduce(
-        "moeproxy::calibrate::read_back", Kokkos::RangePolicy<ExecSpace>(c_.space, 0, v.span()),
-        KOKKOS_LAMBDA(const std::size_t i, double& s) { s += static_cast<double>(data[i]); }, sum);
+    read_back(c_.space, v);
   }
 
   const CalibrationContext& c_;

@@ -165,6 +165,9 @@ int calibrate_command(const CalibrateOptions& opt, int argc, char** argv) {
   for (const auto& [name, parameter] : profiled_by_parameter())
     notes["profile." + name] = "measured: [" + parameter + ", size" + (name == "rope" ? " (angles)" : " of one team") +
                                ", microseconds]";
+  if (m.profiles.ranks > 0)
+    notes["profile.ranks"] = "the ranks sync_wait, allreduce and alltoallv were measured on; predict uses the "
+                             "collectives' profiles for groups of this size on one node";
   if (!m.profiles.sync_wait.empty())
     notes["profile.sync_wait"] = "measured on " + std::to_string(c.size) +
                                  " ranks: [microseconds of compute, microseconds waited in the next collective]";

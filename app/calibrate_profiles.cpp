@@ -53,6 +53,15 @@ struct Refill {
   Matrix from;
 };
 
+// A collective's host buffer, written before each call as the kernel before would have.
+struct HostRows {
+  std::vector<float>* rows;
+};
+// All ranks of `comm` start the timed call together (waiting for the slowest is sync_wait's).
+struct Together {
+  MPI_Comm comm;
+};
+
 // Writes every element of `sweep`, evicting what the caches held.
 void write_through(const ExecSpace& space, const Kokkos::View<float*, MemSpace>& sweep) {
   Kokkos::parallel_for("moeproxy::calibrate::sweep", Kokkos::RangePolicy<ExecSpace>(space, 0, sweep.extent(0)),
@@ -105,6 +114,10 @@ class ColdCaller {
   }
 
   void prepare(const Refill& r) { Kokkos::deep_copy(c_.space, r.to, r.from); }
+  void prepare(const HostRows& h) {
+    for (float& x : *h.rows) x = 0.5f * x + 1.0f;
+  }
+  void prepare(const Together& t) { MPI_Barrier(t.comm); }
   template <class View>
   void prepare(const View& v) {
     read_back(c_.space, v);
@@ -208,6 +221,30 @@ class Profiler {
         const double s = mean_over_ranks(c_, cold_.seconds([&] { apply_rope(c_.space, x, head_count, hd, r, 0, 10000.0); }, x));
         by.back().second.points.emplace_back(kernel_size::rope(r, hd), s);
       }
+    }
+  }
+
+  // "allreduce" and "alltoallv" on the calibration's ranks, as the forward pass calls them:
+  // the buffer just written, the rest of the caches swept, every rank entering together.
+  // Looped, an 8 KB all-reduce on 2 ranks of the Xeon VM took 3 us; timed this way, 16 us.
+  void collectives() {
+    if (c_.size < 2) return;
+    for (const int floats : {2, 2048, 65536, 1 << 20}) {
+      std::vector<float> buf(static_cast<std::size_t>(floats), 1.0f);
+      point("allreduce", kernel_size::allreduce(sizeof(float) * floats), [&] {
+        MPI_Allreduce(MPI_IN_PLACE, buf.data(), floats, MPI_FLOAT, MPI_SUM, c_.world);
+      }, HostRows{&buf}, Together{c_.world});
+    }
+    for (const int per : {1, 256, 16384, (1 << 20) / (c_.size - 1)}) {
+      std::vector<int> counts(c_.size, per), displs(c_.size, 0);
+      counts[c_.rank] = 0;
+      for (int r = 1; r < c_.size; ++r) displs[r] = displs[r - 1] + counts[r - 1];
+      const int total = displs.back() + counts.back();
+      std::vector<float> send(static_cast<std::size_t>(total), 1.0f), recv(static_cast<std::size_t>(total));
+      point("alltoallv", kernel_size::alltoallv(sizeof(float) * per * (c_.size - 1.0)), [&] {
+        MPI_Alltoallv(send.data(), counts.data(), displs.data(), MPI_FLOAT, recv.data(), counts.data(), displs.data(),
+                      MPI_FLOAT, c_.world);
+      }, HostRows{&send}, Together{c_.world});
     }
   }
 
@@ -319,7 +356,16 @@ MachineProfiles measure_profiles(const CalibrationContext& c, const std::functio
     say(swept + "profiled attention per team at head widths 16, 64 and 128: prefill of 2 x 2 to 2 x 512 tokens, "
                 "decode of 8 queries over 1 to 8192 keys");
     profiler.gemms([&](const std::string& line) { say(swept + line); });
+    profiler.collectives();
+    if (const KernelProfile* a = k.find("allreduce")) {
+      std::ostringstream line;
+      line.precision(3);
+      line << swept << "allreduce " << c.size << " ranks (bytes: us):";
+      for (const auto& [bytes, seconds] : a->points) line << " " << bytes << ": " << seconds * 1e6;
+      say(line.str());
+    }
   }
+  p.ranks = c.size > 1 ? c.size : 0;
   p.sync_wait = measure_sync_wait(c);
   if (!p.sync_wait.empty()) {
     std::ostringstream line;

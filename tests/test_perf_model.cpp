@@ -323,7 +323,7 @@ TEST_CASE("perf model: a synchronising collective waits as sync_wait has it for 
 TEST_CASE("machine file: [profile] reads back as written, and bad points are named with their line", "[perf]") {
   const std::string base = machine_without_profile();
   const MachineSpec m = io::parse_machine(base +
-                                              "[profile]\nsync_wait = [[100, 2], [1000, 30]]\n"
+                                              "[profile]\nranks = 2\nsync_wait = [[100, 2], [1000, 30]]\n"
                                               "[[profile.sweep]]\nbytes = 1048576\nnorm = [[1024, 2.5], [4096, 6]]\n"
                                               "gemm = [[1, 64, 3], [8, 64, 4], [1, 256, 9]]\n"
                                               "[[profile.sweep]]\nbytes = 67108864\nnorm = [[1024, 5], [4096, 12]]\n"
@@ -346,6 +346,7 @@ TEST_CASE("machine file: [profile] reads back as written, and bad points are nam
   }
   CHECK(back.profiles.by_sweep[1].second.gemm.seconds(1.0, 256.0, 256.0) == Approx(18e-6));
   CHECK(back.profiles.sync_wait.points == m.profiles.sync_wait.points);
+  CHECK(back.profiles.ranks == 2);
   // base is 15 lines: [profile] is line 16, a sweep's first kernel line 19.
   auto refused_at = [&](const std::string& text, const std::string& expect, const std::string& line) {
     try {
@@ -372,7 +373,8 @@ TEST_CASE("machine file: [profile] reads back as written, and bad points are nam
   refused("rope = [[4096, 6.7]]\n", "rope by heads: rows are [heads, size, microseconds] now");
   refused_at("[profile]\nnorm = [[1024, 2.5]]\n", "outside [[profile.sweep]]", "17");
   refused_at("[profile]\nnorm = [[1024, 2.5]]\n", "run moeproxy calibrate again", "17");
-  refused_at("[profile]\nsweeps = 3\n", "valid keys of [profile]: sync_wait, sweep", "17");
+  refused_at("[profile]\nsweeps = 3\n", "valid keys of [profile]: ranks, sync_wait, sweep", "17");
+  refused_at("[profile]\nranks = 0\n", "profile.ranks must be a positive integer", "17");
   refused_at("[profile]\n[[profile.sweep]]\nbytes = -1\n", "bytes must be a positive number", "18");
   refused_at("[profile]\n[[profile.sweep]]\nbytes = 2048\nnorm = [[1, 2]]\n[[profile.sweep]]\nbytes = 1024\n"
              "norm = [[1, 3]]\n",
@@ -453,6 +455,20 @@ TEST_CASE("head-width profile: the nearest width outside, log-log in the width b
   // 32 lies halfway (log) between 16 and 64: the geometric mean of their times.
   CHECK(p.seconds(32.0, 100.0) == Approx(2e-6));
   CHECK(p.seconds(32.0, 10000.0) == Approx(2e-4));
+}
+
+TEST_CASE("perf model: a collective takes its profile's time on a group of the calibration's ranks", "[perf]") {
+  RunConfig cfg = dense_one_layer();
+  cfg.parallel.tp = 2;
+  MachineSpec m = compute_bound();
+  const double modelled = predict(cfg, m, 2).per_rank[0].prefill.at(0, Phase::allreduce);
+  single_sweep(m).kernels["allreduce"] = KernelProfile{{{1.0, 1e-3}, {1e12, 1e-3}}};
+  m.profiles.ranks = 4;
+  CHECK(predict(cfg, m, 2).per_rank[0].prefill.at(0, Phase::allreduce) == Approx(modelled));
+  m.profiles.ranks = 2;
+  // The attention output's and the FFN's reductions.
+  CHECK(predict(cfg, m, 2).per_rank[0].prefill.at(0, Phase::allreduce) == Approx(2e-3));
+  CHECK(modelled < 1e-4);
 }
 
 TEST_CASE("perf model: RoPE takes its angles' time at the heads that share them", "[perf]") {

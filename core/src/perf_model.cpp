@@ -216,6 +216,22 @@ class Model {
       return p ? p->seconds(value, size) : roofline;
     });
   }
+  // A collective of `bytes` (its kernel_size) in group g: the machine's measured time where it
+  // profiles the collective on a group of g's size, else `modelled` (alpha-beta).
+  double collective(const char* name, const GroupShape& g, double bytes, double modelled) const {
+    const KernelProfiles* measured = mc_.profiles.any();
+    if (!measured || !measured->find(name) || g.size != mc_.profiles.ranks || g.crosses_nodes()) return modelled;
+    return measured_at([&](const KernelProfiles& k) {
+      const KernelProfile* p = k.find(name);
+      return p ? p->seconds(bytes) : modelled;
+    });
+  }
+  double allreduce(const GroupShape& g, double bytes) const {
+    return collective("allreduce", g, kernel_size::allreduce(bytes), allreduce_seconds(mc_, g, bytes));
+  }
+  double alltoallv(const GroupShape& g, double bytes) const {
+    return collective("alltoallv", g, kernel_size::alltoallv(bytes), alltoallv_seconds(mc_, g, bytes));
+  }
   double rope(double t, double heads, double head_dim) const {
     return op_by("rope", heads, kernel_size::rope(t, head_dim), stream(es_ * 2.0 * t * heads * head_dim));
   }
@@ -253,7 +269,7 @@ class Model {
     }
     if (scores > 0.0) {
       synchronise(c, Phase::allreduce, g.dim.size);
-      c.communicate(Phase::allreduce, "allreduce", "dim", g.dim.size, scores, allreduce_seconds(mc_, g.dim, scores));
+      c.communicate(Phase::allreduce, "allreduce", "dim", g.dim.size, scores, allreduce(g.dim, scores));
     }
     c.add(Phase::attn_out, gemm(t, q, d) + add(t));
     reduce(c, g, t);
@@ -291,8 +307,8 @@ class Model {
     Cost exchange;
     if (g.expert.size > 1) {
       const double leaving = es_ * routed * d * (g.expert.size - 1) / g.expert.size;
-      const double each = alltoallv_seconds(mc_, g.expert, leaving);
-      const double counts = alltoallv_seconds(mc_, g.expert, 4.0 * m_.experts);
+      const double each = alltoallv(g.expert, leaving);
+      const double counts = alltoallv(g.expert, 4.0 * m_.experts);
       exchange.communicate(Phase::dispatch, "alltoall", "ep", g.expert.size, 4.0 * m_.experts, counts);
       exchange.communicate(Phase::dispatch, "alltoallv", "ep", g.expert.size, leaving, each);
       exchange.communicate(Phase::dispatch, "alltoallv", "ep", g.expert.size, leaving, each);
@@ -346,7 +362,7 @@ class Model {
     if (g.tensor.size <= 1) return;
     synchronise(c, Phase::allreduce, g.tensor.size);
     const double bytes = es_ * t * m_.hidden;
-    c.communicate(Phase::allreduce, "allreduce", "tp", g.tensor.size, bytes, allreduce_seconds(mc_, g.tensor, bytes));
+    c.communicate(Phase::allreduce, "allreduce", "tp", g.tensor.size, bytes, allreduce(g.tensor, bytes));
   }
 
  private:

@@ -187,6 +187,13 @@ void parse_profile(const std::string& source, const toml::table& table, MachineP
       profiles.sync_wait = kernel_rows(source, "profile.sync_wait", node);
       continue;
     }
+    if (name == "ranks") {
+      const auto* i = node.as_integer();
+      if (!i || i->get() < 1 || i->get() > (1 << 20))
+        throw InputError(where(source, node) + ": profile.ranks must be a positive integer (the calibration's ranks)");
+      profiles.ranks = static_cast<int>(i->get());
+      continue;
+    }
     if (name != "sweep") {
       const auto& k = profiled_kernels();
       const bool kernel = name == "gemm" || std::find(k.begin(), k.end(), name) != k.end() ||
@@ -195,7 +202,7 @@ void parse_profile(const std::string& source, const toml::table& table, MachineP
                                                           " outside [[profile.sweep]], as calibrate wrote it before "
                                                           "kernels were timed with cold caches; run moeproxy calibrate again"
                                                     : ": unknown key profile." + name +
-                                                          "; valid keys of [profile]: sync_wait, sweep"));
+                                                          "; valid keys of [profile]: ranks, sync_wait, sweep"));
     }
     const toml::array* sweeps = node.as_array();
     if (!sweeps || sweeps->empty() || !sweeps->is_homogeneous(toml::node_type::table))
@@ -330,6 +337,7 @@ std::string format_machine(const MachineSpec& machine, const std::map<std::strin
     return v;
   };
   out << "\n[profile]" << note("profile") << "\n";
+  if (p.ranks > 0) out << "ranks = " << p.ranks << note("profile.ranks") << "\n";
   if (!p.sync_wait.empty()) rows("sync_wait", points(p.sync_wait), "profile.sync_wait");
   for (const auto& [bytes, k] : p.by_sweep) {
     out << "\n[[profile.sweep]]\nbytes = " << std::setprecision(12) << bytes << note("profile.sweep.bytes") << "\n";

@@ -80,6 +80,9 @@ struct KernelProfiles {
 struct MachineProfiles {
   std::vector<std::pair<double, KernelProfiles>> by_sweep;  // (bytes swept, profiles), sweeps increasing
   KernelProfile sync_wait;
+  // The calibration's ranks: sync_wait and the collectives' profiles were measured on a
+  // group of this many (0: one rank, no collectives).
+  int ranks = 0;
 
   bool empty() const { return by_sweep.empty() && sync_wait.empty(); }
   // The profiles of the smallest sweep, which hold the same kernels as the others.
@@ -91,8 +94,8 @@ struct MachineProfiles {
 // The names of the profiled kernels other than the GEMM and those by a parameter, as machine
 // files spell them.
 inline const std::vector<std::string>& profiled_kernels() {
-  static const std::vector<std::string> names = {"norm",  "store_kv", "add",    "activate",
-                                                 "route", "permute",  "gather", "combine"};
+  static const std::vector<std::string> names = {"norm",    "store_kv", "add",     "activate",  "route",
+                                                 "permute", "gather",   "combine", "allreduce", "alltoallv"};
   return names;
 }
 // The kernels profiled by a parameter, and the parameter's name in machine files.
@@ -155,6 +158,11 @@ inline AttentionTeams attention_decode(double seqs, double heads, double head_di
 inline double attention_flops(double seqs, double heads, double head_dim, double keys) {
   return 4.0 * seqs * heads * head_dim * keys;
 }
+// "allreduce": the bytes each rank contributes; "alltoallv": the bytes each rank sends to the
+// others in all. Both are profiled on the calibration's ranks (MachineProfiles::ranks), all
+// of them entering together: waiting for the slowest is sync_wait's.
+inline double allreduce(double bytes) { return bytes; }
+inline double alltoallv(double bytes) { return bytes; }
 // "sync_wait": microseconds of compute since the group's previous synchronisation; the
 // profile's time is what a rank waits in the next for the slowest of the group.
 inline double sync_wait(double work_seconds) { return work_seconds * 1e6; }

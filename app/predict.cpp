@@ -60,7 +60,7 @@ CLI::App* add_predict(CLI::App& app, PredictOptions& opt) {
   cmd->add_option("deck", opt.deck, "TOML input deck")->required();
   cmd->add_option("--machine", opt.machine, "Machine file (inputs/machines/*.toml)")->required();
   cmd->add_option("--ranks", opt.ranks, "Ranks to predict for (default: the deck's dp x tp x pp x m x n, "
-                                        "or attn_ranks + ep with separation)")
+                                        "or attn_ranks + the expert ranks (expert_map's, else ep) with separation)")
       ->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--set", opt.sets, "Override a deck key: --set section.key=value (repeatable)");
   cmd->add_option("--out", opt.out, "Results file (default: output.file with -predicted before the extension)");

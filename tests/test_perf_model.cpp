@@ -167,6 +167,10 @@ TEST_CASE("perf model: attention/MoE separation from the deck keys", "[perf]") {
   RunConfig cfg = separated_3_4();
   const MachineSpec m = compute_bound();
   CHECK(deck_ranks(cfg.parallel) == 4);
+  // An expert map lists the expert ranks, as the seed's separated deck has it with ep unset.
+  RunConfig mapped = cfg;
+  mapped.parallel.expert_map = {{{0}, {1}, {2, 3}}};
+  CHECK(deck_ranks(mapped.parallel) == 6);
   const Prediction p = predict(cfg, m, 7);  // 3 attention ranks, 4 expert ranks
   REQUIRE(p.roles.size() == 7);
   CHECK(p.roles[2] == "attention");

@@ -70,7 +70,10 @@ double pipeline_seconds(const std::vector<double>& stage_seconds, int micro_batc
 }
 
 int deck_ranks(const ParallelConfig& p) {
-  if (p.attn_ranks > 0) return p.attn_ranks + std::max(1, p.ep);
+  if (p.attn_ranks > 0) {
+    const int expert_ranks = p.expert_map.empty() ? std::max(1, p.ep) : static_cast<int>(p.expert_map.front().size());
+    return p.attn_ranks + expert_ranks;
+  }
   return p.dp * p.tp * p.pp * p.head_groups * p.dim_groups;
 }
 

@@ -99,7 +99,8 @@ struct Prediction {
 };
 
 // The rank count a deck describes: dp x tp x pp x m x n, or attn_ranks plus the expert ranks
-// (parallel.ep, at least 1) with attention/MoE separation.
+// with attention/MoE separation (the ranks of parallel.expert_map where it has one, else
+// parallel.ep, at least 1).
 int deck_ranks(const ParallelConfig& p);
 
 // Throws InputError when the layout cannot be modelled on `ranks` ranks (the same divisibility

@@ -356,7 +356,11 @@ MachineProfiles measure_profiles(const CalibrationContext& c, const std::functio
     say(swept + "profiled attention per team at head widths 16, 64 and 128: prefill of 2 x 2 to 2 x 512 tokens, "
                 "decode of 8 queries over 1 to 8192 keys");
     profiler.gemms([&](const std::string& line) { say(swept + line); });
+#ifndef KOKKOS_ENABLE_CUDA
+    // On a GPU the pass's collectives run on device buffers, through NCCL or MPI
+    // (parallel.comm), which these host-buffer MPI calls would not describe.
     profiler.collectives();
+#endif
     if (const KernelProfile* a = k.find("allreduce")) {
       std::ostringstream line;
       line.precision(3);

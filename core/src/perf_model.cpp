@@ -821,8 +821,11 @@ Prediction predict(const RunConfig& cfg, const MachineSpec& machine, int ranks) 
     for (const auto& [name, profile] : measured->by_parameter) names += (names.empty() ? "" : ", ") + name;
     out.assumptions.push_back("kernel times from the machine file's measured profiles (" + names +
                               "), rooflines for the rest");
-    out.assumptions.push_back("a rank's kernels find the caches as a sweep of its footprint (the memory it holds) "
-                              "leaves them, between the profiles' sweeps");
+    out.assumptions.push_back("a rank's kernels find the caches as a sweep of its pass's footprint (its weights, KV "
+                              "cache and the pass's activations) leaves them, between the profiles' sweeps");
+    if (machine.profiles.ranks > 1 && (measured->find("allreduce") || measured->find("alltoallv")))
+      out.assumptions.push_back("collectives of groups of " + std::to_string(machine.profiles.ranks) +
+                                " ranks within a node from the machine file's profiles, alpha-beta for other groups");
     if (cfg.model.precision == Precision::fp16)
       out.assumptions.push_back("the profiles were measured in fp32: fp16 kernels are looked up at their byte counts");
   } else {

@@ -74,9 +74,9 @@ struct KernelProfiles {
 // between two calls of one kernel, the rank's weights, KV cache and other activations pass
 // through the caches. calibrate times every kernel after writing `swept` bytes through the
 // caches (its inputs read back in, as the kernel before would have written them), at a few
-// sweeps; a rank looks its kernels up at its footprint, the bytes it holds, interpolated
-// log-log between the sweeps around it (outside them, the nearest). The wait at a
-// synchronisation is measured once.
+// sweeps; a rank looks its kernels up at the footprint of its pass (the bytes the pass moves:
+// perf_model.cpp, pass_footprint), interpolated log-log between the sweeps around it
+// (outside them, the nearest). The wait at a synchronisation is measured once.
 struct MachineProfiles {
   std::vector<std::pair<double, KernelProfiles>> by_sweep;  // (bytes swept, profiles), sweeps increasing
   KernelProfile sync_wait;

@@ -127,6 +127,15 @@ class ColdCaller {
   Kokkos::View<float*, MemSpace> sweep_;
 };
 
+// `label`, then a profile's points as "size: microseconds".
+std::string points_line(const std::string& label, const KernelProfile& profile) {
+  std::ostringstream line;
+  line.precision(3);
+  line << label;
+  for (const auto& [size, seconds] : profile.points) line << " " << size << ": " << seconds * 1e6;
+  return line.str();
+}
+
 IndexMatrix spread_experts(int tokens) {
   IndexMatrix idx("moeproxy::calibrate::idx", tokens, top_k);
   auto h = Kokkos::create_mirror_view(idx);
@@ -361,23 +370,12 @@ MachineProfiles measure_profiles(const CalibrationContext& c, const std::functio
     // (parallel.comm), which these host-buffer MPI calls would not describe.
     profiler.collectives();
 #endif
-    if (const KernelProfile* a = k.find("allreduce")) {
-      std::ostringstream line;
-      line.precision(3);
-      line << swept << "allreduce " << c.size << " ranks (bytes: us):";
-      for (const auto& [bytes, seconds] : a->points) line << " " << bytes << ": " << seconds * 1e6;
-      say(line.str());
-    }
+    if (const KernelProfile* a = k.find("allreduce"))
+      say(points_line(swept + "allreduce " + std::to_string(c.size) + " ranks (bytes: us):", *a));
   }
   p.ranks = c.size > 1 ? c.size : 0;
   p.sync_wait = measure_sync_wait(c);
-  if (!p.sync_wait.empty()) {
-    std::ostringstream line;
-    line.precision(3);
-    line << "sync_wait (us of work: us waited in a collective):";
-    for (const auto& [work, wait] : p.sync_wait.points) line << " " << work << ": " << wait * 1e6;
-    say(line.str());
-  }
+  if (!p.sync_wait.empty()) say(points_line("sync_wait (us of work: us waited in a collective):", p.sync_wait));
   return p;
 }
 

@@ -13,6 +13,20 @@ double log_interpolate(double x, double x0, double y0, double x1, double y1) {
   return std::exp(std::log(y0) + f * (std::log(y1) - std::log(y0)));
 }
 
+// `of` the entry of `by` (keys increasing) at `key`: the nearest entry's outside the keys, and
+// between the two entries around it log-log in the key (linearly where either is not positive).
+template <class Entry, class Of>
+double between(const std::vector<std::pair<double, Entry>>& by, double key, Of&& of) {
+  if (key <= by.front().first) return of(by.front().second);
+  if (key >= by.back().first) return of(by.back().second);
+  const auto hi = std::upper_bound(by.begin(), by.end(), key,
+                                   [](double k, const std::pair<double, Entry>& e) { return k < e.first; });
+  const auto lo = hi - 1;
+  const double y_lo = of(lo->second), y_hi = of(hi->second);
+  if (y_lo <= 0.0 || y_hi <= 0.0) return y_lo + (y_hi - y_lo) * (key - lo->first) / (hi->first - lo->first);
+  return log_interpolate(key, lo->first, y_lo, hi->first, y_hi);
+}
+
 }  // namespace
 
 double KernelProfile::seconds(double size) const {
@@ -27,12 +41,7 @@ double KernelProfile::seconds(double size) const {
 
 double ParameterProfile::seconds(double value, double size) const {
   if (by_value.empty() || size <= 0.0) return 0.0;
-  if (value <= by_value.front().first) return by_value.front().second.seconds(size);
-  if (value >= by_value.back().first) return by_value.back().second.seconds(size);
-  const auto hi = std::upper_bound(by_value.begin(), by_value.end(), value,
-                                   [](double v, const std::pair<double, KernelProfile>& p) { return v < p.first; });
-  const auto lo = hi - 1;
-  return log_interpolate(value, lo->first, lo->second.seconds(size), hi->first, hi->second.seconds(size));
+  return between(by_value, value, [&](const KernelProfile& p) { return p.seconds(size); });
 }
 
 double GemmProfile::seconds(double rows, double inner, double cols) const {
@@ -51,14 +60,7 @@ double GemmProfile::seconds(double rows, double inner, double cols) const {
 
 double MachineProfiles::at(double footprint, const std::function<double(const KernelProfiles&)>& of) const {
   if (by_sweep.empty()) return 0.0;
-  if (footprint <= by_sweep.front().first) return of(by_sweep.front().second);
-  if (footprint >= by_sweep.back().first) return of(by_sweep.back().second);
-  const auto hi = std::upper_bound(by_sweep.begin(), by_sweep.end(), footprint,
-                                   [](double f, const std::pair<double, KernelProfiles>& p) { return f < p.first; });
-  const auto lo = hi - 1;
-  const double t_lo = of(lo->second), t_hi = of(hi->second);
-  if (t_lo <= 0.0 || t_hi <= 0.0) return t_lo + (t_hi - t_lo) * (footprint - lo->first) / (hi->first - lo->first);
-  return log_interpolate(footprint, lo->first, t_lo, hi->first, t_hi);
+  return between(by_sweep, footprint, of);
 }
 
 }  // namespace moeproxy

@@ -193,41 +193,32 @@ class Model {
     return kernel_seconds(mc_, p_, kind, flops, bytes) + (launches - 1) * mc_.kernel_overhead;
   }
   double gemm(double rows, double inner, double cols) const {
-    const KernelProfiles* measured = mc_.profiles.any();
-    if (measured && !measured->gemm.empty())
-      return measured_at([&](const KernelProfiles& k) { return k.gemm.seconds(rows, inner, cols); });
-    return kernel(KernelKind::gemm, 2.0 * rows * inner * cols, es_ * (rows * inner + inner * cols + rows * cols));
+    return measured_or([](const KernelProfiles& k) { return k.gemm.empty() ? nullptr : &k.gemm; },
+                       [&](const GemmProfile& p) { return p.seconds(rows, inner, cols); },
+                       kernel(KernelKind::gemm, 2.0 * rows * inner * cols, es_ * (rows * inner + inner * cols + rows * cols)));
   }
   double stream(double bytes, int launches = 1) const { return kernel(KernelKind::memory, 0.0, bytes, launches); }
   // One call of a bandwidth-bound kernel of `bytes` (its kernel_size): the machine's measured
   // time where it profiles the kernel, else the roofline of `launches` launches.
   double op(const char* name, double bytes, int launches = 1) const {
-    const KernelProfiles* measured = mc_.profiles.any();
-    if (!measured || !measured->find(name)) return stream(bytes, launches);
-    return measured_at([&](const KernelProfiles& k) {
-      const KernelProfile* p = k.find(name);
-      return p ? p->seconds(bytes) : stream(bytes, launches);
-    });
+    return profiled(name, bytes, stream(bytes, launches));
+  }
+  // One call of profiled kernel `name` at `size` where the machine profiles it, else `fallback`.
+  double profiled(const char* name, double size, double fallback) const {
+    return measured_or([&](const KernelProfiles& k) { return k.find(name); },
+                       [&](const KernelProfile& p) { return p.seconds(size); }, fallback);
   }
   // One call of a kernel profiled by a parameter (ParameterProfile) at `value` and `size`;
   // `roofline` where the machine does not profile it.
   double op_by(const char* name, double value, double size, double roofline) const {
-    const KernelProfiles* measured = mc_.profiles.any();
-    if (!measured || !measured->find_by_parameter(name)) return roofline;
-    return measured_at([&](const KernelProfiles& k) {
-      const ParameterProfile* p = k.find_by_parameter(name);
-      return p ? p->seconds(value, size) : roofline;
-    });
+    return measured_or([&](const KernelProfiles& k) { return k.find_by_parameter(name); },
+                       [&](const ParameterProfile& p) { return p.seconds(value, size); }, roofline);
   }
   // A collective of `bytes` (its kernel_size) in group g: the machine's measured time where it
   // profiles the collective on a group of g's size, else `modelled` (alpha-beta).
   double collective(const char* name, const GroupShape& g, double bytes, double modelled) const {
-    const KernelProfiles* measured = mc_.profiles.any();
-    if (!measured || !measured->find(name) || g.size != mc_.profiles.ranks || g.crosses_nodes()) return modelled;
-    return measured_at([&](const KernelProfiles& k) {
-      const KernelProfile* p = k.find(name);
-      return p ? p->seconds(bytes) : modelled;
-    });
+    if (g.size != mc_.profiles.ranks || g.crosses_nodes()) return modelled;
+    return profiled(name, bytes, modelled);
   }
   double allreduce(const GroupShape& g, double bytes) const {
     return collective("allreduce", g, kernel_size::allreduce(bytes), allreduce_seconds(mc_, g, bytes));
@@ -238,8 +229,16 @@ class Model {
   double rope(double t, double heads, double head_dim) const {
     return op_by("rope", heads, kernel_size::rope(t, head_dim), stream(es_ * 2.0 * t * heads * head_dim));
   }
-  double measured_at(const std::function<double(const KernelProfiles&)>& of) const {
-    return mc_.profiles.at(footprint_, of);
+  // `time` of the profile `find` picks from a sweep's profiles, at the rank's footprint
+  // between the sweeps, where the machine has that profile; else `fallback`.
+  template <class Find, class Time>
+  double measured_or(Find&& find, Time&& time, double fallback) const {
+    const KernelProfiles* first = mc_.profiles.any();
+    if (!first || !find(*first)) return fallback;
+    return mc_.profiles.at(footprint_, [&](const KernelProfiles& k) {
+      const auto* p = find(k);
+      return p ? time(*p) : fallback;
+    });
   }
   double norm(double t) const { return op("norm", kernel_size::norm(t, m_.hidden, es_)); }
   double add(double t) const { return op("add", kernel_size::add(t, m_.hidden, es_)); }

@@ -17,8 +17,8 @@ case $case_name in
 esac
 
 # Long enough that the rank is surely inside the decode loop when it dies (progress is
-# printed every 10% of the steps). The ranks' command lines start with the executable, the
-# launcher's with mpiexec, so the victim below is always a rank.
+# printed every 10% of the steps, at most once a second). The ranks' command lines start
+# with the executable, the launcher's with mpiexec, so the victim below is always a rank.
 "$mpiexec" -n 2 "$exe" run "$(dirname "$0")/../../inputs/quickstart.toml" --set parallel.dp=2 \
   --set workload.decode_steps=20000 --set verify.mode=none --set output.file="$result" > "$log" 2>&1 &
 launcher=$!

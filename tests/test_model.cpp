@@ -1,8 +1,11 @@
 // The Kokkos forward against the double-precision host reference, and its invariants.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+
 #include "moeproxy/core/model.hpp"
 #include "moeproxy/core/reference.hpp"
+#include "moeproxy/core/weights.hpp"
 #include "test_helpers.hpp"
 
 using namespace moeproxy;
@@ -88,7 +91,50 @@ void check_fp16_against_reference(ModelConfig m, const WorkloadConfig& w) {
   CHECK(err < err32);
 }
 
+// Generated weights, except that layer `tied`'s router is zero: all its logits tie.
+class TiedRouter : public WeightSource {
+ public:
+  TiedRouter(const ModelConfig& m, int tied) : generated_(m), tied_(tied) {}
+  void read(const TensorRef& t, const IndexSpans& rows, const IndexSpans& cols, float* out) const override {
+    generated_.read(t, rows, cols, out);
+    if (t.kind == TensorKind::router && t.layer == tied_)
+      std::fill(out, out + total_count(rows) * total_count(cols), 0.0f);
+  }
+  std::string describe() const override { return "generated, one router zero"; }
+
+ private:
+  GeneratedWeights generated_;
+  int tied_;
+};
+
+bool all_are(const std::vector<char>& flags, char value) {
+  return std::all_of(flags.begin(), flags.end(), [value](char f) { return f == value; });
+}
+
 }  // namespace
+
+TEST_CASE("model: the reference leaves out the rows from a near tie in learned routing on", "[model][moe]") {
+  const ModelConfig m = tiny_moe();
+  const WorkloadConfig w = small_workload();
+  const std::size_t rows = static_cast<std::size_t>(w.batch) * w.prompt, steps = static_cast<std::size_t>(w.batch) * w.decode_steps;
+  const ReferenceOutput decided = reference_forward(m, w, 0, w.batch, w.batch);
+  REQUIRE(decided.prefill_determined.size() == rows);
+  REQUIRE(decided.decode_determined.size() == steps);
+  CHECK(all_are(decided.prefill_determined, 1));
+  CHECK(all_are(decided.decode_determined, 1));
+  // Every token ties in layer 1 from position 0: nothing is determined.
+  const TiedRouter tied(m, 1);
+  const ReferenceOutput undecided = reference_forward(m, w, 0, w.batch, w.batch, &tied);
+  CHECK(all_are(undecided.prefill_determined, 0));
+  CHECK(all_are(undecided.decode_determined, 0));
+  // Synthetic routing does not depend on the logits: determined whatever the router.
+  WorkloadConfig uniform = w;
+  uniform.routing = RoutingMode::uniform;
+  CHECK(all_are(reference_forward(m, uniform, 0, w.batch, w.batch, &tied).decode_determined, 1));
+  // The comparison reads only the flagged rows.
+  CHECK(max_relative_error({1.0f, 1.0f, 5.0f, 5.0f}, {1.0, 1.0, 1.0, 1.0}, {1, 0}) == 0.0);
+  CHECK(max_relative_error({1.0f, 1.0f, 5.0f, 5.0f}, {1.0, 1.0, 1.0, 1.0}, {1, 1}) == Approx(4.0));
+}
 
 TEST_CASE("model: MoE (SwiGLU, RMSNorm, GQA, RoPE, top-3 of 6) matches the reference", "[model]") {
   check_against_reference(tiny_moe(), small_workload());

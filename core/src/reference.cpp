@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <stdexcept>
 #include <string>
 
@@ -115,8 +116,12 @@ Rows expert_ffn(const ModelConfig& c, const WeightSource& src, const Rows& h, in
   return matmul(c, src, a, c.ffn_hidden, c.hidden, TensorKind::w2, layer, expert);
 }
 
-// Expert choices for one token: learned (softmax, top-k, renormalise) or synthetic.
-void choose(const ModelConfig& c, const WorkloadConfig& w, const double* logits, int layer,
+// Expert choices for one token: learned (softmax, top-k, renormalise) or synthetic. Returns
+// the expert the run may have chosen instead, where the learned choice is not determined at
+// the run's precision: the best one left out, when it and the k-th chosen are no further
+// apart than the verification tolerance of the largest logit, a difference the run's
+// rounding can reverse; -1 otherwise.
+int choose(const ModelConfig& c, const WorkloadConfig& w, const double* logits, int layer,
             std::int64_t token, std::vector<int>& idx, std::vector<double>& wt) {
   const int E = c.experts, k = c.top_k;
   idx.assign(k, -1);
@@ -138,7 +143,7 @@ void choose(const ModelConfig& c, const WorkloadConfig& w, const double* logits,
       for (int e = 0; idx[j] < 0 && e < E; ++e)
         if (std::find(idx.begin(), idx.begin() + j, e) == idx.begin() + j) idx[j] = e;
     }
-    return;
+    return -1;
   }
   const double mx = *std::max_element(logits, logits + E);
   double sum = 0.0;
@@ -156,11 +161,22 @@ void choose(const ModelConfig& c, const WorkloadConfig& w, const double* logits,
   }
   if (c.renormalize)
     for (double& v : wt) v /= picked;
+  int left_out = -1;
+  double largest = 0.0;
+  for (int e = 0; e < E; ++e) {
+    largest = std::max(largest, std::abs(logits[e]));
+    if (std::find(idx.begin(), idx.end(), e) == idx.end() && (left_out < 0 || logits[e] > logits[left_out])) left_out = e;
+  }
+  if (left_out < 0) return -1;
+  return logits[idx[k - 1]] - logits[left_out] <= verification_tolerance(c.precision) * largest ? left_out : -1;
 }
 
 struct State {
   // Per layer: keys and values of every position so far, [seq][pos][kv_width].
   std::vector<std::vector<Rows>> k, v;
+  // Per sequence: the first position whose routing was a near tie (choose); its row and all
+  // later ones, which attend to it or follow from it, are not determined.
+  std::vector<int> first_tie;
 };
 
 // One layer over rows x (row r = sequence r / n, position pos0 + r % n), in place; the
@@ -236,15 +252,33 @@ void layer(const ModelConfig& c, const WorkloadConfig& w, const WeightSource& sr
     const int capacity = c.capacity_factor > 0.0
                              ? static_cast<int>(std::ceil(c.capacity_factor * size * c.top_k / c.experts))
                              : -1;
-    std::vector<int> kept(c.experts, 0);
+    std::vector<int> kept(c.experts, 0), wanted(c.experts, 0);
+    struct Tie {
+      int row, chosen, instead;
+    };
+    std::vector<Tie> ties;
     for (int t = starts[g]; t < starts[g + 1]; ++t) {
-      choose(c, w, &logits[static_cast<std::size_t>(t) * c.experts], l, token_ids[t], idx, wt);
+      const int instead = choose(c, w, &logits[static_cast<std::size_t>(t) * c.experts], l, token_ids[t], idx, wt);
+      if (instead >= 0) ties.push_back({t, idx[c.top_k - 1], instead});
       for (int j = 0; j < c.top_k; ++j) {
+        ++wanted[idx[j]];
         if (capacity >= 0 && kept[idx[j]] >= capacity) continue;
         ++kept[idx[j]];
         rows_of[idx[j]].push_back(t);
         weight_of[idx[j]].push_back(wt[j]);
       }
+    }
+    // A tied row is undetermined; with a capacity that binds either expert of the tie (the
+    // other would overflow, or the chosen one dropped rows a freed slot would keep), so is
+    // every later row of its group, whose drops the tie decides.
+    auto undetermined = [&](int row) {
+      int& first = st.first_tie[static_cast<std::size_t>(row / n)];
+      first = std::min(first, pos0 + row % n);
+    };
+    for (const Tie& tie : ties) {
+      undetermined(tie.row);
+      if (capacity >= 0 && (wanted[tie.instead] >= capacity || wanted[tie.chosen] > capacity))
+        for (int r = tie.row + 1; r < starts[g + 1]; ++r) undetermined(r);
     }
   }
   Rows y(x.size(), 0.0);
@@ -281,6 +315,7 @@ ReferenceOutput reference_forward(const ModelConfig& c, const WorkloadConfig& w,
   State st;
   st.k.assign(c.layers, std::vector<Rows>(count));
   st.v.assign(c.layers, std::vector<Rows>(count));
+  st.first_tie.assign(count, S + G);
 
   Rows x(static_cast<std::size_t>(count) * S * d);
   std::vector<std::int64_t> ids(static_cast<std::size_t>(count) * S);
@@ -307,6 +342,10 @@ ReferenceOutput reference_forward(const ModelConfig& c, const WorkloadConfig& w,
       std::copy_n(step_in.begin() + static_cast<std::ptrdiff_t>(b) * d, d,
                   out.decode.begin() + (static_cast<std::ptrdiff_t>(b) * G + g) * d);
   }
+  for (int b = 0; b < count; ++b) {
+    for (int i = 0; i < S; ++i) out.prefill_determined.push_back(i < st.first_tie[b] ? 1 : 0);
+    for (int g = 0; g < G; ++g) out.decode_determined.push_back(S + g < st.first_tie[b] ? 1 : 0);
+  }
   return out;
 }
 
@@ -320,12 +359,15 @@ double reference_flops(const ModelConfig& model, const WorkloadConfig& workload,
 
 namespace moeproxy {
 
-double max_relative_error(const std::vector<float>& got, const std::vector<double>& expected) {
+double max_relative_error(const std::vector<float>& got, const std::vector<double>& expected,
+                          const std::vector<char>& rows) {
   if (got.size() != expected.size())
     throw std::invalid_argument("max_relative_error: " + std::to_string(got.size()) + " values against " +
                                 std::to_string(expected.size()));
+  const std::size_t width = rows.empty() ? 1 : got.size() / rows.size();
   double diff = 0.0, scale = 0.0;
   for (std::size_t i = 0; i < got.size(); ++i) {
+    if (!rows.empty() && !rows[i / width]) continue;
     diff = std::max(diff, std::abs(static_cast<double>(got[i]) - expected[i]));
     scale = std::max(scale, std::abs(expected[i]));
   }

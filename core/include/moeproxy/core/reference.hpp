@@ -13,6 +13,10 @@ namespace moeproxy {
 struct ReferenceOutput {
   std::vector<double> prefill;  // [count * prompt, hidden]
   std::vector<double> decode;   // [count * decode_steps, hidden], row = b * decode_steps + step
+  // Per row of each: 1 where the output is determined at the model's precision, 0 from a
+  // sequence's first near tie in learned routing on (an expert choice the run's rounding can
+  // reverse, docs/model.md "Verification near routing ties"), which the comparison leaves out.
+  std::vector<char> prefill_determined, decode_determined;
 };
 
 // The rows each routing call sees (docs/model.md, Capacity): where a capacity factor drops
@@ -36,9 +40,11 @@ double reference_flops(const ModelConfig& model, const WorkloadConfig& workload,
 
 namespace moeproxy {
 
-// max |got - expected| / max |expected| over all elements: one number per comparison,
-// insensitive to individual near-zero entries. Sizes must match.
-double max_relative_error(const std::vector<float>& got, const std::vector<double>& expected);
+// max |got - expected| / max |expected| over all elements, or over the rows `rows` flags
+// (one flag per row, empty: all): one number per comparison, insensitive to individual
+// near-zero entries. Sizes must match.
+double max_relative_error(const std::vector<float>& got, const std::vector<double>& expected,
+                          const std::vector<char>& rows = {});
 
 // The verification tolerance for a precision.
 double verification_tolerance(Precision precision);

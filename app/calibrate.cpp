@@ -160,14 +160,14 @@ int calibrate_command(const CalibrateOptions& opt, int argc, char** argv) {
   m.profiles = measure_profiles(c, say);
   notes["profile"] = "measured: microseconds of one call (attention: of one team) at each size (kernel_size in "
                      "core/include/moeproxy/core/kernel_profile.hpp), fp32, all ranks at once, each call after a sweep";
-  notes["profile.sweep.bytes"] = "bytes written through the caches before each call, its inputs read back in after";
+  notes["profile.sweep.bytes"] = "bytes read through the caches before each call, its inputs read back in after";
   notes["profile.gemm"] = "measured: [rows, n, microseconds] of [rows, n] x [n, n]";
   for (const auto& [name, parameter] : profiled_by_parameter())
     notes["profile." + name] = "measured: [" + parameter + ", size" + (name == "rope" ? " (angles)" : " of one team") +
                                ", microseconds]";
   if (m.profiles.ranks > 0)
-    notes["profile.ranks"] = "the ranks sync_wait, allreduce and alltoallv were measured on; predict uses the "
-                             "collectives' profiles for groups of this size on one node";
+    notes["profile.ranks"] = "the ranks sync_wait, allreduce, alltoallv and send were measured on; predict uses the "
+                             "collectives' profiles for groups of this size on one node, send's between any two ranks of one node";
   if (!m.profiles.sync_wait.empty())
     notes["profile.sync_wait"] = "measured on " + std::to_string(c.size) +
                                  " ranks: [microseconds of compute, microseconds waited in the next collective]";

@@ -30,8 +30,12 @@ const std::vector<int> rope_heads = {1, 8, 32};
 const std::vector<int> attention_head_dims = {16, 64, 128};
 constexpr int experts = 8, top_k = 2;
 const std::vector<int> row_counts = {1, 8, 64, 512, 4096};
-// Bytes written through the caches before each timed call: about an L2, a large L3 slice, and
-// more than any cache (an H100's L2 is 50 MB).
+// Bytes read through the caches before each timed call: about an L2, a large L3 slice, and
+// more than any cache (an H100's L2 is 50 MB). Read, not written, as a forward pass reads its
+// weights and KV cache between two calls of a kernel; the difference is large: on the AMD VM
+// (2026-12-06) a [4, 256] x [256, 256] GEMM ran at 68-98 GFLOP/s after 8 MiB were written
+// through the caches and at 17 after 8 MiB were read (28 after a write of 16 MiB, 15-20 after
+// 64 MiB either way), and the forward pass's decode GEMMs of a rank of 16 MB ran at the cold rate.
 const std::vector<double> profile_sweeps = {1024.0 * 1024, 8.0 * 1024 * 1024, 64.0 * 1024 * 1024};
 
 // Copies of an [n, n] weight, together about `bytes` (at least two), for the GEMM loop of
@@ -62,23 +66,17 @@ struct Together {
   MPI_Comm comm;
 };
 
-// Writes every element of `sweep`, evicting what the caches held.
-void write_through(const ExecSpace& space, const Kokkos::View<float*, MemSpace>& sweep) {
-  Kokkos::parallel_for("moeproxy::calibrate::sweep", Kokkos::RangePolicy<ExecSpace>(space, 0, sweep.extent(0)),
-                       KOKKOS_LAMBDA(const std::size_t i) { sweep(i) = 0.5f * sweep(i) + 1.0f; });
-}
-
 // Reads every element of `v` (contiguous) into the caches.
 template <class View>
-void read_back(const ExecSpace& space, const View& v) {
+void read_back(const ExecSpace& space, const View& v, const char* label = "moeproxy::calibrate::read_back") {
   const auto* data = v.data();
   double sum = 0.0;
   Kokkos::parallel_reduce(
-      "moeproxy::calibrate::read_back", Kokkos::RangePolicy<ExecSpace>(space, 0, v.span()),
+      label, Kokkos::RangePolicy<ExecSpace>(space, 0, v.span()),
       KOKKOS_LAMBDA(const std::size_t i, double& s) { s += static_cast<double>(data[i]); }, sum);
 }
 
-// Writes `sweep` bytes through the caches before each timed call, then reads the call's
+// Reads `sweep` bytes through the caches before each timed call, then reads the call's
 // inputs back in.
 class ColdCaller {
  public:
@@ -104,7 +102,7 @@ class ColdCaller {
  private:
   template <class Work, class... Inputs>
   double call(Work& work, const Inputs&... inputs) {
-    write_through(c_.space, sweep_);
+    read_back(c_.space, sweep_, "moeproxy::calibrate::sweep");
     (prepare(inputs), ...);
     named_fence(c_.space, "moeproxy::calibrate::cold");
     Kokkos::Timer timer;
@@ -170,15 +168,21 @@ KernelProfile measure_sync_wait(const CalibrationContext& c) {
     MPI_Allreduce(MPI_IN_PLACE, &token, 1, MPI_FLOAT, MPI_SUM, c.world);
     wait += timer.seconds();
   };
+  // The wait is the median over the reps of the ranks' mean: the mean of the few reps that
+  // fill the budget at 512 GEMMs is set by a rare stall of one rank's core (two calibrations
+  // of one build on the AMD VM, 2026-12-06: 1.1 ms and 10 ms waited after 97 ms of work).
   auto measure = [&](int calls, double& work, double& wait) {
     double w0 = 0.0, s0 = 0.0;
     interval(calls, w0, s0);
     int reps = std::max(5, static_cast<int>(c.budget / std::max(1e-7, w0 + s0)));
     MPI_Bcast(&reps, 1, MPI_INT, 0, c.world);
     MPI_Barrier(c.world);
-    for (int r = 0; r < reps; ++r) interval(calls, work, wait);
+    std::vector<double> waits(static_cast<std::size_t>(reps), 0.0);
+    for (double& w : waits) interval(calls, work, w);
     work = mean_over_ranks(c, work / reps);
-    wait = mean_over_ranks(c, wait / reps);
+    MPI_Allreduce(MPI_IN_PLACE, waits.data(), reps, MPI_DOUBLE, MPI_SUM, c.world);
+    std::nth_element(waits.begin(), waits.begin() + reps / 2, waits.end());
+    wait = waits[static_cast<std::size_t>(reps / 2)] / c.size;
   };
   double none = 0.0, idle = 0.0;
   measure(0, none, idle);
@@ -255,16 +259,32 @@ class Profiler {
                       MPI_FLOAT, c_.world);
       }, HostRows{&send}, Together{c_.world});
     }
+    // "send": a pipeline stage's rows to the next stage (parallel/src/pipeline.cpp), rank 0 to
+    // rank 1, the receiver entering its receive together with the sender; the sender's time,
+    // as the stage's send phase has it.
+    for (const int floats : {2, 2048, 65536, 1 << 20}) {
+      std::vector<float> buf(static_cast<std::size_t>(floats), 1.0f);
+      double sender = cold_.seconds([&] {
+        if (c_.rank == 0) MPI_Send(buf.data(), floats, MPI_FLOAT, 1, 0, c_.world);
+        if (c_.rank == 1) MPI_Recv(buf.data(), floats, MPI_FLOAT, 0, 0, c_.world, MPI_STATUS_IGNORE);
+      }, HostRows{&buf}, Together{c_.world});
+      MPI_Bcast(&sender, 1, MPI_DOUBLE, 0, c_.world);
+      out_.kernels["send"].points.emplace_back(kernel_size::send(sizeof(float) * floats), sender);
+    }
   }
 
   void routing() {
+    const Matrix router_weight = filled("moeproxy::calibrate::router", width, experts, 0.01f);
     for (const int t : row_counts) {
       const double routed = static_cast<double>(t) * top_k;
-      const Matrix logits = filled("moeproxy::calibrate::logits", t, experts, 0.1f);
+      const Matrix h = filled("moeproxy::calibrate::h", t, width, 0.5f);
+      const Matrix logits("moeproxy::calibrate::logits", t, experts);
       IndexMatrix chosen("moeproxy::calibrate::chosen", t, top_k);
       const Matrix weight("moeproxy::calibrate::weight", t, top_k);
-      point("route", kernel_size::route(t, experts, top_k, es),
-            [&] { route_top_k(c_.space, logits, top_k, true, chosen, weight); }, logits);
+      point("router", kernel_size::router(t, width, experts, top_k, es), [&] {
+        gemm(c_.space, h, router_weight, logits);
+        route_top_k(c_.space, logits, top_k, true, chosen, weight);
+      }, h);
       const IndexMatrix idx = spread_experts(t);
       Permutation perm;
       // With the counts' copy to the host, as the forward pass's permute phase has it.
@@ -359,7 +379,7 @@ MachineProfiles measure_profiles(const CalibrationContext& c, const std::functio
     profiler.elementwise();
     profiler.rope();
     profiler.routing();
-    say(swept + "profiled norm, store_kv, add, activate, route, permute, gather, combine at 1 to 4096 rows, rope of 1, "
+    say(swept + "profiled norm, store_kv, add, activate, router, permute, gather, combine at 1 to 4096 rows, rope of 1, "
                 "8 and 32 heads");
     profiler.attention_kernels();
     say(swept + "profiled attention per team at head widths 16, 64 and 128: prefill of 2 x 2 to 2 x 512 tokens, "

@@ -375,6 +375,8 @@ TEST_CASE("machine file: [profile] reads back as written, and bad points are nam
   refused("attention_decode = [[64, 512, 1, 2]]\n", "must be an array of [head_dim, size, microseconds]");
   refused("attention_decode = [[64, 2048, 0.6], [64, 512, 0.3]]\n", "sizes must increase for each head_dim");
   refused("rope = [[4096, 6.7]]\n", "rope by heads: rows are [heads, size, microseconds] now");
+  refused("route = [[48, 0.4]]\n", "top-k alone");
+  refused("route = [[48, 0.4]]\n", "run moeproxy calibrate again");
   refused_at("[profile]\nnorm = [[1024, 2.5]]\n", "outside [[profile.sweep]]", "17");
   refused_at("[profile]\nnorm = [[1024, 2.5]]\n", "run moeproxy calibrate again", "17");
   refused_at("[profile]\nsweeps = 3\n", "valid keys of [profile]: ranks, sync_wait, sweep", "17");
@@ -473,6 +475,36 @@ TEST_CASE("perf model: a collective takes its profile's time on a group of the c
   // The attention output's and the FFN's reductions.
   CHECK(predict(cfg, m, 2).per_rank[0].prefill.at(0, Phase::allreduce) == Approx(2e-3));
   CHECK(modelled < 1e-4);
+}
+
+TEST_CASE("perf model: a pipeline stage's send takes the send profile's time within a node", "[perf]") {
+  RunConfig cfg = dense_one_layer();
+  cfg.model.layers = 2;
+  cfg.parallel.pp = 2;
+  MachineSpec m = compute_bound();
+  const double modelled = predict(cfg, m, 2).per_rank[0].prefill.at(0, Phase::send);
+  single_sweep(m).kernels["send"] = KernelProfile{{{1.0, 1e-3}, {1e12, 1e-3}}};
+  CHECK(predict(cfg, m, 2).per_rank[0].prefill.at(0, Phase::send) == Approx(modelled));  // one-rank calibration
+  m.profiles.ranks = 2;
+  CHECK(predict(cfg, m, 2).per_rank[0].prefill.at(0, Phase::send) == Approx(1e-3));
+  m.devices_per_node = 1;  // the stages on two nodes
+  CHECK(predict(cfg, m, 2).per_rank[0].prefill.at(0, Phase::send) == Approx(sendrecv_seconds(m, true, 4.0 * 64 * 64)));
+  CHECK(modelled < 1e-4);
+}
+
+TEST_CASE("perf model: the router takes its profile's time at its rows, weight and logits' bytes", "[perf]") {
+  RunConfig cfg = dense_one_layer();
+  cfg.model.ffn = FfnKind::moe;
+  cfg.model.experts = 4;
+  cfg.model.top_k = 2;
+  MachineSpec m = compute_bound();
+  // 64 prompt tokens: rows 64 x 64, weight 64 x 4, logits 64 x 4 in fp32, then the top-k.
+  const double bytes = 4.0 * (64 * 64 + 64 * 4 + 64 * 4) + 4.0 * 64 * 4 + 8.0 * 64 * 2;
+  CHECK(kernel_size::router(64, 64, 4, 2, 4.0) == Approx(bytes));
+  single_sweep(m).kernels["router"] = KernelProfile{{{bytes, 7e-3}, {2.0 * bytes, 9e-3}}};
+  CHECK(predict(cfg, m, 1).per_rank[0].prefill.at(0, Phase::router) == Approx(7e-3));
+  // Two decode steps of two rows, below the profile's smallest size: its time each.
+  CHECK(predict(cfg, m, 1).per_rank[0].decode.at(0, Phase::router) == Approx(2 * 7e-3));
 }
 
 TEST_CASE("perf model: RoPE takes its angles' time at the heads that share them", "[perf]") {

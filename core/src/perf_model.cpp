@@ -226,6 +226,13 @@ class Model {
   double alltoallv(const GroupShape& g, double bytes) const {
     return collective("alltoallv", g, kernel_size::alltoallv(bytes), alltoallv_seconds(mc_, g, bytes));
   }
+  // A point-to-point message of `bytes`: measured where the machine profiles sends and the
+  // peer is on the same node, else alpha-beta.
+  double send(bool across_nodes, double bytes) const {
+    const double modelled = sendrecv_seconds(mc_, across_nodes, bytes);
+    if (mc_.profiles.ranks < 2 || across_nodes) return modelled;
+    return profiled("send", kernel_size::send(bytes), modelled);
+  }
   double rope(double t, double heads, double head_dim) const {
     return op_by("rope", heads, kernel_size::rope(t, head_dim), stream(es_ * 2.0 * t * heads * head_dim));
   }
@@ -280,7 +287,8 @@ class Model {
   // Router, permutation and combination of t tokens' routed rows, wherever the rank that
   // holds the attention routes them.
   double router(double t) const {
-    return gemm(t, m_.hidden, m_.experts) + op("route", kernel_size::route(t, m_.experts, m_.top_k, es_));
+    return profiled("router", kernel_size::router(t, m_.hidden, m_.experts, m_.top_k, es_),
+                    gemm(t, m_.hidden, m_.experts) + stream(kernel_size::top_k(t, m_.experts, m_.top_k, es_)));
   }
   double permute(double t) const {
     const double routed = t * m_.top_k;
@@ -557,11 +565,11 @@ Prediction predict_grid(const RunConfig& cfg, const MachineSpec& machine, int ra
         tail.add(Phase::norm, model.norm(t));
         if (p.pp > 1) {  // newest rows back to the first stage
           const double bytes = es * seqs * d;
-          tail.communicate(Phase::send, "send", "pp", p.pp, bytes, sendrecv_seconds(machine, stage_link_inter, bytes));
+          tail.communicate(Phase::send, "send", "pp", p.pp, bytes, model.send(stage_link_inter, bytes));
         }
       } else {
         const double bytes = es * t * d;
-        tail.communicate(Phase::send, "send", "pp", p.pp, bytes, sendrecv_seconds(machine, stage_link_inter, bytes));
+        tail.communicate(Phase::send, "send", "pp", p.pp, bytes, model.send(stage_link_inter, bytes));
       }
       for (const Cost& c : layers) whole.add(c);
     };
@@ -791,8 +799,8 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
   if (mb > 1) layout << " micro_batches=" << mb;
   out.layout = layout.str();
   out.assumptions.push_back(
-      "attention/MoE separation modelled from the deck keys (this version's runtime does not run it yet): "
-      "micro-batches circulate attention -> experts -> attention, each side and the link a stage");
+      "attention/MoE separation: micro-batches circulate attention -> experts -> attention, each side and the link "
+      "a stage");
   if (data_parallel && !even)
     out.assumptions.push_back("the batch does not split evenly over " + std::to_string(attn_dp) +
                               " attention replicas: the busiest holds " + std::to_string(seqs_rank) + " sequences");
@@ -825,6 +833,9 @@ Prediction predict(const RunConfig& cfg, const MachineSpec& machine, int ranks) 
     if (machine.profiles.ranks > 1 && (measured->find("allreduce") || measured->find("alltoallv")))
       out.assumptions.push_back("collectives of groups of " + std::to_string(machine.profiles.ranks) +
                                 " ranks within a node from the machine file's profiles, alpha-beta for other groups");
+    if (machine.profiles.ranks > 1 && measured->find("send"))
+      out.assumptions.push_back("point-to-point sends within a node from the machine file's profile, alpha-beta "
+                                "across nodes");
     if (cfg.model.precision == Precision::fp16)
       out.assumptions.push_back("the profiles were measured in fp32: fp16 kernels are looked up at their byte counts");
   } else {

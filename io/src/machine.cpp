@@ -161,6 +161,9 @@ void parse_kernels(const std::string& source, const std::string& prefix, const t
       }
       continue;
     }
+    if (name == "route")
+      throw InputError(where(source, node) + ": " + full + " is the top-k alone, as calibrate profiled it before it " +
+                       "profiled the router's logits GEMM and top-k together (router); run moeproxy calibrate again");
     const auto& known = profiled_kernels();
     if (std::find(known.begin(), known.end(), name) == known.end()) {
       std::string list = "bytes, gemm";

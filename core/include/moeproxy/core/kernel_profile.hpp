@@ -94,8 +94,9 @@ struct MachineProfiles {
 // The names of the profiled kernels other than the GEMM and those by a parameter, as machine
 // files spell them.
 inline const std::vector<std::string>& profiled_kernels() {
-  static const std::vector<std::string> names = {"norm",    "store_kv", "add",     "activate",  "route",
-                                                 "permute", "gather",   "combine", "allreduce", "alltoallv"};
+  static const std::vector<std::string> names = {"norm",    "store_kv", "add",     "activate",  "router",
+                                                 "permute", "gather",   "combine", "allreduce", "alltoallv",
+                                                 "send"};
   return names;
 }
 // The kernels profiled by a parameter, and the parameter's name in machine files.
@@ -120,8 +121,15 @@ inline double store_kv(double t, double width, double es) { return es * 4.0 * t 
 inline double add(double t, double d, double es) { return es * 3.0 * t * d; }
 // "activate": GELU on [rows, cols] (mats = 2) or SwiGLU a = silu(a) * b (mats = 3).
 inline double activate(double rows, double cols, double mats, double es) { return es * mats * rows * cols; }
-// "route": top-k of [t, experts] logits (or synthetic routing), indices and weights out.
-inline double route(double t, double experts, double k, double es) { return es * t * experts + 8.0 * t * k; }
+// The top-k of [t, experts] logits (or synthetic routing), indices and weights out.
+inline double top_k(double t, double experts, double k, double es) { return es * t * experts + 8.0 * t * k; }
+// "router": the logits [t, d] x [d, experts], then their top-k. Its few columns make the GEMM
+// a pass over the rows, which the square-weight GEMM profile does not describe (the medium
+// deck's router ran at about half the rate of a square GEMM of its FLOPs): the rows, the
+// weight and the logits written, then the top-k's bytes.
+inline double router(double t, double d, double experts, double k, double es) {
+  return es * (t * d + d * experts + t * experts) + top_k(t, experts, k, es);
+}
 // "permute": a scan of the routed rows' expert indices per expert, the scatter, and the counts
 // to the host.
 inline double permute(double routed, double experts) { return 4.0 * routed * (experts + 2.0); }
@@ -163,6 +171,9 @@ inline double attention_flops(double seqs, double heads, double head_dim, double
 // of them entering together: waiting for the slowest is sync_wait's.
 inline double allreduce(double bytes) { return bytes; }
 inline double alltoallv(double bytes) { return bytes; }
+// "send": the bytes of one point-to-point message to a rank of the same node, the sender's
+// time (profiled on ranks 0 and 1 of the calibration).
+inline double send(double bytes) { return bytes; }
 // "sync_wait": microseconds of compute since the group's previous synchronisation; the
 // profile's time is what a rank waits in the next for the slowest of the group.
 inline double sync_wait(double work_seconds) { return work_seconds * 1e6; }

@@ -174,8 +174,9 @@ int choose(const ModelConfig& c, const WorkloadConfig& w, const double* logits, 
 struct State {
   // Per layer: keys and values of every position so far, [seq][pos][kv_width].
   std::vector<std::vector<Rows>> k, v;
-  // Per sequence: the first position whose routing was a near tie (choose); its row and all
-  // later ones, which attend to it or follow from it, are not determined.
+  // Per sequence: the first position whose routing is not determined (a near tie, choose, or
+  // a later row of a tie's group under a binding capacity); its row and all later ones, which
+  // attend to it or follow from it, are not determined either.
   std::vector<int> first_tie;
 };
 

@@ -14,8 +14,9 @@ struct ReferenceOutput {
   std::vector<double> prefill;  // [count * prompt, hidden]
   std::vector<double> decode;   // [count * decode_steps, hidden], row = b * decode_steps + step
   // Per row of each: 1 where the output is determined at the model's precision, 0 from a
-  // sequence's first near tie in learned routing on (an expert choice the run's rounding can
-  // reverse, docs/model.md "Verification near routing ties"), which the comparison leaves out.
+  // sequence's first undetermined row on: a near tie in learned routing (an expert choice the
+  // run's rounding can reverse), or a later row of a tie's route group under a binding
+  // capacity (docs/model.md "Verification near routing ties"). The comparison leaves them out.
   std::vector<char> prefill_determined, decode_determined;
 };
 

@@ -205,7 +205,7 @@ Matrix Transformer::attention_block(int l, const Matrix& x, const MicroBatch& mb
   // Row-parallel output projection: each rank's heads give a partial sum, reduced before
   // the residual add.
   timed(space_, timing, l, Phase::attn_out, [&] { gemm(space_, w.attn, lw.wo, w.partial); });
-  timed(space_, timing, l, Phase::allreduce, [&] { exchange_->reduce_partial(space_, w.partial); });
+  exchange_->timed_reduce_partial(space_, w.partial, timing, l);
   timed(space_, timing, l, Phase::attn_out, [&] { add_into(space_, w.partial, x); });
 
   timed(space_, timing, l, Phase::norm,
@@ -311,7 +311,7 @@ void Transformer::attend(int l, const Workspace& w, const MicroBatch& mb, const 
   const Scores scores(ws_.scores.data(), w.q.extent(0), heads_, pos0 + n);
   timed(space_, timing, l, Phase::attn_core,
         [&] { attention_scores<T>(space_, w.q, k_cache, scores, n, pos0, head_begin_, group); });
-  timed(space_, timing, l, Phase::allreduce, [&] { exchange_->reduce_scores(space_, scores); });
+  exchange_->timed_reduce_scores(space_, scores, timing, l);
   timed(space_, timing, l, Phase::attn_core,
         [&] { attention_apply<T>(space_, scores, v_cache, w.attn, n, pos0, scale, head_begin_, group); });
 }
@@ -330,7 +330,7 @@ void Transformer::dense_ffn(int l, const Matrix& x, const Matrix& h, PhaseTable&
   timed(space_, timing, l, Phase::ffn,
         [&] { expert_ffn(weights_.layers[l - layer_begin_], {GemmGroup{static_cast<int>(h.extent(0)), 0}}, h,
                          w.ffn_a, w.ffn_b, w.partial); });
-  timed(space_, timing, l, Phase::allreduce, [&] { exchange_->reduce_partial(space_, w.partial); });
+  exchange_->timed_reduce_partial(space_, w.partial, timing, l);
   timed(space_, timing, l, Phase::ffn, [&] { add_into(space_, w.partial, x); });
 }
 
@@ -357,7 +357,7 @@ void Transformer::moe(int l, const Matrix& x, const Matrix& h, std::int64_t toke
     Kokkos::deep_copy(space_, w.partial, 0.0f);
     combine(space_, w.yp, perm.position, w.route_w, w.partial);
   });
-  timed(space_, timing, l, Phase::allreduce, [&] { exchange_->reduce_partial(space_, w.partial); });
+  exchange_->timed_reduce_partial(space_, w.partial, timing, l);
   timed(space_, timing, l, Phase::combine, [&] { add_into(space_, w.partial, x); });
 }
 

@@ -45,16 +45,18 @@ void Pipeline::run(int step, const Input& input, const Output& output, std::vect
     }
     const Matrix out = model_.final_norm(x, timing);
     output(mb, out);
-    // Each sequence's newest row goes back to the first stage.
+    // Each sequence's newest row goes back to the first stage: a send where that is another
+    // rank (the copy out of the device included), a copy outside every phase where it is this one.
     timer.reset();
     auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), out);
     std::vector<float> newest(static_cast<std::size_t>(mb.count) * d);
     for (int b = 0; b < mb.count; ++b)
       std::copy_n(host.data() + (static_cast<std::size_t>(b) * n + n - 1) * d, d, newest.data() + static_cast<std::size_t>(b) * d);
-    if (first_stage())
+    if (first_stage()) {
       std::copy(newest.begin(), newest.end(), feedback.begin() + static_cast<std::ptrdiff_t>(mb.first) * d);
-    else
-      stages_.host().send(newest.data(), static_cast<int>(newest.size()), 0, feedback_tag);
+      continue;
+    }
+    stages_.host().send(newest.data(), static_cast<int>(newest.size()), 0, feedback_tag);
     timing.add(layer_end_ - 1, Phase::send, timer.seconds());
   }
   if (first_stage() && !last_stage()) {

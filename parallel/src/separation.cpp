@@ -179,7 +179,7 @@ void Separation::finish(int l, const Matrix& x, InFlight& f, PhaseTable& timing)
     for (int j = 0; j < ffn_ranks_; ++j)
       add_into(space_, Kokkos::subview(y, std::make_pair(j * own, (j + 1) * own), Kokkos::ALL), partial_own);
   });
-  timed(space_, timing, l, Phase::allreduce, [&] { tp_.reduce_partial(space_, partial); });
+  tp_.timed_reduce_partial(space_, partial, timing, l);
   timed(space_, timing, l, Phase::combine, [&] { add_into(space_, partial, x); });
 }
 

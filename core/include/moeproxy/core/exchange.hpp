@@ -50,10 +50,22 @@ class LayerExchange {
   // global expert, counts[e] rows of expert e) through their experts, wherever they are
   // held, into yp [kept, d] in xp's order. The default is dispatch -> compute ->
   // undispatch, communication timed as Phase::dispatch; a layout may interleave them.
+  // Without an expert group nothing travels: dispatch is bookkeeping, and undispatch (the
+  // zeros of the other experts' rows, if any) counts as the experts' work.
   virtual void run_experts(const ExecSpace& space, const Matrix& xp, const std::vector<int>& counts,
                            const Matrix& yp, const ExpertCompute& compute, PhaseTable& timing, int layer);
   // Ranks the experts are spread over (1: all local).
   virtual int expert_group_size() const { return 1; }
+  // Ranks reduce_partial sums over (1: it does nothing).
+  virtual int partial_group_size() const { return 1; }
+  // Ranks reduce_scores sums over (1: it does nothing).
+  virtual int score_group_size() const { return 1; }
+
+  // reduce_partial / reduce_scores timed as Phase::allreduce where there are ranks to sum
+  // over, and not timed at all where there are none: the timer's fence around nothing cost
+  // 3-5 us a call on the CPU VM and showed communication in layouts without any.
+  void timed_reduce_partial(const ExecSpace& space, const Matrix& partial, PhaseTable& timing, int layer);
+  void timed_reduce_scores(const ExecSpace& space, const Scores& scores, PhaseTable& timing, int layer);
 };
 
 }  // namespace moeproxy

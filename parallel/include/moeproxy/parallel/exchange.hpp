@@ -36,6 +36,8 @@ class LayoutExchange : public LayerExchange {
   void run_experts(const ExecSpace& space, const Matrix& xp, const std::vector<int>& counts, const Matrix& yp,
                    const ExpertCompute& compute, PhaseTable& timing, int layer) override;
   int expert_group_size() const override { return ep_.size(); }
+  int partial_group_size() const override { return tp_.size(); }
+  int score_group_size() const override { return dim_.size(); }
 
  private:
   DeviceComm& tp_;

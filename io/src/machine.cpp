@@ -221,7 +221,7 @@ void parse_profile(const std::string& source, const toml::table& table, MachineP
       }
       if (!std::isfinite(bytes) || bytes <= 0.0)
         throw InputError(where(source, bytes_node ? *bytes_node : (*sweeps)[i]) + ": " + prefix +
-                         "bytes must be a positive number (bytes written through the caches before each call)");
+                         "bytes must be a positive number (bytes read through the caches before each call)");
       if (!profiles.by_sweep.empty() && bytes <= profiles.by_sweep.back().first)
         throw InputError(where(source, *bytes_node) + ": " + prefix + "bytes: the sweeps' bytes must increase");
       KernelProfiles k;

@@ -72,7 +72,7 @@ struct KernelProfiles {
 
 // A kernel's time depends on where its data is when it starts, which a forward pass decides:
 // between two calls of one kernel, the rank's weights, KV cache and other activations pass
-// through the caches. calibrate times every kernel after writing `swept` bytes through the
+// through the caches. calibrate times every kernel after reading `swept` bytes through the
 // caches (its inputs read back in, as the kernel before would have written them), at a few
 // sweeps; a rank looks its kernels up at the footprint of its pass (the bytes the pass moves:
 // perf_model.cpp, pass_footprint), interpolated log-log between the sweeps around it

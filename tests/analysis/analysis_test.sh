@@ -136,6 +136,45 @@ EOF
     expect 2 "--reference" -- "$accept" "$runs/q4.h5"
     ok "bad references, missing files and bad usage give exit code 2" ;;
 
+  compare)
+    need_runs
+    compare=$src/analysis/moeproxy-compare
+    "$exe" predict "$src/inputs/quickstart.toml" --set parallel.dp=1 --ranks 1 --machine "$src/inputs/machines/cpu-local.toml" \
+      --out "$out/q1-predicted.h5" > "$log" 2>&1 || fail "predict refused the quickstart"
+    "$py" "$compare" "$runs/q1.h5" "$out/q1-predicted.h5" --repeats "$runs/q1.h5" "$runs/q2.h5" "$runs/q4.h5" \
+      --median > "$out/compare-median.md" || fail "compare --median failed"
+    "$py" "$compare" "$runs/q1.h5" "$out/q1-predicted.h5" > "$out/compare-one.md" || fail "compare failed"
+    # The measured column against figures computed here from the files: one run's, or the
+    # median of three runs' row by row (q1 given twice counts once).
+    $py - "$out" "$runs" >> "$log" 2>&1 <<'EOF' || fail "compare's measured figures"
+import sys, h5py, numpy as np
+out, runs = sys.argv[1], sys.argv[2]
+def rows(path):
+    table = {}
+    for line in open(path):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0] in ("prefill", "decode"):
+            table[(cells[0], cells[1])] = float(cells[2])
+    return table
+def measured(name, stage, phase):
+    with h5py.File(f"{runs}/{name}.h5", "r") as f:
+        if phase == "wall":
+            return float(np.max(f[f"timing/{stage}_wall"][()]))
+        names = list(f["timing/phases"].asstr()[()])
+        return float(f[f"timing/{stage}"][()].sum(axis=1).mean(axis=0)[names.index(phase)])
+one, med = rows(f"{out}/compare-one.md"), rows(f"{out}/compare-median.md")
+assert ("prefill", "wall") in one and ("decode", "wall") in med, (one, med)
+for (stage, phase), got in one.items():
+    assert abs(got - measured("q1", stage, phase)) <= 0.005 * got, (stage, phase, got)
+for (stage, phase), got in med.items():
+    want = float(np.median([measured(n, stage, phase) for n in ("q1", "q2", "q4")]))
+    assert abs(got - want) <= 0.005 * want, (stage, phase, got, want)
+print("compare: %d rows of one run, %d medians of three" % (len(one), len(med)))
+EOF
+    expect 2 "needs --repeats" -- "$py" "$compare" "$runs/q1.h5" "$out/q1-predicted.h5" --median
+    expect 1 "measured file first" -- "$py" "$compare" "$out/q1-predicted.h5" "$runs/q1.h5"
+    ok "moeproxy-compare: one run's figures, or each row's median over the runs" ;;
+
   job-scripts-parse)
     n=0
     while IFS= read -r f; do

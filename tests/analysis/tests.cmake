@@ -16,7 +16,7 @@ endfunction()
 
 # Result files of several layouts (dp = 1, 2, 4 and a dense model) plus an incomplete one.
 moeproxy_add_analysis_test(runs FIXTURES_SETUP moeproxy_analysis_runs PROCESSORS 4)
-foreach(case report report-refuses accept-pass accept-fail accept-usage)
+foreach(case report report-refuses accept-pass accept-fail accept-usage compare)
   moeproxy_add_analysis_test(${case} FIXTURES_REQUIRED moeproxy_analysis_runs)
 endforeach()
 moeproxy_add_analysis_test(job-scripts-parse)

@@ -112,7 +112,7 @@ CLI::App* add_calibrate(CLI::App& app, CalibrateOptions& opt) {
                                  "(mpiexec -n N), its MPI collectives; write a machine file for predict.");
   cmd->add_option("--out", opt.out, "Machine file to write (TOML)")->required();
   cmd->add_option("--name", opt.name, "machine.name to record (default: the host name and backend)");
-  cmd->add_option("--seconds", opt.seconds, "Seconds per measurement (about 400 of them: 2 minutes at 0.3 on a CPU core)")->check(CLI::Range(0.01, 60.0))->capture_default_str();
+  cmd->add_option("--seconds", opt.seconds, "Seconds per measurement, shared by its three rounds (about 400 of them: 3.5 minutes at 0.3 on a CPU core)")->check(CLI::Range(0.01, 60.0))->capture_default_str();
   return cmd;
 }
 

@@ -84,7 +84,7 @@ class ColdCaller {
       : c_(c), sweep_("moeproxy::calibrate::sweep", static_cast<std::size_t>(sweep / sizeof(float))) {}
 
   // Median seconds of one call of `work` after the sweep, over calls filling the budget (at
-  // least five); every rank calls the same number of times (rank 0's choice). The median, as
+  // least three); every rank calls the same number of times (rank 0's choice). The median, as
   // a stall of the VM's core of milliseconds in one call set the mean of a small kernel's
   // hundreds of calls (AMD VM, 2026-12-06: combine of 4 MB 1476 us after an 8 MiB sweep,
   // 616-619 us after 1 and 64 MiB).
@@ -94,7 +94,7 @@ class ColdCaller {
     work();  // set-up: first touch of the outputs, allocations inside the kernel
     Kokkos::Timer probe;
     call(work, inputs...);
-    int reps = std::clamp(static_cast<int>(c_.budget / std::max(1e-9, probe.seconds())), 5, 100000);
+    int reps = std::clamp(static_cast<int>(c_.budget / std::max(1e-9, probe.seconds())), 3, 100000);
     MPI_Bcast(&reps, 1, MPI_INT, 0, c_.world);
     MPI_Barrier(c_.world);
     std::vector<double> times(static_cast<std::size_t>(reps));
@@ -348,21 +348,15 @@ class Profiler {
 
   // [rows, n] x [n, n]: decode's few rows to prefill's many, small to large weights, the
   // weight cold (a forward pass reads each weight once per step) and the rows warm.
-  void gemms(const std::function<void(const std::string&)>& say) {
+  void gemms() {
     for (const int n : {16, 32, 64, 256, 512, 1024, 2048}) {
       const Matrix b = filled("moeproxy::calibrate::b", n, n, 0.25f);
       KernelProfile profile;
-      std::ostringstream line;
-      line.precision(3);
-      line << "gemm [rows, " << n << "] x [" << n << ", " << n << "] GFLOP/s:";
       for (const int rows : {1, 4, 16, 64, 256, 1024}) {
         const Matrix a = filled("moeproxy::calibrate::a", rows, n, 0.5f), out("moeproxy::calibrate::c", rows, n);
-        const double s = mean_over_ranks(c_, cold_.seconds([&] { gemm(c_.space, a, b, out); }, a));
-        profile.points.emplace_back(rows, s);
-        line << " " << rows << ": " << 2.0 * rows * n * n / s / 1e9;
+        profile.points.emplace_back(rows, mean_over_ranks(c_, cold_.seconds([&] { gemm(c_.space, a, b, out); }, a)));
       }
       out_.gemm.by_weight.emplace_back(static_cast<double>(n) * n, profile);
-      say(line.str());
     }
   }
 
@@ -372,28 +366,104 @@ class Profiler {
   ColdCaller cold_;
 };
 
-}  // namespace
+std::string swept_label(double sweep) { return std::to_string(static_cast<long>(sweep / (1024 * 1024))) + " MiB swept: "; }
 
-MachineProfiles measure_profiles(const CalibrationContext& c, const std::function<void(const std::string&)>& say) {
-  MachineProfiles p;
+// Every kernel at every sweep, once (a round).
+std::vector<std::pair<double, KernelProfiles>> measure_round(const CalibrationContext& c, const std::string& round,
+                                                             const std::function<void(const std::string&)>& say) {
+  std::vector<std::pair<double, KernelProfiles>> by_sweep;
   for (const double sweep : profile_sweeps) {
-    const std::string swept = std::to_string(static_cast<long>(sweep / (1024 * 1024))) + " MiB swept: ";
-    KernelProfiles& k = p.by_sweep.emplace_back(sweep, KernelProfiles{}).second;
-    Profiler profiler(c, sweep, k);
+    Profiler profiler(c, sweep, by_sweep.emplace_back(sweep, KernelProfiles{}).second);
     profiler.elementwise();
     profiler.rope();
     profiler.routing();
-    say(swept + "profiled norm, store_kv, add, activate, router, permute, gather, combine at 1 to 4096 rows, rope of 1, "
-                "8 and 32 heads");
     profiler.attention_kernels();
-    say(swept + "profiled attention per team at head widths 16, 64 and 128: prefill of 2 x 2 to 2 x 512 tokens, "
-                "decode of 8 queries over 1 to 8192 keys");
-    profiler.gemms([&](const std::string& line) { say(swept + line); });
+    profiler.gemms();
 #ifndef KOKKOS_ENABLE_CUDA
     // On a GPU the pass's collectives run on device buffers, through NCCL or MPI
     // (parallel.comm), which these host-buffer MPI calls would not describe.
     profiler.collectives();
 #endif
+    say(round + swept_label(sweep) + "profiled norm, store_kv, add, activate, router, permute, gather, combine, "
+                "rope, attention, gemm");
+  }
+  return by_sweep;
+}
+
+// Point by point, the median of the rounds' times (the rounds measure the same points).
+KernelProfile median_of(const std::vector<const KernelProfile*>& rounds) {
+  KernelProfile merged = *rounds.front();
+  for (std::size_t i = 0; i < merged.points.size(); ++i) {
+    std::vector<double> times;
+    for (const KernelProfile* r : rounds) times.push_back(r->points.at(i).second);
+    std::nth_element(times.begin(), times.begin() + times.size() / 2, times.end());
+    merged.points[i].second = times[times.size() / 2];
+  }
+  return merged;
+}
+
+// The same for profiles keyed by a weight's size or a parameter: entry by entry.
+std::vector<std::pair<double, KernelProfile>> median_of(
+    const std::vector<const std::vector<std::pair<double, KernelProfile>>*>& rounds) {
+  std::vector<std::pair<double, KernelProfile>> merged = *rounds.front();
+  for (std::size_t i = 0; i < merged.size(); ++i) {
+    std::vector<const KernelProfile*> entry;
+    for (const auto* r : rounds) entry.push_back(&r->at(i).second);
+    merged[i].second = median_of(entry);
+  }
+  return merged;
+}
+
+KernelProfiles median_of(const std::vector<const KernelProfiles*>& rounds) {
+  KernelProfiles merged = *rounds.front();
+  for (auto& [name, profile] : merged.kernels) {
+    std::vector<const KernelProfile*> of;
+    for (const KernelProfiles* r : rounds) of.push_back(&r->kernels.at(name));
+    profile = median_of(of);
+  }
+  for (auto& [name, profile] : merged.by_parameter) {
+    std::vector<const std::vector<std::pair<double, KernelProfile>>*> of;
+    for (const KernelProfiles* r : rounds) of.push_back(&r->by_parameter.at(name).by_value);
+    profile.by_value = median_of(of);
+  }
+  std::vector<const std::vector<std::pair<double, KernelProfile>>*> gemms;
+  for (const KernelProfiles* r : rounds) gemms.push_back(&r->gemm.by_weight);
+  merged.gemm.by_weight = median_of(gemms);
+  return merged;
+}
+
+// "gemm [rows, n] x [n, n] GFLOP/s: rows: rate ..." of a GEMM profile's square weight n^2.
+std::string gemm_line(double weight, const KernelProfile& profile) {
+  const long n = std::lround(std::sqrt(weight));
+  std::ostringstream line;
+  line.precision(3);
+  line << "gemm [rows, " << n << "] x [" << n << ", " << n << "] GFLOP/s:";
+  for (const auto& [rows, seconds] : profile.points)
+    line << " " << std::lround(rows) << ": " << 2.0 * rows * weight / seconds / 1e9;
+  return line.str();
+}
+
+}  // namespace
+
+MachineProfiles measure_profiles(const CalibrationContext& c, const std::function<void(const std::string&)>& say) {
+  // Three rounds of every point, each with a third of the budget, merged by the median: the
+  // cold profiles depend on what other tenants of the host keep in the shared caches, which
+  // moves within minutes; one pass over the points put all of a kernel's sweeps in one such
+  // state (AMD VM, 2026-12-06: a [4, 256] x [256, 256] GEMM after an 8 MiB sweep at 16.3,
+  // 29.5, 19.9 and 29.0 GFLOP/s in four calibrations within an hour).
+  constexpr int rounds = 3;
+  CalibrationContext share = c;
+  share.budget = c.budget / rounds;
+  std::vector<std::vector<std::pair<double, KernelProfiles>>> measured;
+  for (int r = 0; r < rounds; ++r)
+    measured.push_back(measure_round(share, "round " + std::to_string(r + 1) + " of " + std::to_string(rounds) + ", ", say));
+  MachineProfiles p;
+  for (std::size_t s = 0; s < profile_sweeps.size(); ++s) {
+    std::vector<const KernelProfiles*> of;
+    for (const auto& round : measured) of.push_back(&round[s].second);
+    const KernelProfiles& k = p.by_sweep.emplace_back(profile_sweeps[s], median_of(of)).second;
+    const std::string swept = swept_label(profile_sweeps[s]);
+    for (const auto& [weight, profile] : k.gemm.by_weight) say(swept + gemm_line(weight, profile));
     if (const KernelProfile* a = k.find("allreduce"))
       say(points_line(swept + "allreduce " + std::to_string(c.size) + " ranks (bytes: us):", *a));
   }

@@ -103,7 +103,7 @@ std::uint64_t Transformer::activation_bytes() const {
                              ws_.ffn_a.span() + ws_.ffn_b.span() +
                              ws_.logits.span() + ws_.route_w.span() + ws_.xp.span() +
                              ws_.yp.span() + ws_.out.span() + ws_.scores.span();
-  return floats * sizeof(float) + (ws_.route_idx.span() + ws_.expert_order.span() + ws_.expert_back.span()) * sizeof(int);
+  return floats * sizeof(float) + (ws_.route_idx.span() + ws_.expert_rows.span()) * sizeof(int);
 }
 
 Transformer::Workspace Transformer::rows(int tokens) const {
@@ -264,26 +264,26 @@ void Transformer::ffn_rows(int l, const Matrix& x, const std::vector<int>& count
   }
   std::vector<int> first(blocks, 0);
   for (int block = 1; block < blocks; ++block) first[block] = first[block - 1] + counts[block - 1];
-  if (static_cast<int>(ws_.expert_order.extent(0)) < rows) {
-    ws_.expert_order = IndexVector("moeproxy::model::expert_order", rows);
-    ws_.expert_back = IndexVector("moeproxy::model::expert_back", rows);
+  if (static_cast<int>(ws_.expert_rows.extent(0)) < 2 * rows) {
+    ws_.expert_rows = IndexVector("moeproxy::model::expert_rows", 2 * rows);
+    ws_.expert_rows_host = StagingIndexVector("moeproxy::model::expert_rows_host", 2 * rows);
   }
-  const IndexVector order = Kokkos::subview(ws_.expert_order, std::make_pair(0, rows));
-  const IndexVector back = Kokkos::subview(ws_.expert_back, std::make_pair(0, rows));
-  const auto order_h = Kokkos::create_mirror_view(order), back_h = Kokkos::create_mirror_view(back);
+  const auto both = std::make_pair(0, 2 * rows);
+  const IndexVector order = Kokkos::subview(ws_.expert_rows, std::make_pair(0, rows));
+  const IndexVector back = Kokkos::subview(ws_.expert_rows, std::make_pair(rows, 2 * rows));
+  const StagingIndexVector host = ws_.expert_rows_host;
   std::vector<GemmGroup> groups;
   for (int e = 0, row = 0; e < held; ++e) {
     groups.push_back(GemmGroup{0, e});
     for (int block = e; block < blocks; block += held)
       for (int i = 0; i < counts[block]; ++i, ++row) {
-        order_h(row) = first[block] + i;
-        back_h(first[block] + i) = row;
+        host(row) = first[block] + i;
+        host(rows + first[block] + i) = row;
         ++groups.back().rows;
       }
   }
   timed(space_, timing, l, Phase::expert, [&] {
-    Kokkos::deep_copy(space_, order, order_h);
-    Kokkos::deep_copy(space_, back, back_h);
+    Kokkos::deep_copy(space_, Kokkos::subview(ws_.expert_rows, both), Kokkos::subview(host, both));
     gather_rows(space_, x, order, y);
     expert_ffn(lw, groups, y, a, b, x);
     gather_rows(space_, x, back, y);

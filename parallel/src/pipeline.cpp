@@ -7,6 +7,19 @@ namespace {
 constexpr int feedback_tag = 1;
 }  // namespace
 
+void NewestRows::copy(const ConstMatrix& rows, int sequences, float* dst) {
+  const int n = static_cast<int>(rows.extent(0)) / sequences, d = static_cast<int>(rows.extent(1));
+  using Rows3 = Kokkos::View<const float***, Kokkos::LayoutRight, MemSpace, Kokkos::MemoryUnmanaged>;
+  const auto newest = Kokkos::subview(Rows3(rows.data(), sequences, n, d), Kokkos::ALL, n - 1, Kokkos::ALL);
+  if (static_cast<int>(packed_.extent(0)) < sequences || static_cast<int>(packed_.extent(1)) != d)
+    packed_ = Matrix(Kokkos::view_alloc(Kokkos::WithoutInitializing, "moeproxy::newest_rows"), sequences, d);
+  const Matrix packed = Kokkos::subview(packed_, std::make_pair(0, sequences), Kokkos::ALL);
+  Kokkos::deep_copy(packed, newest);
+  Kokkos::deep_copy(Kokkos::View<float**, Kokkos::LayoutRight, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(
+                        dst, sequences, d),
+                    packed);
+}
+
 Pipeline::Pipeline(Transformer& model, DeviceComm& stages, int sequences,
                    int micro_batches, int layer_begin, int layer_end)
     : model_(model), stages_(stages), layer_begin_(layer_begin), layer_end_(layer_end) {
@@ -48,14 +61,12 @@ void Pipeline::run(int step, const Input& input, const Output& output, std::vect
     // Each sequence's newest row goes back to the first stage: a send where that is another
     // rank (the copy out of the device included), a copy outside every phase where it is this one.
     timer.reset();
-    auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), out);
-    std::vector<float> newest(static_cast<std::size_t>(mb.count) * d);
-    for (int b = 0; b < mb.count; ++b)
-      std::copy_n(host.data() + (static_cast<std::size_t>(b) * n + n - 1) * d, d, newest.data() + static_cast<std::size_t>(b) * d);
     if (first_stage()) {
-      std::copy(newest.begin(), newest.end(), feedback.begin() + static_cast<std::ptrdiff_t>(mb.first) * d);
+      newest_.copy(out, mb.count, feedback.data() + static_cast<std::size_t>(mb.first) * d);
       continue;
     }
+    std::vector<float> newest(static_cast<std::size_t>(mb.count) * d);
+    newest_.copy(out, mb.count, newest.data());
     stages_.host().send(newest.data(), static_cast<int>(newest.size()), 0, feedback_tag);
     timing.add(layer_end_ - 1, Phase::send, timer.seconds());
   }

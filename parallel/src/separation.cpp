@@ -31,7 +31,7 @@ namespace {
 
 constexpr int counts_tag = 40, rows_tag = 41, results_tag = 42;
 
-// Matrix or HostMatrix (the same type on a host build).
+// Matrix or StagingMatrix (the same type on a host build).
 template <class View>
 View front(const View& m, int rows) {
   return Kokkos::subview(m, std::make_pair(0, rows), Kokkos::ALL);
@@ -113,10 +113,7 @@ void Separation::run_attention(int step, const Pipeline::Input& input, const Pip
     finish(layers - 1, rows_of(mb), flights_[i], timing);
     const Matrix out = model_.final_norm(rows_of(mb), timing);
     output(mb, out);
-    auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), out);
-    for (int b = 0; b < mb.count; ++b)
-      std::copy_n(host.data() + (static_cast<std::size_t>(b) * n + n - 1) * d, d,
-                  feedback.begin() + static_cast<std::ptrdiff_t>(mb.first + b) * d);
+    newest_.copy(out, mb.count, feedback.data() + static_cast<std::size_t>(mb.first) * d);
   }
 }
 

@@ -103,7 +103,10 @@ class Transformer {
   struct Workspace {
     Matrix x, h, q, k, v, attn, partial, ffn_a, ffn_b, logits, route_w, xp, yp, out;
     IndexMatrix route_idx;
-    IndexVector expert_order, expert_back;  // ffn_rows' gather of each expert's rows, and back
+    // ffn_rows' gather of each expert's rows (the first half) and back (the second), one
+    // transfer from their host staging.
+    IndexVector expert_rows;
+    StagingIndexVector expert_rows_host;
     Vector scores;  // backs the Scores of sliced-dimension attention, sized for any call
   };
   void layer(int l, const Matrix& x, const MicroBatch& mb, int n, int pos0, std::int64_t token0,

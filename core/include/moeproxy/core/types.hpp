@@ -31,6 +31,15 @@ using HalfCache = CacheOf<Half>;
 using Scores = Kokkos::View<float***, Kokkos::LayoutRight, MemSpace>;
 
 using HostMatrix = Kokkos::View<float**, Kokkos::LayoutRight, Kokkos::HostSpace>;
+// Host staging of rows copied to or from the device on every layer: page-locked on CUDA,
+// where a copy from pageable memory goes through a driver bounce buffer and blocks the host.
+#ifdef KOKKOS_ENABLE_CUDA
+using StagingSpace = Kokkos::CudaHostPinnedSpace;
+#else
+using StagingSpace = Kokkos::HostSpace;
+#endif
+using StagingMatrix = Kokkos::View<float**, Kokkos::LayoutRight, StagingSpace>;
+using StagingIndexVector = Kokkos::View<int*, StagingSpace>;
 
 // A fence with a name where Kokkos supports one (named fences came after 3.4), so that
 // Kokkos Tools and Nsight attribute waits to the code that asked for them.

@@ -15,6 +15,17 @@
 
 namespace moeproxy::parallel {
 
+// Each sequence's newest row of a pass's final-normed rows [sequences * n, hidden], brought
+// to the host: in prefill only those rows leave the device, not the whole prompt's.
+class NewestRows {
+ public:
+  // Writes them to `dst` [sequences, hidden] on the host.
+  void copy(const ConstMatrix& rows, int sequences, float* dst);
+
+ private:
+  Matrix packed_;  // kept across passes: an allocation on a GPU synchronises the device
+};
+
 class Pipeline {
  public:
   using MicroBatch = Transformer::MicroBatch;
@@ -46,6 +57,7 @@ class Pipeline {
   std::vector<MicroBatch> micro_batches_;
   int layer_begin_, layer_end_;
   Matrix buffer_;  // rows of the micro-batch in flight
+  NewestRows newest_;
 };
 
 }  // namespace moeproxy::parallel

@@ -48,7 +48,7 @@ class Separation {
   // One micro-batch's rows on their way to the FFN ranks and back (attention side).
   struct InFlight {
     Transformer::FfnInput in;
-    HostMatrix sent, received;           // host staging of wire rows, alive until the requests complete
+    StagingMatrix sent, received;           // host staging of wire rows, alive until the requests complete
     std::vector<std::vector<int>> counts;  // per FFN rank: its experts' row counts (dense: {rows})
     std::vector<MPI_Request> requests;
   };
@@ -73,9 +73,10 @@ class Separation {
   std::vector<int> sources_;     // FFN side: the attention ranks sending rows
   std::vector<InFlight> flights_;
   Matrix x_, y_, partial_;       // attention: the slice's rows, FFN outputs, FFN sum; FFN: rows in, out
-  HostMatrix in_host_, out_host_;  // FFN side staging of wire rows
+  StagingMatrix in_host_, out_host_;  // FFN side staging of wire rows
   RowCodec codec_;                 // how rows travel (compression.hpp)
   std::vector<MPI_Request> out_requests_;
+  NewestRows newest_;              // attention side: the next decode step's inputs
 };
 
 }  // namespace moeproxy::parallel

@@ -112,7 +112,14 @@ CLI::App* add_calibrate(CLI::App& app, CalibrateOptions& opt) {
                                  "(mpiexec -n N), its MPI collectives; write a machine file for predict.");
   cmd->add_option("--out", opt.out, "Machine file to write (TOML)")->required();
   cmd->add_option("--name", opt.name, "machine.name to record (default: the host name and backend)");
-  cmd->add_option("--seconds", opt.seconds, "Seconds per measurement, shared by its three rounds (about 400 of them: 3.5 minutes at 0.3 on a CPU core)")->check(CLI::Range(0.01, 60.0))->capture_default_str();
+  cmd->add_option("--seconds", opt.seconds, "Seconds per measurement, shared by its three rounds (at the five default sweeps, 5 minutes at 0.3 on a CPU core)")->check(CLI::Range(0.01, 60.0))->capture_default_str();
+  cmd->add_option("--sweeps", opt.sweeps_mib,
+                  "MiB read through the caches before each profiled call, comma-separated: predict looks a rank's\n"
+                  "kernels up between them at its pass's footprint (docs/predict.md); the calibration's time grows\n"
+                  "with their sum")
+      ->delimiter(',')
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   return cmd;
 }
 
@@ -120,6 +127,9 @@ int calibrate_command(const CalibrateOptions& opt, int argc, char** argv) {
   Kokkos::ScopeGuard kokkos(argc, argv);
   Context c;
   c.budget = opt.seconds;
+  for (const double mib : opt.sweeps_mib) c.sweeps.push_back(mib * 1024 * 1024);
+  std::sort(c.sweeps.begin(), c.sweeps.end());
+  c.sweeps.erase(std::unique(c.sweeps.begin(), c.sweeps.end()), c.sweeps.end());
   MPI_Comm_rank(c.world, &c.rank);
   MPI_Comm_size(c.world, &c.size);
   MPI_Comm node;
@@ -168,6 +178,9 @@ int calibrate_command(const CalibrateOptions& opt, int argc, char** argv) {
   if (m.profiles.ranks > 0)
     notes["profile.ranks"] = "the ranks sync_wait, allreduce, alltoallv and send were measured on; predict uses the "
                              "collectives' profiles for groups of this size on one node, send's between any two ranks of one node";
+  if (m.profiles.shared_caches)
+    notes["profile.shared_caches"] = "the ranks swept the caches they share at once: predict looks a rank's kernels up "
+                                     "at its share of the node's footprint";
   if (!m.profiles.sync_wait.empty())
     notes["profile.sync_wait"] = "measured on " + std::to_string(c.size) +
                                  " ranks: [microseconds of compute, microseconds waited in the next collective]";

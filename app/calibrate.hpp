@@ -19,6 +19,7 @@ struct CalibrationContext {
   MPI_Comm world = MPI_COMM_WORLD;
   int rank = 0, size = 1;
   double budget = 0.2;  // seconds per measurement
+  std::vector<double> sweeps;  // bytes read through the caches before each profiled call, increasing
 };
 
 // Mean seconds of `work` over repetitions filling the budget, after one warm-up; all ranks

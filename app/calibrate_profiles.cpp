@@ -30,13 +30,11 @@ const std::vector<int> rope_heads = {1, 8, 32};
 const std::vector<int> attention_head_dims = {16, 64, 128};
 constexpr int experts = 8, top_k = 2;
 const std::vector<int> row_counts = {1, 8, 64, 512, 4096};
-// Bytes read through the caches before each timed call: about an L2, a large L3 slice, and
-// more than any cache (an H100's L2 is 50 MB). Read, not written, as a forward pass reads its
-// weights and KV cache between two calls of a kernel; the difference is large: on the AMD VM
-// (2026-12-06) a [4, 256] x [256, 256] GEMM ran at 68-98 GFLOP/s after 8 MiB were written
-// through the caches and at 17 after 8 MiB were read (28 after a write of 16 MiB, 15-20 after
-// 64 MiB either way), and the forward pass's decode GEMMs of a rank of 16 MB ran at the cold rate.
-const std::vector<double> profile_sweeps = {1024.0 * 1024, 8.0 * 1024 * 1024, 64.0 * 1024 * 1024};
+// The sweeps (CalibrationContext::sweeps, calibrate --sweeps) are read, not written, as a
+// forward pass reads its weights and KV cache between two calls of a kernel; the difference
+// is large: on the AMD VM (2026-12-06) a [4, 256] x [256, 256] GEMM ran at 68-98 GFLOP/s after
+// 8 MiB were written through the caches and at 17 after 8 MiB were read (28 after a write of
+// 16 MiB, 15-20 after 64 MiB either way).
 
 // Copies of an [n, n] weight, together about `bytes` (at least two), for the GEMM loop of
 // sync_wait, which reads the next copy each call as a forward pass reads each weight once
@@ -366,13 +364,17 @@ class Profiler {
   ColdCaller cold_;
 };
 
-std::string swept_label(double sweep) { return std::to_string(static_cast<long>(sweep / (1024 * 1024))) + " MiB swept: "; }
+std::string swept_label(double sweep) {
+  std::ostringstream s;
+  s << sweep / (1024 * 1024) << " MiB swept: ";
+  return s.str();
+}
 
 // Every kernel at every sweep, once (a round).
 std::vector<std::pair<double, KernelProfiles>> measure_round(const CalibrationContext& c, const std::string& round,
                                                              const std::function<void(const std::string&)>& say) {
   std::vector<std::pair<double, KernelProfiles>> by_sweep;
-  for (const double sweep : profile_sweeps) {
+  for (const double sweep : c.sweeps) {
     Profiler profiler(c, sweep, by_sweep.emplace_back(sweep, KernelProfiles{}).second);
     profiler.elementwise();
     profiler.rope();
@@ -458,16 +460,18 @@ MachineProfiles measure_profiles(const CalibrationContext& c, const std::functio
   for (int r = 0; r < rounds; ++r)
     measured.push_back(measure_round(share, "round " + std::to_string(r + 1) + " of " + std::to_string(rounds) + ", ", say));
   MachineProfiles p;
-  for (std::size_t s = 0; s < profile_sweeps.size(); ++s) {
+  for (std::size_t s = 0; s < c.sweeps.size(); ++s) {
     std::vector<const KernelProfiles*> of;
     for (const auto& round : measured) of.push_back(&round[s].second);
-    const KernelProfiles& k = p.by_sweep.emplace_back(profile_sweeps[s], median_of(of)).second;
-    const std::string swept = swept_label(profile_sweeps[s]);
+    const KernelProfiles& k = p.by_sweep.emplace_back(c.sweeps[s], median_of(of)).second;
+    const std::string swept = swept_label(c.sweeps[s]);
     for (const auto& [weight, profile] : k.gemm.by_weight) say(swept + gemm_line(weight, profile));
     if (const KernelProfile* a = k.find("allreduce"))
       say(points_line(swept + "allreduce " + std::to_string(c.size) + " ranks (bytes: us):", *a));
   }
   p.ranks = c.size > 1 ? c.size : 0;
+  // Host ranks sweep the node's shared caches; each GPU sweeps its own L2.
+  p.shared_caches = Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible;
   p.sync_wait = measure_sync_wait(c);
   if (!p.sync_wait.empty()) say(points_line("sync_wait (us of work: us waited in a collective):", p.sync_wait));
   return p;

@@ -327,7 +327,7 @@ TEST_CASE("perf model: a synchronising collective waits as sync_wait has it for 
 TEST_CASE("machine file: [profile] reads back as written, and bad points are named with their line", "[perf]") {
   const std::string base = machine_without_profile();
   const MachineSpec m = io::parse_machine(base +
-                                              "[profile]\nranks = 2\nsync_wait = [[100, 2], [1000, 30]]\n"
+                                              "[profile]\nranks = 2\nshared_caches = true\nsync_wait = [[100, 2], [1000, 30]]\n"
                                               "[[profile.sweep]]\nbytes = 1048576\nnorm = [[1024, 2.5], [4096, 6]]\n"
                                               "gemm = [[1, 64, 3], [8, 64, 4], [1, 256, 9]]\n"
                                               "[[profile.sweep]]\nbytes = 67108864\nnorm = [[1024, 5], [4096, 12]]\n"
@@ -351,6 +351,7 @@ TEST_CASE("machine file: [profile] reads back as written, and bad points are nam
   CHECK(back.profiles.by_sweep[1].second.gemm.seconds(1.0, 256.0, 256.0) == Approx(18e-6));
   CHECK(back.profiles.sync_wait.points == m.profiles.sync_wait.points);
   CHECK(back.profiles.ranks == 2);
+  CHECK(back.profiles.shared_caches);
   // base is 15 lines: [profile] is line 16, a sweep's first kernel line 19.
   auto refused_at = [&](const std::string& text, const std::string& expect, const std::string& line) {
     try {
@@ -379,7 +380,8 @@ TEST_CASE("machine file: [profile] reads back as written, and bad points are nam
   refused("route = [[48, 0.4]]\n", "run moeproxy calibrate again");
   refused_at("[profile]\nnorm = [[1024, 2.5]]\n", "outside [[profile.sweep]]", "17");
   refused_at("[profile]\nnorm = [[1024, 2.5]]\n", "run moeproxy calibrate again", "17");
-  refused_at("[profile]\nsweeps = 3\n", "valid keys of [profile]: ranks, sync_wait, sweep", "17");
+  refused_at("[profile]\nshared_caches = 1\n", "profile.shared_caches must be true or false", "17");
+  refused_at("[profile]\nsweeps = 3\n", "valid keys of [profile]: ranks, shared_caches, sync_wait, sweep", "17");
   refused_at("[profile]\nranks = 0\n", "profile.ranks must be a positive integer", "17");
   refused_at("[profile]\n[[profile.sweep]]\nbytes = -1\n", "bytes must be a positive number", "18");
   refused_at("[profile]\n[[profile.sweep]]\nbytes = 2048\nnorm = [[1, 2]]\n[[profile.sweep]]\nbytes = 1024\n"
@@ -449,6 +451,42 @@ TEST_CASE("perf model: a rank's kernels are looked up at the footprint of its pa
   const double f = std::log(step / (prefill / 4.0)) / std::log(16.0);
   const double one = f <= 0.0 ? 1e-6 : std::exp(std::log(1e-6) + f * std::log(100.0));
   CHECK(p.per_rank[0].decode.at(0, Phase::norm) == Approx(3.0 * cfg.workload.decode_steps * one));
+}
+
+TEST_CASE("perf model: on caches the calibration's ranks shared, a rank's footprint counts as its share of the node's",
+          "[perf]") {
+  RunConfig cfg = dense_one_layer();
+  MachineSpec m = compute_bound();
+  m.devices_per_node = 4;
+  const Prediction alone = predict(cfg, m, 1);
+  const auto& memory = alone.per_rank[0].memory;
+  double prefill = 0.0;  // what prefill moves (the test above)
+  for (MemoryKind k : {MemoryKind::weights, MemoryKind::kv_cache, MemoryKind::activations, MemoryKind::comm_buffers})
+    prefill += static_cast<double>(memory[static_cast<int>(k)]);
+  // Profiles from 4 ranks sweeping at once: a sweep of a quarter of the rank's footprint, and
+  // one of all of it, 16 times slower.
+  m.profiles.ranks = 4;
+  m.profiles.by_sweep.push_back({prefill / 4.0, KernelProfiles{}});
+  m.profiles.by_sweep.push_back({prefill, KernelProfiles{}});
+  m.profiles.by_sweep[0].second.kernels["norm"] = KernelProfile{{{1e12, 1e-6}}};
+  m.profiles.by_sweep[1].second.kernels["norm"] = KernelProfile{{{1e12, 16e-6}}};
+  const auto norm_of = [&](int ranks) {
+    RunConfig c = cfg;
+    c.workload.batch = cfg.workload.batch * ranks;
+    c.parallel.dp = ranks;
+    return predict(c, m, ranks).per_rank[0].prefill.at(0, Phase::norm);
+  };
+  // Each GPU's L2 is its own: the rank's footprint, however many ranks the node holds.
+  CHECK(norm_of(1) == Approx(3.0 * 16e-6));
+  CHECK(norm_of(4) == Approx(3.0 * 16e-6));
+  m.profiles.shared_caches = true;
+  // Alone on the node a rank meets a quarter of the calibration's traffic: the first sweep's
+  // time; four ranks, as the calibration's four, their own footprint; two, halfway (log).
+  CHECK(norm_of(1) == Approx(3.0 * 1e-6));
+  CHECK(norm_of(2) == Approx(3.0 * 4e-6));
+  CHECK(norm_of(4) == Approx(3.0 * 16e-6));
+  // Beyond the node's devices the node holds devices_per_node of them.
+  CHECK(norm_of(8) == Approx(3.0 * 16e-6));
 }
 
 TEST_CASE("head-width profile: the nearest width outside, log-log in the width between", "[perf]") {

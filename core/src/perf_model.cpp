@@ -393,6 +393,17 @@ double pass_footprint(const std::array<std::uint64_t, memory_kind_count>& memory
          share * (of(MemoryKind::activations) + of(MemoryKind::comm_buffers));
 }
 
+// Where a rank's kernels are looked up between the sweeps: at its own footprint where each
+// rank has its caches to itself (a GPU's L2), else at its share of what the node's
+// `node_ranks` move through the caches they share, as calibrate's ranks swept at once. The
+// calibration on both cores of the 2-core VM swept twice each sweep's bytes through the
+// shared L3; a rank alone there ran its medium-deck decode as the sweep of half its
+// footprint predicted (2026-12-06).
+double cache_footprint(const MachineSpec& machine, double footprint, int node_ranks) {
+  if (!machine.profiles.shared_caches) return footprint;
+  return footprint * node_ranks / std::max(1, machine.profiles.ranks);
+}
+
 // Memory of one rank from the shapes, as estimate_memory counts it (core/src/model.cpp), in
 // the deck's element size.
 std::array<std::uint64_t, memory_kind_count> memory_of(const ModelConfig& m, const WorkloadConfig& w,
@@ -518,7 +529,7 @@ Prediction predict_grid(const RunConfig& cfg, const MachineSpec& machine, int ra
     if (p.expert_map.empty()) must_divide(p.ep, "parallel.ep", m.experts, "model.experts");
     must_divide(p.ep, "parallel.ep", p.dp, "parallel.dp");
   }
-  const int gpn = machine.devices_per_node;
+  const int gpn = machine.devices_per_node, node_ranks = std::min(ranks, gpn);
   const int sets = m.is_moe() ? std::gcd(m.experts, p.head_groups * p.dim_groups) : 1;
   const int columns = group / sets;
   Shard s;
@@ -552,7 +563,7 @@ Prediction predict_grid(const RunConfig& cfg, const MachineSpec& machine, int ra
     if (p.pp > 1) comm_bytes += es * static_cast<double>(seqs) * w.prompt * d;
     S.memory = memory_of(m, w, s, S.layer_count, per_replica, es, comm_bytes, true);
     auto pass = [&](int n, int pos0, std::vector<Cost>& layers, Cost& whole) {
-      const Model model(cfg, machine, pass_footprint(S.memory, n, w.prompt));
+      const Model model(cfg, machine, cache_footprint(machine, pass_footprint(S.memory, n, w.prompt), node_ranks));
       const double t = static_cast<double>(seqs) * n;
       for (int l = 0; l < S.layer_count; ++l) {
         Cost c;
@@ -654,7 +665,7 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
   if (p.expert_map.empty() && m.experts % E != 0)
     throw InputError(std::to_string(E) + " expert ranks (" + std::to_string(ranks) + " - " + kv("parallel.attn_ranks", A) +
                      ") do not divide " + kv("model.experts", m.experts));
-  const int gpn = machine.devices_per_node;
+  const int gpn = machine.devices_per_node, node_ranks = std::min(ranks, gpn);
   // Attention ranks: the deck's tensor group (tp or m x n) replicated data-parallel; when the
   // replicas cannot split the batch evenly and there are no more attention ranks than heads,
   // the heads spread over all of them, as the seeds do; otherwise the busiest replica holds
@@ -701,8 +712,8 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
   // One layer for all micro-batches of a pass: the two sides and the link form a loop that
   // micro-batches circulate through; with enough of them the busiest resource paces it.
   auto layer = [&](int n, int pos0, bool last) {
-    const Model attn_model(cfg, machine, pass_footprint(ra.memory, n, w.prompt)),
-        moe_model(cfg, machine, pass_footprint(re.memory, n, w.prompt));
+    const Model attn_model(cfg, machine, cache_footprint(machine, pass_footprint(ra.memory, n, w.prompt), node_ranks)),
+        moe_model(cfg, machine, cache_footprint(machine, pass_footprint(re.memory, n, w.prompt), node_ranks));
     Layer L;
     const double t = static_cast<double>(seqs) * n;           // one micro-batch of an attention replica
     const double all = static_cast<double>(w.batch) / mb * n;  // one micro-batch, all replicas

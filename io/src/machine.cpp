@@ -197,6 +197,14 @@ void parse_profile(const std::string& source, const toml::table& table, MachineP
       profiles.ranks = static_cast<int>(i->get());
       continue;
     }
+    if (name == "shared_caches") {
+      const auto* b = node.as_boolean();
+      if (!b)
+        throw InputError(where(source, node) +
+                         ": profile.shared_caches must be true or false (whether the calibration's ranks shared caches)");
+      profiles.shared_caches = b->get();
+      continue;
+    }
     if (name != "sweep") {
       const auto& k = profiled_kernels();
       const bool kernel = name == "gemm" || std::find(k.begin(), k.end(), name) != k.end() ||
@@ -205,7 +213,7 @@ void parse_profile(const std::string& source, const toml::table& table, MachineP
                                                           " outside [[profile.sweep]], as calibrate wrote it before "
                                                           "kernels were timed with cold caches; run moeproxy calibrate again"
                                                     : ": unknown key profile." + name +
-                                                          "; valid keys of [profile]: ranks, sync_wait, sweep"));
+                                                          "; valid keys of [profile]: ranks, shared_caches, sync_wait, sweep"));
     }
     const toml::array* sweeps = node.as_array();
     if (!sweeps || sweeps->empty() || !sweeps->is_homogeneous(toml::node_type::table))
@@ -341,6 +349,7 @@ std::string format_machine(const MachineSpec& machine, const std::map<std::strin
   };
   out << "\n[profile]" << note("profile") << "\n";
   if (p.ranks > 0) out << "ranks = " << p.ranks << note("profile.ranks") << "\n";
+  if (p.shared_caches) out << "shared_caches = true" << note("profile.shared_caches") << "\n";
   if (!p.sync_wait.empty()) rows("sync_wait", points(p.sync_wait), "profile.sync_wait");
   for (const auto& [bytes, k] : p.by_sweep) {
     out << "\n[[profile.sweep]]\nbytes = " << std::setprecision(12) << bytes << note("profile.sweep.bytes") << "\n";

@@ -75,7 +75,7 @@ struct KernelProfiles {
 // through the caches. calibrate times every kernel after reading `swept` bytes through the
 // caches (its inputs read back in, as the kernel before would have written them), at a few
 // sweeps; a rank looks its kernels up at the footprint of its pass (the bytes the pass moves:
-// perf_model.cpp, pass_footprint), interpolated log-log between the sweeps around it
+// perf_model.cpp, pass_footprint and cache_footprint), interpolated log-log between the sweeps around it
 // (outside them, the nearest). The wait at a synchronisation is measured once.
 struct MachineProfiles {
   std::vector<std::pair<double, KernelProfiles>> by_sweep;  // (bytes swept, profiles), sweeps increasing
@@ -83,6 +83,10 @@ struct MachineProfiles {
   // The calibration's ranks: sync_wait and the collectives' profiles were measured on a
   // group of this many (0: one rank, no collectives).
   int ranks = 0;
+  // The calibration's ranks shared the caches the sweeps went through (CPU cores of one
+  // node), each sweeping at once: a sweep's profiles are those of `ranks` times its bytes
+  // through the shared caches (perf_model.cpp, cache_footprint).
+  bool shared_caches = false;
 
   bool empty() const { return by_sweep.empty() && sync_wait.empty(); }
   // The profiles of the smallest sweep, which hold the same kernels as the others.

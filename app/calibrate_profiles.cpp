@@ -243,7 +243,9 @@ class Profiler {
   // the buffer just written, the rest of the caches swept, every rank entering together.
   // Looped, an 8 KB all-reduce on 2 ranks of the Xeon VM took 3 us; timed this way, 16 us.
   void collectives() {
-    if (c_.size < 2) return;
+    // On a GPU the pass's collectives run on device buffers, through NCCL or MPI
+    // (parallel.comm), which these host-buffer MPI calls would not describe.
+    if (c_.size < 2 || !Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible) return;
     for (const int floats : {2, 2048, 65536, 1 << 20}) {
       std::vector<float> buf(static_cast<std::size_t>(floats), 1.0f);
       point("allreduce", kernel_size::allreduce(sizeof(float) * floats), [&] {
@@ -381,11 +383,7 @@ std::vector<std::pair<double, KernelProfiles>> measure_round(const CalibrationCo
     profiler.routing();
     profiler.attention_kernels();
     profiler.gemms();
-#ifndef KOKKOS_ENABLE_CUDA
-    // On a GPU the pass's collectives run on device buffers, through NCCL or MPI
-    // (parallel.comm), which these host-buffer MPI calls would not describe.
     profiler.collectives();
-#endif
     say(round + swept_label(sweep) + "profiled norm, store_kv, add, activate, router, permute, gather, combine, "
                 "rope, attention, gemm");
   }

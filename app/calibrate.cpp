@@ -118,7 +118,7 @@ CLI::App* add_calibrate(CLI::App& app, CalibrateOptions& opt) {
                   "kernels up between them at its pass's footprint (docs/predict.md); the calibration's time grows\n"
                   "with their sum")
       ->delimiter(',')
-      ->check(CLI::PositiveNumber)
+      ->check(CLI::Range(1.0 / 16, 65536.0))
       ->capture_default_str();
   return cmd;
 }

@@ -58,6 +58,10 @@ case $case_name in
   bench-fp16) expect 0 ", fp16, " "^gemm " "^moe-d4096-top2 " -- \
     "$exe" bench --cpu --scale 64 --warmup 0 --iterations 1 --precision fp16 --case moe-d4096-top2 ;;
   bench-bad) expect 2 "--case" -- "$exe" bench --case no-such-case ;;
+  calibrate-bad-sweep)
+    rm -f "$out/never.toml"
+    expect 2 "--sweeps: Value 0 not in range" -- "$exe" calibrate --out "$out/never.toml" --sweeps 1,0
+    [ ! -e "$out/never.toml" ] || fail "a refused calibrate wrote a machine file" ;;
   nccl-on-host) refuse 'parallel.comm = "nccl"' "host (CPU) build" "cmake --preset cuda" -- \
     "$exe" "${one[@]}" --set parallel.comm=nccl ;;
   run-quickstart)

@@ -100,8 +100,11 @@ TEST_CASE("weights: inputs of a sequence slice equal the rows of the whole batch
   ModelConfig cfg;
   ExecSpace space;
   const int prompt = 5;
-  auto all = to_host(make_inputs(space, cfg, 0, 6, prompt));
-  auto part = to_host(make_inputs(space, cfg, 2, 3, prompt));
+  const Matrix all_rows("all", 6 * prompt, cfg.hidden), part_rows("part", 3 * prompt, cfg.hidden);
+  fill_inputs(space, cfg, 0, prompt, all_rows);
+  fill_inputs(space, cfg, 2, prompt, part_rows);
+  auto all = to_host(all_rows);
+  auto part = to_host(part_rows);
   for (int r = 0; r < 3 * prompt; ++r)
     for (int j = 0; j < cfg.hidden; ++j) REQUIRE(part(r, j) == all(2 * prompt + r, j));
 }

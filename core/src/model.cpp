@@ -129,8 +129,8 @@ Transformer::Workspace Transformer::rows(int tokens) const {
   return w;
 }
 
-Matrix Transformer::inputs(const MicroBatch& mb) const {
-  return make_inputs(space_, cfg_, slice_.begin + mb.first, mb.count, workload_.prompt);
+void Transformer::fill_inputs(const MicroBatch& mb, const Matrix& x) const {
+  moeproxy::fill_inputs(space_, cfg_, slice_.begin + mb.first, workload_.prompt, x);
 }
 
 void Transformer::run_layers(const Matrix& x, const MicroBatch& mb, int step, PhaseTable& timing) {
@@ -158,7 +158,7 @@ Matrix Transformer::final_norm(const ConstMatrix& x, PhaseTable& timing) {
 
 Matrix Transformer::prefill(PhaseTable& timing) {
   const Matrix x = rows(slice_.count * workload_.prompt).x;
-  Kokkos::deep_copy(space_, x, inputs(all_sequences()));
+  fill_inputs(all_sequences(), x);
   run_layers(x, all_sequences(), -1, timing);
   return final_norm(x, timing);
 }

@@ -237,12 +237,8 @@ ModelWeights make_weights(const ExecSpace& space, const ModelConfig& cfg, const 
   return w;
 }
 
-Matrix make_inputs(const ExecSpace& space, const ModelConfig& cfg, int seq_begin, int count,
-                   int prompt) {
-  Matrix x("moeproxy::model::inputs", static_cast<std::size_t>(count) * prompt, cfg.hidden);
-  fill_tensor(space, x, cfg.seed, TensorKind::input, 0, 0,
-              static_cast<std::int64_t>(seq_begin) * prompt, 0, 1.0f);
-  return x;
+void fill_inputs(const ExecSpace& space, const ModelConfig& cfg, int seq_begin, int prompt, const Matrix& x) {
+  fill_tensor(space, x, cfg.seed, TensorKind::input, 0, 0, static_cast<std::int64_t>(seq_begin) * prompt, 0, 1.0f);
 }
 
 }  // namespace moeproxy

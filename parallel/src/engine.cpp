@@ -108,7 +108,7 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, CommBacken
   out.hidden_decode.resize(static_cast<std::size_t>(n) * w.decode_steps * d);
 
   const Pipeline::Input prefill_input = [&](const Transformer::MicroBatch& mb, const Matrix& x) {
-    Kokkos::deep_copy(space, x, model.inputs(mb));
+    model.fill_inputs(mb, x);
   };
   const Pipeline::Output prefill_output = [&](const Transformer::MicroBatch& mb, const Matrix& y) {
     copy_rows_to_host(y, out.hidden_prefill, static_cast<std::size_t>(mb.first) * w.prompt * d);

@@ -49,8 +49,8 @@ class Transformer {
     int first = 0, count = 0;
   };
 
-  // Prefill inputs of a micro-batch: [count * prompt, hidden].
-  Matrix inputs(const MicroBatch& mb) const;
+  // Writes a micro-batch's prefill inputs into x [count * prompt, hidden].
+  void fill_inputs(const MicroBatch& mb, const Matrix& x) const;
   // Runs the layers held here in place on x, the micro-batch's rows: its prompts
   // (step < 0, [count * prompt, hidden]) or decode step `step` ([count, hidden]).
   void run_layers(const Matrix& x, const MicroBatch& mb, int step, PhaseTable& timing);

@@ -135,8 +135,8 @@ struct ModelWeights {
 ModelWeights make_weights(const ExecSpace& space, const ModelConfig& cfg, const ShardSpec& shard,
                           int layer_begin, int layer_end, const WeightSource* source = nullptr);
 
-// Prefill inputs of sequences [seq_begin, seq_begin + count): [count * prompt, hidden].
-Matrix make_inputs(const ExecSpace& space, const ModelConfig& cfg, int seq_begin, int count,
-                   int prompt);
+// Writes the prefill inputs of sequences [seq_begin, seq_begin + x.extent(0) / prompt)
+// into x [count * prompt, hidden].
+void fill_inputs(const ExecSpace& space, const ModelConfig& cfg, int seq_begin, int prompt, const Matrix& x);
 
 }  // namespace moeproxy

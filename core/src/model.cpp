@@ -266,7 +266,7 @@ void Transformer::ffn_rows(int l, const Matrix& x, const std::vector<int>& count
   for (int block = 1; block < blocks; ++block) first[block] = first[block - 1] + counts[block - 1];
   if (static_cast<int>(ws_.expert_rows.extent(0)) < 2 * rows) {
     ws_.expert_rows = IndexVector("moeproxy::model::expert_rows", 2 * rows);
-    ws_.expert_rows_host = StagingIndexVector("moeproxy::model::expert_rows_host", 2 * rows);
+    ws_.expert_rows_host = Kokkos::create_mirror_view(StagingSpace(), ws_.expert_rows);
   }
   const auto both = std::make_pair(0, 2 * rows);
   const IndexVector order = Kokkos::subview(ws_.expert_rows, std::make_pair(0, rows));

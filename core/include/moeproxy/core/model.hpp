@@ -104,7 +104,7 @@ class Transformer {
     Matrix x, h, q, k, v, attn, partial, ffn_a, ffn_b, logits, route_w, xp, yp, out;
     IndexMatrix route_idx;
     // ffn_rows' gather of each expert's rows (the first half) and back (the second), one
-    // transfer from their host staging.
+    // transfer from their host staging (the same view on a host build).
     IndexVector expert_rows;
     StagingIndexVector expert_rows_host;
     Vector scores;  // backs the Scores of sliced-dimension attention, sized for any call

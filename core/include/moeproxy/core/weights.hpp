@@ -136,7 +136,7 @@ ModelWeights make_weights(const ExecSpace& space, const ModelConfig& cfg, const 
                           int layer_begin, int layer_end, const WeightSource* source = nullptr);
 
 // Writes the prefill inputs of sequences [seq_begin, seq_begin + x.extent(0) / prompt)
-// into x [count * prompt, hidden].
+// into x [sequences * prompt, hidden].
 void fill_inputs(const ExecSpace& space, const ModelConfig& cfg, int seq_begin, int prompt, const Matrix& x);
 
 }  // namespace moeproxy

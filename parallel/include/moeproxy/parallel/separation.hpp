@@ -48,7 +48,7 @@ class Separation {
   // One micro-batch's rows on their way to the FFN ranks and back (attention side).
   struct InFlight {
     Transformer::FfnInput in;
-    StagingMatrix sent, received;           // host staging of wire rows, alive until the requests complete
+    StagingMatrix sent, received;        // host staging of wire rows, alive until the requests complete
     std::vector<std::vector<int>> counts;  // per FFN rank: its experts' row counts (dense: {rows})
     std::vector<MPI_Request> requests;
   };

@@ -291,11 +291,7 @@ class Profiler {
       }, h);
       const IndexMatrix idx = spread_experts(t);
       Permutation perm;
-      // With the counts' copy to the host, as the forward pass's permute phase has it.
-      point("permute", kernel_size::permute(routed, experts), [&] {
-        permute(c_.space, idx, experts, -1, perm);
-        Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), perm.counts);
-      }, idx);
+      point("permute", kernel_size::permute(routed, experts), [&] { permute(c_.space, idx, experts, -1, perm); }, idx);
       const Matrix x = filled("moeproxy::calibrate::rows", t, width, 0.5f);
       const Matrix xp("moeproxy::calibrate::permuted", t * top_k, width);
       point("gather", kernel_size::gather(routed, width, es), [&] { gather_rows(c_.space, x, perm.source, xp); }, x, perm.source);

@@ -418,6 +418,54 @@ TEST_CASE("permute: a capacity drops the latest slots and counts them", "[kernel
   for (int i = 0; i < t; ++i) REQUIRE(pos(i) == want[i]);
 }
 
+TEST_CASE("permute: one Permutation reused at other sizes matches a naive permutation", "[kernels][moe]") {
+  ExecSpace space;
+  Permutation perm;
+  // Larger, smaller, then larger again than the storage kept, with and without a capacity,
+  // and an empty call: every result is the reference's.
+  const struct {
+    int tokens, k, experts, capacity;
+  } calls[] = {{300, 4, 64, -1}, {7, 2, 64, 1}, {0, 2, 64, -1}, {513, 3, 64, 9}, {40, 1, 5, -1}, {600, 8, 5, 700}};
+  std::uint64_t state = 17;
+  for (const auto& c : calls) {
+    CAPTURE(c.tokens, c.k, c.experts, c.capacity);
+    IndexMatrix idx("idx", c.tokens, c.k);
+    auto hi = Kokkos::create_mirror_view(idx);
+    for (int t = 0; t < c.tokens; ++t)
+      for (int j = 0; j < c.k; ++j) {
+        state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+        hi(t, j) = static_cast<int>((state >> 33) % static_cast<std::uint64_t>(c.experts));
+      }
+    Kokkos::deep_copy(idx, hi);
+    const int slots = c.tokens * c.k;
+    std::vector<int> seen(c.experts, 0), want_counts(c.experts, 0), want_rank(slots, -1);
+    std::int64_t want_dropped = 0;
+    for (int s = 0; s < slots; ++s) {
+      const int e = hi(s / c.k, s % c.k);
+      if (c.capacity >= 0 && seen[e] >= c.capacity) ++want_dropped;
+      else want_rank[s] = want_counts[e]++;
+      ++seen[e];
+    }
+    REQUIRE(permute(space, idx, c.experts, c.capacity, perm) == want_dropped);
+    auto pos = to_host(perm.position);
+    auto counts = to_host(perm.counts);
+    auto source = to_host(perm.source);
+    REQUIRE(static_cast<int>(perm.position.extent(0)) == slots);
+    std::vector<int> offsets(c.experts + 1, 0);
+    for (int e = 0; e < c.experts; ++e) {
+      REQUIRE(counts(e) == want_counts[e]);
+      REQUIRE(perm.host_counts(e) == want_counts[e]);
+      offsets[e + 1] = offsets[e] + want_counts[e];
+    }
+    REQUIRE(static_cast<int>(perm.source.extent(0)) == offsets[c.experts]);
+    for (int s = 0; s < slots; ++s) {
+      const int e = hi(s / c.k, s % c.k);
+      REQUIRE(pos(s) == (want_rank[s] < 0 ? -1 : offsets[e] + want_rank[s]));
+      if (pos(s) >= 0) REQUIRE(source(pos(s)) == s / c.k);
+    }
+  }
+}
+
 TEST_CASE("gather_rows and combine: weighted sum over kept slots", "[kernels][moe]") {
   ExecSpace space;
   const int t = 4, k = 2, d = 3, rows = 6;

@@ -2,7 +2,12 @@
 
 #include <cmath>
 #include <cstring>
+#include <stdexcept>
+#include <string>
+#include <utility>
 #include <vector>
+
+#include "rows_kernel.hpp"
 
 namespace moeproxy {
 
@@ -51,10 +56,8 @@ void apply_rope(const ExecSpace& space, const Matrix& x, int heads, int head_dim
   const int width = pairs < 0 ? head_dim : 2 * pairs;
   // The angle depends on the position and the pair only: one pow and sincos serve every
   // head (they cost more than the rotations: 3x the QKV GEMMs on a CPU core when per head).
-  Kokkos::parallel_for(
-      "moeproxy::kernels::rope",
-      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0}, {static_cast<int>(x.extent(0)), half}),
-      KOKKOS_LAMBDA(const int r, const int p) {
+  for_each_in_rows(
+      space, "moeproxy::kernels::rope", static_cast<int>(x.extent(0)), half, KOKKOS_LAMBDA(const int r, const int p) {
         const double pos = static_cast<double>(pos0 + r % n);
         const double inv_freq = pow_d(theta, -2.0 * (pair_begin + p) / head_dim);
         double s, c;
@@ -73,10 +76,8 @@ template <class T>
 void store_kv(const ExecSpace& space, const ConstMatrix& k, const ConstMatrix& v,
               const CacheOf<T>& k_cache, const CacheOf<T>& v_cache, int n, int pos0) {
   const int hd = static_cast<int>(k_cache.extent(3));
-  Kokkos::parallel_for(
-      "moeproxy::kernels::store_kv",
-      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0},
-                                                        {static_cast<int>(k.extent(0)), static_cast<int>(k.extent(1))}),
+  for_each_in_rows(
+      space, "moeproxy::kernels::store_kv", static_cast<int>(k.extent(0)), static_cast<int>(k.extent(1)),
       KOKKOS_LAMBDA(const int r, const int j) {
         const int b = r / n, pos = pos0 + r % n, h = j / hd, dd = j % hd;
         store_as(k_cache(b, h, pos, dd), k(r, j));
@@ -210,10 +211,8 @@ MOEPROXY_CACHE_KERNELS(Half)
 
 void activate(const ExecSpace& space, Activation act, const Matrix& x, const ConstMatrix& gate) {
   const bool swiglu = act == Activation::swiglu;
-  Kokkos::parallel_for(
-      "moeproxy::kernels::activate",
-      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0},
-                                                        {static_cast<int>(x.extent(0)), static_cast<int>(x.extent(1))}),
+  for_each_in_rows(
+      space, "moeproxy::kernels::activate", static_cast<int>(x.extent(0)), static_cast<int>(x.extent(1)),
       KOKKOS_LAMBDA(const int r, const int j) {
         const float v = x(r, j);
         if (swiglu) {
@@ -297,37 +296,67 @@ void route_synthetic(const ExecSpace& space, std::uint64_t seed, int layer, std:
 }
 
 void relabel_experts(const ExecSpace& space, const IndexMatrix& idx, const ConstIndexVector& position) {
+  const int top_k = static_cast<int>(idx.extent(1));
   Kokkos::parallel_for(
-      "moeproxy::router::relabel",
-      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0}, {idx.extent(0), idx.extent(1)}),
-      KOKKOS_LAMBDA(const int t, const int j) { idx(t, j) = position(idx(t, j)); });
+      "moeproxy::router::relabel", Kokkos::RangePolicy<ExecSpace>(space, 0, static_cast<int>(idx.extent(0))),
+      KOKKOS_LAMBDA(const int t) {
+        for (int j = 0; j < top_k; ++j) idx(t, j) = position(idx(t, j));
+      });
 }
+
+namespace {
+
+// v holds at least n elements, kept if it already does.
+template <class V>
+void reserve(V& v, const char* label, int n) {
+  if (static_cast<int>(v.extent(0)) < n) v = V(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string(label)), n);
+}
+
+}  // namespace
 
 std::int64_t permute(const ExecSpace& space, const IndexMatrix& idx, int experts, int capacity,
                      Permutation& perm) {
   const int top_k = static_cast<int>(idx.extent(1));
   const int slots = static_cast<int>(idx.extent(0)) * top_k;
-  IndexVector rank("moeproxy::permute::rank", slots);
-  perm.position = IndexVector("moeproxy::permute::position", slots);
-  perm.counts = IndexVector("moeproxy::permute::counts", experts);
-  perm.offsets = IndexVector("moeproxy::permute::offsets", experts + 1);
-  const IndexVector counts = perm.counts;
-  auto h_counts = Kokkos::create_mirror_view(counts);
-  // One scan per expert gives each slot its rank among the slots of its expert, in slot
-  // order: deterministic, unlike atomics. The scan's total is the expert's token count.
-  for (int e = 0; e < experts; ++e) {
-    int total = 0;
-    Kokkos::parallel_scan(
-        "moeproxy::permute::rank", Kokkos::RangePolicy<ExecSpace>(space, 0, slots),
-        KOKKOS_LAMBDA(const int s, int& upd, const bool final) {
-          if (idx(s / top_k, s % top_k) != e) return;
-          if (final) rank(s) = upd;
-          upd += 1;
-        },
-        total);
-    h_counts(e) = total;
+  const auto head = [](const IndexVector& v, int n) { return Kokkos::subview(v, std::make_pair(0, n)); };
+  reserve(perm.rank_store, "moeproxy::permute::rank", slots);
+  reserve(perm.position_store, "moeproxy::permute::position", slots);
+  reserve(perm.source_store, "moeproxy::permute::source", slots);
+  if (static_cast<int>(perm.counts.extent(0)) != experts) {
+    perm.counts = IndexVector("moeproxy::permute::counts", experts);
+    perm.offsets = IndexVector("moeproxy::permute::offsets", experts + 1);
+    perm.host_counts = Kokkos::create_mirror_view(StagingSpace(), perm.counts);
+    perm.host_offsets = Kokkos::create_mirror_view(StagingSpace(), perm.offsets);
   }
-  auto h_offsets = Kokkos::create_mirror_view(perm.offsets);
+  if (!idx.span_is_contiguous()) throw std::invalid_argument("permute: the expert indices must be contiguous rows");
+  // Slot s = t * top_k + j is idx's s-th element: the scan reads them without a division each.
+  const Kokkos::View<const int*, MemSpace, Kokkos::MemoryUnmanaged> expert_of(idx.data(), slots);
+  const IndexVector rank = perm.rank_store, counts = perm.counts;
+  perm.position = head(perm.position_store, slots);
+  // One team per expert scans the slots: each slot's rank among the slots of its expert, in
+  // slot order (deterministic, unlike atomics), and the expert's count. One kernel and one
+  // copy to the host, where a scan per expert cost a launch and a synchronisation each.
+  if (slots == 0) {
+    named_fence(space, "moeproxy::permute::no_slots");  // the last call's copies out of host_counts are done
+    Kokkos::deep_copy(perm.host_counts, 0);
+  } else {
+    using Team = Kokkos::TeamPolicy<ExecSpace>::member_type;
+    Kokkos::parallel_for(
+        "moeproxy::permute::rank", Kokkos::TeamPolicy<ExecSpace>(space, experts, Kokkos::AUTO),
+        KOKKOS_LAMBDA(const Team& team) {
+          const int e = team.league_rank();
+          Kokkos::parallel_scan(Kokkos::TeamThreadRange(team, slots), [&](const int s, int& upd, const bool final) {
+            const bool mine = expert_of(s) == e;
+            if (final && mine) rank(s) = upd;
+            if (mine) upd += 1;
+            if (final && s == slots - 1) counts(e) = upd;
+          });
+        });
+    Kokkos::deep_copy(space, perm.host_counts, counts);
+    named_fence(space, "moeproxy::permute::counts");
+  }
+  const auto h_counts = perm.host_counts;
+  const auto h_offsets = perm.host_offsets;
   std::int64_t dropped = 0;
   h_offsets(0) = 0;
   for (int e = 0; e < experts; ++e) {
@@ -338,12 +367,12 @@ std::int64_t permute(const ExecSpace& space, const IndexMatrix& idx, int experts
   }
   Kokkos::deep_copy(space, counts, h_counts);
   Kokkos::deep_copy(space, perm.offsets, h_offsets);
-  perm.source = IndexVector("moeproxy::permute::source", h_offsets(experts));
+  perm.source = head(perm.source_store, h_offsets(experts));
   const IndexVector position = perm.position, source = perm.source, offsets = perm.offsets;
   Kokkos::parallel_for(
       "moeproxy::permute::scatter", Kokkos::RangePolicy<ExecSpace>(space, 0, slots),
       KOKKOS_LAMBDA(const int s) {
-        const int e = idx(s / top_k, s % top_k);
+        const int e = expert_of(s);
         const int r = rank(s);
         if (r < counts(e)) {
           position(s) = offsets(e) + r;
@@ -357,20 +386,16 @@ std::int64_t permute(const ExecSpace& space, const IndexMatrix& idx, int experts
 
 void gather_rows(const ExecSpace& space, const ConstMatrix& x, const IndexVector& source,
                  const Matrix& out) {
-  Kokkos::parallel_for(
-      "moeproxy::kernels::gather_rows",
-      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0},
-                                                        {static_cast<int>(out.extent(0)), static_cast<int>(out.extent(1))}),
+  for_each_in_rows(
+      space, "moeproxy::kernels::gather_rows", static_cast<int>(out.extent(0)), static_cast<int>(out.extent(1)),
       KOKKOS_LAMBDA(const int r, const int j) { out(r, j) = x(source(r), j); });
 }
 
 void combine(const ExecSpace& space, const ConstMatrix& y, const IndexVector& position,
              const ConstMatrix& weight, const Matrix& x) {
   const int top_k = static_cast<int>(weight.extent(1));
-  Kokkos::parallel_for(
-      "moeproxy::kernels::combine",
-      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0},
-                                                        {static_cast<int>(x.extent(0)), static_cast<int>(x.extent(1))}),
+  for_each_in_rows(
+      space, "moeproxy::kernels::combine", static_cast<int>(x.extent(0)), static_cast<int>(x.extent(1)),
       KOKKOS_LAMBDA(const int t, const int j) {
         float acc = 0.0f;
         for (int s = 0; s < top_k; ++s) {
@@ -382,10 +407,8 @@ void combine(const ExecSpace& space, const ConstMatrix& y, const IndexVector& po
 }
 
 void add_into(const ExecSpace& space, const ConstMatrix& y, const Matrix& x) {
-  Kokkos::parallel_for(
-      "moeproxy::kernels::add_into",
-      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0},
-                                                        {static_cast<int>(x.extent(0)), static_cast<int>(x.extent(1))}),
+  for_each_in_rows(
+      space, "moeproxy::kernels::add_into", static_cast<int>(x.extent(0)), static_cast<int>(x.extent(1)),
       KOKKOS_LAMBDA(const int t, const int j) { x(t, j) += y(t, j); });
 }
 
@@ -432,10 +455,8 @@ void quantize_int8_rows(const ExecSpace& space, const ConstMatrix& x, const Matr
 }
 
 void dequantize_int8_rows(const ExecSpace& space, const ConstMatrix& packed, const Matrix& x) {
-  Kokkos::parallel_for(
-      "moeproxy::kernels::dequantize_int8_rows",
-      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0},
-                                                        {static_cast<int>(x.extent(0)), static_cast<int>(x.extent(1))}),
+  for_each_in_rows(
+      space, "moeproxy::kernels::dequantize_int8_rows", static_cast<int>(x.extent(0)), static_cast<int>(x.extent(1)),
       KOKKOS_LAMBDA(const int t, const int j) {
         const float word = packed(t, 1 + j / 4);
         unsigned char bytes[4];

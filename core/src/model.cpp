@@ -345,9 +345,8 @@ void Transformer::moe(int l, const Matrix& x, const Matrix& h, std::int64_t toke
                       PhaseTable& timing, bool count_experts) {
   const int tokens = static_cast<int>(x.extent(0));
   Workspace w = rows(tokens);
-  Permutation perm;
   std::vector<int> counts(cfg_.experts);
-  const int kept = route(l, h, token0, timing, count_experts, w.route_w, perm, counts, w.xp);
+  const int kept = route(l, h, token0, timing, count_experts, w.route_w, perm_, counts, w.xp);
 
   exchange_->run_experts(
       space_, head_rows(w.xp, kept), counts, head_rows(w.yp, kept),
@@ -355,7 +354,7 @@ void Transformer::moe(int l, const Matrix& x, const Matrix& h, std::int64_t toke
       timing, l);
   timed(space_, timing, l, Phase::combine, [&] {
     Kokkos::deep_copy(space_, w.partial, 0.0f);
-    combine(space_, w.yp, perm.position, w.route_w, w.partial);
+    combine(space_, w.yp, perm_.position, w.route_w, w.partial);
   });
   exchange_->timed_reduce_partial(space_, w.partial, timing, l);
   timed(space_, timing, l, Phase::combine, [&] { add_into(space_, w.partial, x); });
@@ -386,8 +385,7 @@ int Transformer::route(int l, const Matrix& h, std::int64_t token0, PhaseTable& 
   int kept = 0;
   timed(space_, timing, l, Phase::permute, [&] {
     dropped_ += permute(space_, w.route_idx, cfg_.experts, capacity_for(cfg_, tokens), perm);
-    auto h_counts = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), perm.counts);
-    for (int e = 0; e < cfg_.experts; ++e) kept += (counts[e] = h_counts(e));
+    for (int e = 0; e < cfg_.experts; ++e) kept += (counts[e] = perm.host_counts(e));
     gather_rows(space_, h, perm.source, head_rows(xp, kept));
   });
   // counts are by placement position; the statistics stay by global expert.

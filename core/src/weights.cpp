@@ -3,16 +3,16 @@
 #include <cmath>
 #include <string>
 
+#include "rows_kernel.hpp"
+
 namespace moeproxy {
 
 void fill_tensor(const ExecSpace& space, const Matrix& m, std::uint64_t seed, TensorKind kind,
                  int layer, int expert, const AxisMap& rows, const AxisMap& cols, float scale,
                  float offset) {
   const std::uint64_t stream = tensor_stream(seed, kind, layer, expert);
-  Kokkos::parallel_for(
-      "moeproxy::weights::fill_matrix",
-      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0},
-                                                        {m.extent(0), m.extent(1)}),
+  for_each_in_rows(
+      space, "moeproxy::weights::fill_matrix", static_cast<int>(m.extent(0)), static_cast<int>(m.extent(1)),
       KOKKOS_LAMBDA(const int i, const int j) {
         m(i, j) = scaled_uniform(uniform_at(stream, static_cast<std::uint64_t>(rows(i)),
                                             static_cast<std::uint64_t>(cols(j))),

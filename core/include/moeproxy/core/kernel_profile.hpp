@@ -134,8 +134,8 @@ inline double top_k(double t, double experts, double k, double es) { return es *
 inline double router(double t, double d, double experts, double k, double es) {
   return es * (t * d + d * experts + t * experts) + top_k(t, experts, k, es);
 }
-// "permute": a scan of the routed rows' expert indices per expert, the scatter, and the counts
-// to the host.
+// "permute": the routed rows' expert indices scanned once per expert (one kernel), the counts'
+// round trip through the host, and the scatter.
 inline double permute(double routed, double experts) { return 4.0 * routed * (experts + 2.0); }
 // "gather": routed rows [routed, d] gathered from [t, d].
 inline double gather(double routed, double d, double es) { return es * 2.0 * routed * d; }

@@ -91,11 +91,17 @@ void relabel_experts(const ExecSpace& space, const IndexMatrix& idx, const Const
 // never depends on thread timing. Slots past `capacity` tokens of their expert are dropped
 // (position -1). counts[e] = kept tokens of expert e, offsets = exclusive scan of counts.
 // capacity < 0 = dropless. Returns the number of dropped slots.
+// A Permutation keeps its storage between calls (a pass permutes every layer at the same
+// sizes): on a GPU each fresh view is a cudaMalloc, and each freed one a device synchronisation.
 struct Permutation {
-  IndexVector position;  // [T*k]
-  IndexVector counts;    // [E]
-  IndexVector offsets;   // [E + 1]
-  IndexVector source;    // [kept] token row of each permuted row
+  IndexVector position;            // [T*k]
+  IndexVector counts;              // [E]
+  IndexVector offsets;             // [E + 1]
+  IndexVector source;              // [kept] token row of each permuted row
+  StagingIndexVector host_counts;  // [E] counts, on the host
+
+  IndexVector rank_store, position_store, source_store;  // position and source are heads of these
+  StagingIndexVector host_offsets;
 };
 std::int64_t permute(const ExecSpace& space, const IndexMatrix& idx, int experts, int capacity,
                      Permutation& perm);

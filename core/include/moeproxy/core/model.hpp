@@ -147,6 +147,7 @@ class Transformer {
   std::vector<Cache> k_cache_, v_cache_;
   std::vector<HalfCache> k_half_, v_half_;
   Workspace ws_;
+  Permutation perm_;  // moe()'s, its storage kept from layer to layer
   // With an expert placement not in id order (placement.hpp): [layer, expert] -> position in
   // the layer's placement order, and per layer the experts in that order; empty otherwise.
   IndexMatrix expert_position_;

@@ -394,43 +394,66 @@ std::string command_line(int argc, char** argv) {
   return s;
 }
 
-void verify(const RunConfig& cfg, const parallel::RankLayout& layout, const parallel::RunOutput& out,
-            parallel::Communicator& world, const WeightSource* weights, RunSummary& s) {
+// What verify() compares, decided before the run: the run copies its final hidden states to
+// the host only where something reads them (parallel::run_forward, keep_outputs).
+struct VerificationPlan {
+  int sample = 0;  // global sequences [0, sample) compared with the reference; 0: none
+  int asked = 0;   // verify.sample, at most the batch
+  bool drops = false;
+  RouteGroups groups;
+  std::string skipped;  // why nothing is compared, where sample is 0
+};
+
+VerificationPlan plan_verification(const RunConfig& cfg, const parallel::RankLayout& layout) {
   const VerifyConfig& v = cfg.verify;
-  int sample = std::min(v.sample, cfg.workload.batch);
+  VerificationPlan plan;
+  plan.asked = std::min(v.sample, cfg.workload.batch);
+  if (v.mode == VerifyMode::none || plan.asked == 0) {
+    plan.skipped = "verification disabled";
+    return plan;
+  }
+  // Which tokens a capacity drops depends on the tokens routed together: the reference
+  // routes the run's groups (route_groups.hpp) and runs whole groups.
+  plan.drops = cfg.model.is_moe() && cfg.model.capacity_factor > 0.0;
+  int sample = plan.asked;
+  if (plan.drops) {
+    if (const std::string why = parallel::regrouping(cfg); !why.empty()) {
+      plan.skipped = "capacity_factor > 0: dropped tokens depend on how tokens are grouped, and " + why;
+      return plan;
+    }
+    const RouteGroups all = parallel::route_groups(cfg, layout);
+    sample = parallel::whole_groups(all, cfg.workload, sample);
+    plan.groups = parallel::first_groups(all, cfg.workload, sample);
+  }
+  const double cost = reference_flops(cfg.model, cfg.workload, sample);
+  if (v.mode == VerifyMode::automatic && cost > auto_reference_flop_limit) {
+    std::ostringstream note;
+    note << "host reference would cost " << cost / 1e9 << " GFLOP";
+    if (sample > plan.asked) note << " for the " << sample << " sequences of whole route groups (capacity_factor > 0)";
+    note << "; set verify.mode=reference to force it";
+    plan.skipped = note.str();
+    return plan;
+  }
+  plan.sample = sample;
+  return plan;
+}
+
+void verify(const RunConfig& cfg, const parallel::RankLayout& layout, const parallel::RunOutput& out,
+            parallel::Communicator& world, const WeightSource* weights, const VerificationPlan& plan,
+            RunSummary& s) {
   s.tolerance = verification_tolerance(cfg.model.precision);
   const bool compressed = parallel::compresses_transfers(cfg);
   if (compressed) {
     s.compression_tolerance = compression_tolerance(cfg.parallel.comm_compression, cfg.model, cfg.workload);
     s.tolerance += s.compression_tolerance;
   }
-  if (v.mode == VerifyMode::none || sample == 0) {
-    s.verification_note = "verification disabled";
+  if (plan.sample == 0) {
+    s.verification_note = plan.skipped;
     return;
   }
-  // Which tokens a capacity drops depends on the tokens routed together: the reference
-  // routes the run's groups (route_groups.hpp) and runs whole groups.
-  const bool drops = cfg.model.is_moe() && cfg.model.capacity_factor > 0.0;
-  RouteGroups groups;
-  const int asked = sample;
-  if (drops) {
-    if (const std::string why = parallel::regrouping(cfg); !why.empty()) {
-      s.verification_note = "capacity_factor > 0: dropped tokens depend on how tokens are grouped, and " + why;
-      return;
-    }
-    const RouteGroups all = parallel::route_groups(cfg, layout);
-    sample = parallel::whole_groups(all, cfg.workload, sample);
-    groups = parallel::first_groups(all, cfg.workload, sample);
-  }
-  const double cost = reference_flops(cfg.model, cfg.workload, sample);
-  if (v.mode == VerifyMode::automatic && cost > auto_reference_flop_limit) {
-    std::ostringstream note;
-    note << "host reference would cost " << cost / 1e9 << " GFLOP";
-    if (sample > asked) note << " for the " << sample << " sequences of whole route groups (capacity_factor > 0)";
-    note << "; set verify.mode=reference to force it";
-    s.verification_note = note.str();
-    return;
-  }
+  const int sample = plan.sample, asked = plan.asked;
+  const bool drops = plan.drops;
+  const RouteGroups& groups = plan.groups;
   const parallel::SampleOutputs got = parallel::gather_sample(cfg, layout, out, world, sample);
   // Where every row agrees, all are compared; otherwise the rows the reference's routing does
   // not determine (near ties, docs/model.md) are left out, and the note counts them.
@@ -544,8 +567,10 @@ int run_command(const Options& opt, int argc, char** argv) {
               << std::flush;
 
   if (progress && weights) *progress << "[moeproxy] weights: " << weights->describe() << "\n" << std::flush;
-  parallel::RunOutput out = parallel::run_forward(cfg, layout, comm, world, progress, weights.get());
-  verify(cfg, layout, out, world, weights.get(), out.summary);
+  const VerificationPlan plan = plan_verification(cfg, layout);
+  const bool keep_outputs = plan.sample > 0 || cfg.output.dump_hidden;
+  parallel::RunOutput out = parallel::run_forward(cfg, layout, comm, world, keep_outputs, progress, weights.get());
+  verify(cfg, layout, out, world, weights.get(), plan, out.summary);
   io::ReportInput report = reduce_for_report(out, world);
   const bool balanced = out.balance.threshold > 0.0;
   if (balanced && world.rank() == 0) out.balance.suggestion = suggest_split(cfg, world.size());

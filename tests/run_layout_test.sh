@@ -77,6 +77,7 @@ with h5py.File(serial, "r") as a, h5py.File(parallel, "r") as b:
         ref = a["output"][name][...].astype(np.float64)
         got = b["output"][name][...].astype(np.float64)
         assert ref.shape == got.shape, f"{name}: shapes {ref.shape} vs {got.shape}"
+        assert np.abs(ref).max() > 0 and np.abs(got).max() > 0, f"{name}: all zeros: a run kept no outputs"
         err = np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30)
         print(f"{name} {ref.shape}: max relative error vs 1 rank = {err:.3e}")
         worst = max(worst, err)

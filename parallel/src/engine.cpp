@@ -41,6 +41,7 @@ double comm_seconds(const PhaseTable& t) {
 
 // Keeps rows [first, first + count) of `rows` (each `row` floats long).
 void keep_rows(std::vector<float>& rows, int first, int count, std::size_t row) {
+  if (rows.empty()) return;  // the run kept no outputs
   rows.erase(rows.begin() + static_cast<std::ptrdiff_t>((first + count) * row), rows.end());
   rows.erase(rows.begin(), rows.begin() + static_cast<std::ptrdiff_t>(first * row));
 }
@@ -48,7 +49,7 @@ void keep_rows(std::vector<float>& rows, int first, int count, std::size_t row) 
 }  // namespace
 
 RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, CommBackend comm, Communicator& world,
-                      std::ostream* progress, const WeightSource* weights) {
+                      bool keep_outputs, std::ostream* progress, const WeightSource* weights) {
   const ModelConfig& m = cfg.model;
   const WorkloadConfig& w = cfg.workload;
   ExecSpace space;
@@ -104,14 +105,16 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, CommBacken
   };
   if (layout.replicas() > 1 && !layout.ffn_rank(world.rank())) serve(failover.own());
   named_fence(space, "moeproxy::engine::weights_ready");
-  out.hidden_prefill.resize(static_cast<std::size_t>(n) * w.prompt * d);
-  out.hidden_decode.resize(static_cast<std::size_t>(n) * w.decode_steps * d);
+  if (keep_outputs) {
+    out.hidden_prefill.resize(static_cast<std::size_t>(n) * w.prompt * d);
+    out.hidden_decode.resize(static_cast<std::size_t>(n) * w.decode_steps * d);
+  }
 
   const Pipeline::Input prefill_input = [&](const Transformer::MicroBatch& mb, const Matrix& x) {
     model.fill_inputs(mb, x);
   };
   const Pipeline::Output prefill_output = [&](const Transformer::MicroBatch& mb, const Matrix& y) {
-    copy_rows_to_host(y, out.hidden_prefill, static_cast<std::size_t>(mb.first) * w.prompt * d);
+    if (keep_outputs) copy_rows_to_host(y, out.hidden_prefill, static_cast<std::size_t>(mb.first) * w.prompt * d);
   };
   std::vector<float> step_out;
   const Pipeline::Input decode_input = [&](const Transformer::MicroBatch& mb, const Matrix& x) {
@@ -121,6 +124,7 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, CommBacken
   };
   auto decode_output = [&](int g) -> Pipeline::Output {
     return [&, g](const Transformer::MicroBatch& mb, const Matrix& y) {
+      if (!keep_outputs) return;
       step_out.resize(y.span());
       copy_rows_to_host(y, step_out, 0);
       for (int b = 0; b < mb.count; ++b)

@@ -18,6 +18,7 @@
 
 #include "calibrate.hpp"
 #include "moeproxy/core/kernels.hpp"
+#include "moeproxy/core/weights.hpp"
 
 namespace moeproxy::app {
 
@@ -215,6 +216,8 @@ class Profiler {
     for (const int r : row_counts) {
       const Matrix x = filled("moeproxy::calibrate::x", r, width, 0.5f), y = filled("moeproxy::calibrate::y", r, width, 0.25f);
       const Matrix z("moeproxy::calibrate::z", r, width);
+      // The prefill's input rows, generated in place: r sequences of one token.
+      point("input", kernel_size::input(r, width, es), [&] { fill_inputs(c_.space, ModelConfig{}, 0, 1, z); });
       point("norm", kernel_size::norm(r, width, es), [&] { normalize(c_.space, NormKind::rmsnorm, 1e-5, x, gain, z); }, x);
       const Cache k("moeproxy::calibrate::k", 1, heads, r, hd), v("moeproxy::calibrate::v", 1, heads, r, hd);
       point("store_kv", kernel_size::store_kv(r, width, es), [&] { store_kv<float>(c_.space, x, y, k, v, r, 0); }, x, y);
@@ -380,7 +383,7 @@ std::vector<std::pair<double, KernelProfiles>> measure_round(const CalibrationCo
     profiler.attention_kernels();
     profiler.gemms();
     profiler.collectives();
-    say(round + swept_label(sweep) + "profiled norm, store_kv, add, activate, router, permute, gather, combine, "
+    say(round + swept_label(sweep) + "profiled input, norm, store_kv, add, activate, router, permute, gather, combine, "
                 "rope, attention, gemm");
   }
   return by_sweep;

@@ -38,6 +38,16 @@ RunConfig dense_one_layer() {
   return cfg;
 }
 
+// Two pipeline stages of one layer each, 4 sequences in `micro_batches` micro-batches.
+RunConfig two_stages(int micro_batches) {
+  RunConfig cfg = dense_one_layer();
+  cfg.model.layers = 2;
+  cfg.workload.batch = 4;
+  cfg.parallel.pp = 2;
+  cfg.parallel.micro_batches = micro_batches;
+  return cfg;
+}
+
 double phase_sum(const PhaseTable& t) {
   double s = 0.0;
   for (double x : t.data()) s += x;
@@ -117,8 +127,9 @@ TEST_CASE("perf model: a single GEMM-bound dense layer", "[perf]") {
   // W1, W2: 2 x 2 t d f FLOPs at 50 GFLOP/s; the activation and residual add cost nothing here.
   CHECK(p.per_rank[0].prefill.at(0, Phase::ffn) == Approx(2.0 * 2.0 * t * d * f / 50e9));
   CHECK(p.per_rank[0].prefill.at(0, Phase::allreduce) == 0.0);
-  // One rank, no pipeline: the wall is the sum of the phases.
-  CHECK(p.per_rank[0].prefill_seconds == Approx(phase_sum(p.per_rank[0].prefill)));
+  // One rank, no pipeline: the wall is the sum of the phases and of the input rows' writing.
+  const double input = kernel_seconds(m, Precision::fp32, KernelKind::memory, 0.0, 4.0 * t * d);
+  CHECK(p.per_rank[0].prefill_seconds == Approx(phase_sum(p.per_rank[0].prefill) + input));
   CHECK(p.summary.ttft_s == Approx(p.per_rank[0].prefill_seconds));
   CHECK(p.summary.prefill_tokens_per_s == Approx(2.0 * 32 / p.summary.ttft_s));
 }
@@ -135,19 +146,27 @@ TEST_CASE("perf model: tensor parallelism adds an all-reduce of the layer's rows
 }
 
 TEST_CASE("perf model: pipeline stages wait for the fill and drain", "[perf]") {
-  RunConfig cfg = dense_one_layer();
-  cfg.model.layers = 2;
-  cfg.workload.batch = 4;
-  cfg.parallel.pp = 2;
-  cfg.parallel.micro_batches = 4;
-  const Prediction p = predict(cfg, compute_bound(), 2);
+  const Prediction p = predict(two_stages(4), compute_bound(), 2);
   for (const RankMetrics& r : p.per_rank) {
-    // Every rank's phases, waiting included, add up to the common wall time.
+    // Every rank's phases, waiting included, add up to the common wall time (the input rows,
+    // outside every phase, cost nothing on this machine).
     CHECK(phase_sum(r.prefill) == Approx(r.prefill_seconds));
     CHECK(phase_sum(r.decode) == Approx(r.decode_seconds));
   }
   CHECK(p.per_rank[0].prefill.at(0, Phase::wait) > 0.0);
   CHECK(p.per_rank[1].prefill.at(1, Phase::recv) > 0.0);
+}
+
+TEST_CASE("perf model: the prefill's input rows are in the first stage's wall, outside every phase", "[perf]") {
+  MachineSpec m = compute_bound();
+  m.memory_bandwidth = 1e9;  // 4 B x 64 rows x 64 columns: 16 us a micro-batch
+  m.kernel_overhead = 1e-6;
+  const Prediction p = predict(two_stages(2), m, 2);
+  const double per_micro_batch = 1e-6 + 4.0 * (2 * 32) * 64 / 1e9;
+  const RankMetrics &first = p.per_rank[0], &last = p.per_rank[1];
+  CHECK(first.prefill_seconds - phase_sum(first.prefill) == Approx(2 * per_micro_batch));
+  CHECK(last.prefill_seconds == Approx(phase_sum(last.prefill)));  // its recv waited for them
+  for (const RankMetrics* r : {&first, &last}) CHECK(r->decode_seconds == Approx(phase_sum(r->decode)));
 }
 
 TEST_CASE("perf model: memory per rank agrees with estimate_memory in fp32", "[perf]") {

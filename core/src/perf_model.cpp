@@ -127,6 +127,7 @@ struct CommKey {
 struct Cost {
   std::array<double, phase_count> phase{};
   std::map<CommKey, CommRecord> comm;
+  double outside = 0.0;     // seconds of the pass outside every phase (the input rows written)
   double since_sync = 0.0;  // compute seconds since the last synchronisation (Model::synchronise)
   double hidden = 0.0;      // transfer seconds that overlapped the rank's compute (Cost::overlap)
 
@@ -157,6 +158,7 @@ struct Cost {
   }
   void add(const Cost& o, double times = 1.0) {
     for (int p = 0; p < phase_count; ++p) phase[p] += times * o.phase[p];
+    outside += times * o.outside;
     hidden += times * o.hidden;
     for (const auto& [key, r] : o.comm) {
       CommRecord& mine = comm[key];
@@ -170,7 +172,7 @@ struct Cost {
       mine.hidden_seconds += times * r.hidden_seconds;
     }
   }
-  double total() const { return std::accumulate(phase.begin(), phase.end(), 0.0); }
+  double total() const { return outside + std::accumulate(phase.begin(), phase.end(), 0.0); }
   double of(std::initializer_list<Phase> ps) const {
     double s = 0.0;
     for (Phase p : ps) s += phase[static_cast<int>(p)];
@@ -247,6 +249,7 @@ class Model {
       return p ? time(*p) : fallback;
     });
   }
+  double input(double t) const { return op("input", kernel_size::input(t, m_.hidden, es_)); }
   double norm(double t) const { return op("norm", kernel_size::norm(t, m_.hidden, es_)); }
   double add(double t) const { return op("add", kernel_size::add(t, m_.hidden, es_)); }
 
@@ -567,6 +570,7 @@ Prediction predict_grid(const RunConfig& cfg, const MachineSpec& machine, int ra
       const double t = static_cast<double>(seqs) * n;
       for (int l = 0; l < S.layer_count; ++l) {
         Cost c;
+        if (st == 0 && l == 0 && pos0 == 0) c.outside += model.input(t);
         model.attention(c, s, g, seqs, n, pos0);
         model.ffn(c, s, g, t, p.ep_chunks);
         layers.push_back(c);
@@ -711,13 +715,14 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
   };
   // One layer for all micro-batches of a pass: the two sides and the link form a loop that
   // micro-batches circulate through; with enough of them the busiest resource paces it.
-  auto layer = [&](int n, int pos0, bool last) {
+  auto layer = [&](int n, int pos0, bool first, bool last) {
     const Model attn_model(cfg, machine, cache_footprint(machine, pass_footprint(ra.memory, n, w.prompt), node_ranks)),
         moe_model(cfg, machine, cache_footprint(machine, pass_footprint(re.memory, n, w.prompt), node_ranks));
     Layer L;
     const double t = static_cast<double>(seqs) * n;           // one micro-batch of an attention replica
     const double all = static_cast<double>(w.batch) / mb * n;  // one micro-batch, all replicas
     Cost a;
+    if (first && pos0 == 0) a.outside += attn_model.input(t);
     attn_model.attention(a, attn, ga, seqs, n, pos0);
     a.add(Phase::norm, attn_model.norm(t));
     a.add(Phase::router, attn_model.router(t));
@@ -760,7 +765,7 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
   auto pass = [&](int n, int pos0, PhaseTable& ta, PhaseTable& te) {
     double wall = 0.0;
     for (int l = 0; l < m.layers; ++l) {
-      const Layer L = layer(n, pos0, l == m.layers - 1);
+      const Layer L = layer(n, pos0, l == 0, l == m.layers - 1);
       add_layers({L.attn}, l, 1.0, ta);
       add_layers({L.moe}, l, 1.0, te);
       collect_comm(ca, L.attn, 1.0);

@@ -98,9 +98,9 @@ struct MachineProfiles {
 // The names of the profiled kernels other than the GEMM and those by a parameter, as machine
 // files spell them.
 inline const std::vector<std::string>& profiled_kernels() {
-  static const std::vector<std::string> names = {"norm",    "store_kv", "add",     "activate",  "router",
-                                                 "permute", "gather",   "combine", "allreduce", "alltoallv",
-                                                 "send"};
+  static const std::vector<std::string> names = {"norm",    "store_kv", "add",       "activate",  "input",
+                                                 "router",  "permute",  "gather",    "combine",   "allreduce",
+                                                 "alltoallv", "send"};
   return names;
 }
 // The kernels profiled by a parameter, and the parameter's name in machine files.
@@ -114,6 +114,9 @@ inline const std::map<std::string, std::string>& profiled_by_parameter() {
 // bytes it reads and writes, except RoPE (its angles) and attention (per team, below). Names
 // are the profile keys.
 namespace kernel_size {
+// "input": the prefill's input rows [t, d] generated in place (fill_inputs), outside every
+// phase but inside the prefill's wall, as an embedding lookup would be.
+inline double input(double t, double d, double es) { return es * t * d; }
 // "norm": RMSNorm or LayerNorm of [t, d].
 inline double norm(double t, double d, double es) { return es * 2.0 * t * d; }
 // "rope": rotary embedding in place on t rows of heads x head_dim, by its heads: its angles,

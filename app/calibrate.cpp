@@ -172,9 +172,10 @@ int calibrate_command(const CalibrateOptions& opt, int argc, char** argv) {
                      "core/include/moeproxy/core/kernel_profile.hpp), fp32, all ranks at once, each call after a sweep";
   notes["profile.sweep.bytes"] = "bytes read through the caches before each call, its inputs read back in after";
   notes["profile.gemm"] = "measured: [rows, n, microseconds] of [rows, n] x [n, n]";
-  for (const auto& [name, parameter] : profiled_by_parameter())
-    notes["profile." + name] = "measured: [" + parameter + ", size" + (name == "rope" ? " (angles)" : " of one team") +
-                               ", microseconds]";
+  for (const auto& [name, parameter] : profiled_by_parameter()) {
+    const std::string size = name == "rope" ? " (angles)" : name == "router" ? " (bytes)" : " of one team";
+    notes["profile." + name] = "measured: [" + parameter + ", size" + size + ", microseconds]";
+  }
   if (m.profiles.ranks > 0)
     notes["profile.ranks"] = "the ranks sync_wait, allreduce, alltoallv and send were measured on; predict uses the "
                              "collectives' profiles for groups of this size on one node, send's between any two ranks of one node";

@@ -30,6 +30,7 @@ constexpr int heads = 8, hd = 64;  // heads x head_dim = width, for the cache
 const std::vector<int> rope_heads = {1, 8, 32};
 const std::vector<int> attention_head_dims = {16, 64, 128};
 constexpr int experts = 8, top_k = 2;
+const std::vector<int> router_widths = {64, 512};
 const std::vector<int> row_counts = {1, 8, 64, 512, 4096};
 // The sweeps (CalibrationContext::sweeps, calibrate --sweeps) are read, not written, as a
 // forward pass reads its weights and KV cache between two calls of a kernel; the difference
@@ -280,25 +281,33 @@ class Profiler {
     }
   }
 
+  // "router" over rows of each of router_widths, then the permutation, gather and combine.
   void routing() {
-    const Matrix router_weight = filled("moeproxy::calibrate::router", width, experts, 0.01f);
+    auto& by = out_.by_parameter["router"].by_value;
+    for (const int w : router_widths) {
+      by.emplace_back(w, KernelProfile{});
+      const Matrix router_weight = filled("moeproxy::calibrate::router", w, experts, 0.01f);
+      for (const int t : row_counts) {
+        const Matrix h = filled("moeproxy::calibrate::h", t, w, 0.5f);
+        const Matrix logits("moeproxy::calibrate::logits", t, experts);
+        IndexMatrix chosen("moeproxy::calibrate::chosen", t, top_k);
+        const Matrix weight("moeproxy::calibrate::weight", t, top_k);
+        const double s = mean_over_ranks(c_, cold_.seconds([&] {
+          gemm(c_.space, h, router_weight, logits);
+          route_top_k(c_.space, logits, top_k, true, chosen, weight);
+        }, h));
+        by.back().second.points.emplace_back(kernel_size::router(t, w, experts, top_k, es), s);
+      }
+    }
     for (const int t : row_counts) {
       const double routed = static_cast<double>(t) * top_k;
-      const Matrix h = filled("moeproxy::calibrate::h", t, width, 0.5f);
-      const Matrix logits("moeproxy::calibrate::logits", t, experts);
-      IndexMatrix chosen("moeproxy::calibrate::chosen", t, top_k);
-      const Matrix weight("moeproxy::calibrate::weight", t, top_k);
-      point("router", kernel_size::router(t, width, experts, top_k, es), [&] {
-        gemm(c_.space, h, router_weight, logits);
-        route_top_k(c_.space, logits, top_k, true, chosen, weight);
-      }, h);
       const IndexMatrix idx = spread_experts(t);
       Permutation perm;
       point("permute", kernel_size::permute(routed, experts), [&] { permute(c_.space, idx, experts, -1, perm); }, idx);
       const Matrix x = filled("moeproxy::calibrate::rows", t, width, 0.5f);
       const Matrix xp("moeproxy::calibrate::permuted", t * top_k, width);
       point("gather", kernel_size::gather(routed, width, es), [&] { gather_rows(c_.space, x, perm.source, xp); }, x, perm.source);
-      const Matrix partial("moeproxy::calibrate::partial", t, width);
+      const Matrix partial("moeproxy::calibrate::partial", t, width), weight("moeproxy::calibrate::weight", t, top_k);
       Kokkos::deep_copy(weight, 0.5f);
       point("combine", kernel_size::combine(t, routed, width, es), [&] {
         Kokkos::deep_copy(c_.space, partial, 0.0f);

@@ -549,7 +549,7 @@ TEST_CASE("perf model: a pipeline stage's send takes the send profile's time wit
   CHECK(modelled < 1e-4);
 }
 
-TEST_CASE("perf model: the router takes its profile's time at its rows, weight and logits' bytes", "[perf]") {
+TEST_CASE("perf model: the router takes its profile's time at its width, rows, weight and logits' bytes", "[perf]") {
   RunConfig cfg = dense_one_layer();
   cfg.model.ffn = FfnKind::moe;
   cfg.model.experts = 4;
@@ -558,10 +558,13 @@ TEST_CASE("perf model: the router takes its profile's time at its rows, weight a
   // 64 prompt tokens: rows 64 x 64, weight 64 x 4, logits 64 x 4 in fp32, then the top-k.
   const double bytes = 4.0 * (64 * 64 + 64 * 4 + 64 * 4) + 4.0 * 64 * 4 + 8.0 * 64 * 2;
   CHECK(kernel_size::router(64, 64, 4, 2, 4.0) == Approx(bytes));
-  single_sweep(m).kernels["router"] = KernelProfile{{{bytes, 7e-3}, {2.0 * bytes, 9e-3}}};
-  CHECK(predict(cfg, m, 1).per_rank[0].prefill.at(0, Phase::router) == Approx(7e-3));
+  // Profiled at widths 16 and 256; the deck's 64 lies halfway in log-log.
+  ParameterProfile& router = single_sweep(m).by_parameter["router"];
+  router.by_value = {{16.0, KernelProfile{{{bytes, 4e-3}, {2.0 * bytes, 6e-3}}}},
+                     {256.0, KernelProfile{{{bytes, 16e-3}, {2.0 * bytes, 18e-3}}}}};
+  CHECK(predict(cfg, m, 1).per_rank[0].prefill.at(0, Phase::router) == Approx(8e-3));
   // Two decode steps of two rows, below the profile's smallest size: its time each.
-  CHECK(predict(cfg, m, 1).per_rank[0].decode.at(0, Phase::router) == Approx(2 * 7e-3));
+  CHECK(predict(cfg, m, 1).per_rank[0].decode.at(0, Phase::router) == Approx(2 * 8e-3));
 }
 
 TEST_CASE("perf model: RoPE takes its angles' time at the heads that share them", "[perf]") {

@@ -290,8 +290,8 @@ class Model {
   // Router, permutation and combination of t tokens' routed rows, wherever the rank that
   // holds the attention routes them.
   double router(double t) const {
-    return profiled("router", kernel_size::router(t, m_.hidden, m_.experts, m_.top_k, es_),
-                    gemm(t, m_.hidden, m_.experts) + stream(kernel_size::top_k(t, m_.experts, m_.top_k, es_)));
+    return op_by("router", m_.hidden, kernel_size::router(t, m_.hidden, m_.experts, m_.top_k, es_),
+                 gemm(t, m_.hidden, m_.experts) + stream(kernel_size::top_k(t, m_.experts, m_.top_k, es_)));
   }
   double permute(double t) const {
     const double routed = t * m_.top_k;

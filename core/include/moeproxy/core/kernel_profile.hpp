@@ -45,7 +45,10 @@ struct GemmProfile {
 // work (its query tile, the softmax state, the write) grows with the width, its work per key
 // partly not (the softmax). RoPE, by the heads that share each angle: its angles (a pow and
 // a sincos each) cost more than the rotations on a CPU, and the rotations per angle are the
-// heads. A call takes, at its size, the time interpolated log-log in the parameter between
+// heads. The router, by the hidden width: its GEMM's bytes grow with the width, its top-k's
+// exponentials per token not (at 48 columns the top-k took 4 times the GEMM's time, at 256
+// about as long, AMD VM 2026-12-06). A call takes, at its size, the time interpolated
+// log-log in the parameter between
 // the two measured values around its own (outside them, the nearest's).
 struct ParameterProfile {
   std::vector<std::pair<double, KernelProfile>> by_value;  // (parameter, profile over size)
@@ -98,15 +101,15 @@ struct MachineProfiles {
 // The names of the profiled kernels other than the GEMM and those by a parameter, as machine
 // files spell them.
 inline const std::vector<std::string>& profiled_kernels() {
-  static const std::vector<std::string> names = {"norm",    "store_kv", "add",       "activate",  "input",
-                                                 "router",  "permute",  "gather",    "combine",   "allreduce",
-                                                 "alltoallv", "send"};
+  static const std::vector<std::string> names = {"norm",    "store_kv", "add",     "activate",  "input",
+                                                 "permute", "gather",   "combine", "allreduce", "alltoallv",
+                                                 "send"};
   return names;
 }
 // The kernels profiled by a parameter, and the parameter's name in machine files.
 inline const std::map<std::string, std::string>& profiled_by_parameter() {
   static const std::map<std::string, std::string> names = {
-      {"attention_prefill", "head_dim"}, {"attention_decode", "head_dim"}, {"rope", "heads"}};
+      {"attention_prefill", "head_dim"}, {"attention_decode", "head_dim"}, {"rope", "heads"}, {"router", "hidden"}};
   return names;
 }
 

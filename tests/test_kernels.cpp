@@ -509,8 +509,9 @@ TEST_CASE("route_synthetic: Zipf skews towards low experts, k distinct, determin
   const int t = 4000, e = 8, k = 2;
   IndexMatrix a("a", t, k), b("b", t, k);
   Matrix wa("wa", t, k), wb("wb", t, k);
-  route_synthetic(space, 5, 1, 100, e, 1.2, a, wa);
-  route_synthetic(space, 5, 1, 100, e, 1.2, b, wb);
+  const RoutingCdf cdf = routing_cdf(space, e, 1.2);
+  route_synthetic(space, 5, 1, 100, cdf, a, wa);
+  route_synthetic(space, 5, 1, 100, cdf, b, wb);
   auto ha = to_host(a), hb = to_host(b);
   auto hw = to_host(wa);
   std::vector<int> count(e, 0);

@@ -252,19 +252,22 @@ void route_top_k(const ExecSpace& space, const ConstMatrix& logits, int top_k, b
       });
 }
 
-void route_synthetic(const ExecSpace& space, std::uint64_t seed, int layer, std::int64_t token0,
-                     int experts, double zipf_exponent, const IndexMatrix& idx,
-                     const Matrix& weight) {
+RoutingCdf routing_cdf(const ExecSpace& space, int experts, double zipf_exponent) {
   // Cumulative distribution over experts: P(e) ~ (e + 1)^-s; s = 0 is uniform.
-  std::vector<double> cdf(experts);
+  Kokkos::View<double*, MemSpace> cdf("moeproxy::kernels::routing_cdf", experts);
+  auto h_cdf = Kokkos::create_mirror_view(cdf);
   double total = 0.0;
   for (int e = 0; e < experts; ++e) total += std::pow(e + 1.0, -zipf_exponent);
   double acc = 0.0;
-  for (int e = 0; e < experts; ++e) cdf[e] = (acc += std::pow(e + 1.0, -zipf_exponent) / total);
-  Kokkos::View<double*, MemSpace> d_cdf("moeproxy::kernels::routing_cdf", experts);
-  auto h_cdf = Kokkos::create_mirror_view(d_cdf);
-  for (int e = 0; e < experts; ++e) h_cdf(e) = cdf[e];
-  Kokkos::deep_copy(space, d_cdf, h_cdf);
+  for (int e = 0; e < experts; ++e) h_cdf(e) = (acc += std::pow(e + 1.0, -zipf_exponent) / total);
+  Kokkos::deep_copy(space, cdf, h_cdf);
+  named_fence(space, "moeproxy::kernels::routing_cdf");  // h_cdf goes out of scope
+  return cdf;
+}
+
+void route_synthetic(const ExecSpace& space, std::uint64_t seed, int layer, std::int64_t token0,
+                     const RoutingCdf& d_cdf, const IndexMatrix& idx, const Matrix& weight) {
+  const int experts = static_cast<int>(d_cdf.extent(0));
   const std::uint64_t stream = tensor_stream(seed, TensorKind::synthetic_routing, layer, 0);
   const int top_k = static_cast<int>(idx.extent(1));
   constexpr int max_draws = 64;

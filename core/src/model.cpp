@@ -69,6 +69,9 @@ Transformer::Transformer(const ExecSpace& space, const ModelConfig& model,
     ws_.xp = Matrix("moeproxy::model::permuted_in", t * cfg_.top_k, cfg_.hidden);
     ws_.yp = Matrix("moeproxy::model::permuted_out", t * cfg_.top_k, cfg_.hidden);
     expert_tokens_.assign(static_cast<std::size_t>(cfg_.layers) * cfg_.experts, 0);
+    if (workload_.routing != RoutingMode::learned)
+      routing_cdf_ = routing_cdf(space_, cfg_.experts,
+                                 workload_.routing == RoutingMode::zipf ? workload_.zipf_exponent : 0.0);
     if (!shard.placement.in_id_order()) {
       expert_position_ = IndexMatrix("moeproxy::model::expert_position", cfg_.layers, cfg_.experts);
       auto position = Kokkos::create_mirror_view(expert_position_);
@@ -376,8 +379,7 @@ int Transformer::route(int l, const Matrix& h, std::int64_t token0, PhaseTable& 
       gemm(space_, h, lw.router, w.logits);
       route_top_k(space_, w.logits, cfg_.top_k, cfg_.renormalize, w.route_idx, w.route_w);
     } else {
-      const double s = workload_.routing == RoutingMode::zipf ? workload_.zipf_exponent : 0.0;
-      route_synthetic(space_, cfg_.seed, l, token0, cfg_.experts, s, w.route_idx, w.route_w);
+      route_synthetic(space_, cfg_.seed, l, token0, routing_cdf_, w.route_idx, w.route_w);
     }
     if (!expert_order_.empty())
       relabel_experts(space_, w.route_idx, Kokkos::subview(expert_position_, l, Kokkos::ALL));

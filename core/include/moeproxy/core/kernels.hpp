@@ -77,10 +77,13 @@ void route_top_k(const ExecSpace& space, const ConstMatrix& logits, int top_k, b
                  const IndexMatrix& idx, const Matrix& weight);
 
 // Synthetic routing (workload.routing): expert choices drawn from the counter-based hash
-// per global token, uniform or Zipf(s), k distinct experts, weights 1/k.
+// per global token, uniform or Zipf(s), k distinct experts, weights 1/k. `cdf` is
+// routing_cdf's, made once per run: a view made per call is an allocation, a copy and a
+// free (a device synchronisation on a GPU) per layer and pass.
+using RoutingCdf = Kokkos::View<const double*, MemSpace>;
+RoutingCdf routing_cdf(const ExecSpace& space, int experts, double zipf_exponent);
 void route_synthetic(const ExecSpace& space, std::uint64_t seed, int layer, std::int64_t token0,
-                     int experts, double zipf_exponent, const IndexMatrix& idx,
-                     const Matrix& weight);
+                     const RoutingCdf& cdf, const IndexMatrix& idx, const Matrix& weight);
 
 // idx(t, j) = position(idx(t, j)): expert ids to their positions in an expert placement's
 // order (placement.hpp), so that each rank's experts permute into one block of rows.

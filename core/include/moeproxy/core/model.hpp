@@ -148,6 +148,7 @@ class Transformer {
   std::vector<HalfCache> k_half_, v_half_;
   Workspace ws_;
   Permutation perm_;  // moe()'s, its storage kept from layer to layer
+  RoutingCdf routing_cdf_;  // synthetic routing's, made once
   // With an expert placement not in id order (placement.hpp): [layer, expert] -> position in
   // the layer's placement order, and per layer the experts in that order; empty otherwise.
   IndexMatrix expert_position_;

@@ -207,7 +207,19 @@ class Profiler {
   // `size` (its kernel_size).
   template <class Work, class... Inputs>
   void point(const char* name, double size, Work&& work, const Inputs&... inputs) {
-    out_.kernels[name].points.emplace_back(size, mean_over_ranks(c_, cold_.seconds(work, inputs...)));
+    out_.kernels[name].points.emplace_back(size, timed(work, inputs...));
+  }
+  // One point of kernel `name` profiled by a parameter (ParameterProfile): `seconds` at the
+  // parameter's `value` and `size`; a kernel's values come in order, each with its sizes.
+  void point_by(const char* name, double value, double size, double seconds) {
+    auto& by = out_.by_parameter[name].by_value;
+    if (by.empty() || by.back().first != value) by.emplace_back(value, KernelProfile{});
+    by.back().second.points.emplace_back(size, seconds);
+  }
+  // Seconds of one call of `work` after the sweep, its `inputs` read back in, mean over ranks.
+  template <class Work, class... Inputs>
+  double timed(Work&& work, const Inputs&... inputs) {
+    return mean_over_ranks(c_, cold_.seconds(work, inputs...));
   }
 
   void elementwise() {
@@ -232,15 +244,12 @@ class Profiler {
 
   // "rope" on rows of 1, 8 and 32 heads of 64, each angle rotating a pair in every head.
   void rope() {
-    for (const int head_count : rope_heads) {
-      auto& by = out_.by_parameter["rope"].by_value;
-      by.emplace_back(head_count, KernelProfile{});
+    for (const int head_count : rope_heads)
       for (const int r : row_counts) {
         const Matrix x = filled("moeproxy::calibrate::rope", r, head_count * hd, 0.5f);
-        const double s = mean_over_ranks(c_, cold_.seconds([&] { apply_rope(c_.space, x, head_count, hd, r, 0, 10000.0); }, x));
-        by.back().second.points.emplace_back(kernel_size::rope(r, hd), s);
+        point_by("rope", head_count, kernel_size::rope(r, hd),
+                 timed([&] { apply_rope(c_.space, x, head_count, hd, r, 0, 10000.0); }, x));
       }
-    }
   }
 
   // "allreduce" and "alltoallv" on the calibration's ranks, as the forward pass calls them:
@@ -283,20 +292,17 @@ class Profiler {
 
   // "router" over rows of each of router_widths, then the permutation, gather and combine.
   void routing() {
-    auto& by = out_.by_parameter["router"].by_value;
     for (const int w : router_widths) {
-      by.emplace_back(w, KernelProfile{});
       const Matrix router_weight = filled("moeproxy::calibrate::router", w, experts, 0.01f);
       for (const int t : row_counts) {
         const Matrix h = filled("moeproxy::calibrate::h", t, w, 0.5f);
         const Matrix logits("moeproxy::calibrate::logits", t, experts);
         IndexMatrix chosen("moeproxy::calibrate::chosen", t, top_k);
         const Matrix weight("moeproxy::calibrate::weight", t, top_k);
-        const double s = mean_over_ranks(c_, cold_.seconds([&] {
+        point_by("router", w, kernel_size::router(t, w, experts, top_k, es), timed([&] {
           gemm(c_.space, h, router_weight, logits);
           route_top_k(c_.space, logits, top_k, true, chosen, weight);
         }, h));
-        by.back().second.points.emplace_back(kernel_size::router(t, w, experts, top_k, es), s);
       }
     }
     for (const int t : row_counts) {
@@ -324,10 +330,7 @@ class Profiler {
       const int head_count = width / head_dim;
       const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
       auto team_point = [&](const char* name, const kernel_size::AttentionTeams& teams, auto&& work, const auto&... inputs) {
-        const double s = mean_over_ranks(c_, cold_.seconds(work, inputs...)) / teams.teams;
-        auto& by = out_.by_parameter[name].by_value;
-        if (by.empty() || by.back().first != head_dim) by.emplace_back(head_dim, KernelProfile{});
-        by.back().second.points.emplace_back(teams.size, s);
+        point_by(name, head_dim, teams.size, timed(work, inputs...) / teams.teams);
       };
       constexpr int seqs = 2;
       for (const int n : {2, 8, 32, 128, 512}) {
@@ -362,7 +365,7 @@ class Profiler {
       KernelProfile profile;
       for (const int rows : {1, 4, 16, 64, 256, 1024}) {
         const Matrix a = filled("moeproxy::calibrate::a", rows, n, 0.5f), out("moeproxy::calibrate::c", rows, n);
-        profile.points.emplace_back(rows, mean_over_ranks(c_, cold_.seconds([&] { gemm(c_.space, a, b, out); }, a)));
+        profile.points.emplace_back(rows, timed([&] { gemm(c_.space, a, b, out); }, a));
       }
       out_.gemm.by_weight.emplace_back(static_cast<double>(n) * n, profile);
     }

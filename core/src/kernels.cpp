@@ -343,7 +343,6 @@ std::int64_t permute(const ExecSpace& space, const IndexMatrix& idx, int experts
     named_fence(space, "moeproxy::permute::no_slots");  // the last call's copies out of host_counts are done
     Kokkos::deep_copy(perm.host_counts, 0);
   } else {
-    using Team = Kokkos::TeamPolicy<ExecSpace>::member_type;
     Kokkos::parallel_for(
         "moeproxy::permute::rank", Kokkos::TeamPolicy<ExecSpace>(space, experts, Kokkos::AUTO),
         KOKKOS_LAMBDA(const Team& team) {

@@ -48,8 +48,8 @@ struct GemmProfile {
 // heads. The router, by the hidden width: its GEMM's bytes grow with the width, its top-k's
 // exponentials per token not (at 48 columns the top-k took 4 times the GEMM's time, at 256
 // about as long, AMD VM 2026-12-06). A call takes, at its size, the time interpolated
-// log-log in the parameter between
-// the two measured values around its own (outside them, the nearest's).
+// log-log in the parameter between the two measured values around its own (outside them,
+// the nearest's).
 struct ParameterProfile {
   std::vector<std::pair<double, KernelProfile>> by_value;  // (parameter, profile over size)
 

@@ -17,6 +17,8 @@
 
 #include <algorithm>
 
+#include "attention_blocks.hpp"
+
 namespace moeproxy {
 
 namespace {
@@ -26,6 +28,14 @@ using ScratchMatrix = Kokkos::View<float**, Kokkos::LayoutRight, ExecSpace::scra
 using ScratchVector = Kokkos::View<float*, ExecSpace::scratch_memory_space, Kokkos::MemoryUnmanaged>;
 
 constexpr float masked = -3.0e38f;
+
+// scores[k] = q . keys[. * stride + k] over hd dimensions, for a block of adjacent keys.
+KOKKOS_INLINE_FUNCTION void scores_of_block(const float* q, const float* keys, int stride, int hd, float* scores) {
+  float acc[attention_block] = {};
+  for (int dd = 0; dd < hd; ++dd)
+    for (int k = 0; k < attention_block; ++k) acc[k] += q[dd] * keys[dd * stride + k];
+  for (int k = 0; k < attention_block; ++k) scores[k] = acc[k];
+}
 
 }  // namespace
 
@@ -39,8 +49,12 @@ void attention_tiled(const ExecSpace& space, const ConstMatrix& q, const CacheOf
   const int kv_begin = head_begin / group;
   const int tile = attention_tile(hd);
   const int q_tiles = (n + tile - 1) / tile;
-  const std::size_t scratch =
-      4 * ScratchMatrix::shmem_size(tile, hd) + ScratchMatrix::shmem_size(tile, tile) + 3 * ScratchVector::shmem_size(tile);
+  // K is staged transposed, kt(dd, c), so that a block of adjacent keys' scores reads adjacent
+  // floats; rows of scores and of V and O are padded to whole blocks with zeros.
+  const int tile_pad = padded_to_blocks(tile), hd_pad = padded_to_blocks(hd);
+  const std::size_t scratch = ScratchMatrix::shmem_size(tile, hd) + 2 * ScratchMatrix::shmem_size(tile, hd_pad) +
+                              ScratchMatrix::shmem_size(hd, tile_pad) + ScratchMatrix::shmem_size(tile, tile_pad) +
+                              3 * ScratchVector::shmem_size(tile);
   Kokkos::TeamPolicy<ExecSpace> policy(space, batch * heads * q_tiles, Kokkos::AUTO);
   policy.set_scratch_size(0, Kokkos::PerTeam(scratch));
   Kokkos::parallel_for(
@@ -49,15 +63,16 @@ void attention_tiled(const ExecSpace& space, const ConstMatrix& q, const CacheOf
         const int qt = t % q_tiles, h = (t / q_tiles) % heads, b = t / (q_tiles * heads);
         const int i0 = qt * tile, rows = n - i0 < tile ? n - i0 : tile;
         const int kvh = (head_begin + h) / group - kv_begin;
-        ScratchMatrix qs(team.team_scratch(0), tile, hd), os(team.team_scratch(0), tile, hd),
-            ks(team.team_scratch(0), tile, hd), vs(team.team_scratch(0), tile, hd),
-            s(team.team_scratch(0), tile, tile);
+        ScratchMatrix qs(team.team_scratch(0), tile, hd), os(team.team_scratch(0), tile, hd_pad),
+            kt(team.team_scratch(0), hd, tile_pad), vs(team.team_scratch(0), tile, hd_pad),
+            s(team.team_scratch(0), tile, tile_pad);
         ScratchVector m(team.team_scratch(0), tile), l(team.team_scratch(0), tile), a(team.team_scratch(0), tile);
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, rows * hd), [&](const int x) {
           const int r = x / hd, dd = x % hd;
           qs(r, dd) = scale * q(b * n + i0 + r, h * hd + dd);
-          os(r, dd) = 0.0f;
         });
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, rows * hd_pad),
+                             [&](const int x) { os(x / hd_pad, x % hd_pad) = 0.0f; });
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, rows), [&](const int r) {
           m(r) = masked;
           l(r) = 0.0f;
@@ -66,38 +81,50 @@ void attention_tiled(const ExecSpace& space, const ConstMatrix& q, const CacheOf
         const int ctx = pos0 + i0 + rows;
         for (int j0 = 0; j0 < ctx; j0 += tile) {
           const int cols = ctx - j0 < tile ? ctx - j0 : tile;
+          const int col_blocks = blocks_of(cols);
           team.team_barrier();
-          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, cols * hd), [&](const int x) {
-            const int c = x / hd, dd = x % hd;
-            ks(c, dd) = to_float(k_cache(b, kvh, j0 + c, dd));
-            vs(c, dd) = to_float(v_cache(b, kvh, j0 + c, dd));
+          // A block of elements an index: on a CPU the division per index is not per element.
+          const int key_blocks = tile_pad / attention_block, dim_blocks = hd_pad / attention_block;
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, hd * key_blocks), [&](const int x) {
+            const int dd = x / key_blocks, c0 = (x % key_blocks) * attention_block;
+            for (int c = c0; c < c0 + attention_block; ++c)
+              kt(dd, c) = c < cols ? to_float(k_cache(b, kvh, j0 + c, dd)) : 0.0f;
+          });
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, cols * dim_blocks), [&](const int x) {
+            const int c = x / dim_blocks, d0 = (x % dim_blocks) * attention_block;
+            for (int dd = d0; dd < d0 + attention_block; ++dd)
+              vs(c, dd) = dd < hd ? to_float(v_cache(b, kvh, j0 + c, dd)) : 0.0f;
           });
           team.team_barrier();
-          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, rows * cols), [&](const int x) {
-            const int r = x / cols, c = x % cols;
-            float acc = masked;
-            if (j0 + c <= pos0 + i0 + r) {
-              acc = 0.0f;
-              for (int dd = 0; dd < hd; ++dd) acc += qs(r, dd) * ks(c, dd);
-            }
-            s(r, c) = acc;
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, rows * col_blocks), [&](const int x) {
+            const int r = x / col_blocks, c0 = (x % col_blocks) * attention_block;
+            scores_of_block(&qs(r, 0), &kt(0, c0), tile_pad, hd, &s(r, c0));
+            for (int c = c0; c < c0 + attention_block; ++c)
+              if (c >= cols || j0 + c > pos0 + i0 + r) s(r, c) = masked;
           });
           team.team_barrier();
           Kokkos::parallel_for(Kokkos::TeamThreadRange(team, rows), [&](const int r) {
+            float* const p = &s(r, 0);
             float mx = m(r);
-            for (int c = 0; c < cols; ++c) mx = s(r, c) > mx ? s(r, c) : mx;
+            for (int c = 0; c < cols; ++c) mx = p[c] > mx ? p[c] : mx;
+            // The exponentials apart from their sum: a loop the compiler can vectorise.
+            for (int c = 0; c < cols; ++c) p[c] = exp_f(p[c] - mx);
             float sum = 0.0f;
-            for (int c = 0; c < cols; ++c) sum += (s(r, c) = exp_f(s(r, c) - mx));
+            for (int c = 0; c < cols; ++c) sum += p[c];
             a(r) = exp_f(m(r) - mx);
             l(r) = a(r) * l(r) + sum;
             m(r) = mx;
           });
           team.team_barrier();
-          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, rows * hd), [&](const int x) {
-            const int r = x / hd, dd = x % hd;
-            float acc = a(r) * os(r, dd);
-            for (int c = 0; c < cols; ++c) acc += s(r, c) * vs(c, dd);
-            os(r, dd) = acc;
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, rows * dim_blocks), [&](const int x) {
+            const int r = x / dim_blocks, d0 = (x % dim_blocks) * attention_block;
+            float acc[attention_block];
+            for (int k = 0; k < attention_block; ++k) acc[k] = a(r) * os(r, d0 + k);
+            for (int c = 0; c < cols; ++c) {
+              const float p = s(r, c);
+              for (int k = 0; k < attention_block; ++k) acc[k] += p * vs(c, d0 + k);
+            }
+            for (int k = 0; k < attention_block; ++k) os(r, d0 + k) = acc[k];
           });
         }
         team.team_barrier();

@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "attention_blocks.hpp"
 #include "rows_kernel.hpp"
 
 namespace moeproxy {
@@ -99,23 +100,38 @@ KOKKOS_INLINE_FUNCTION void softmax_times_v(const Team& team, const ScratchVecto
   Kokkos::parallel_reduce(
       Kokkos::TeamThreadRange(team, ctx), [&](const int j, float& m) { m = s(j) > m ? s(j) : m; },
       Kokkos::Max<float>(mx));
+  // The exponentials apart from their sum: a loop the compiler can vectorise on a CPU.
+  Kokkos::parallel_for(Kokkos::TeamThreadRange(team, ctx), [&](const int j) { s(j) = exp_f(s(j) - mx); });
   float sum = 0.0f;
-  Kokkos::parallel_reduce(
-      Kokkos::TeamThreadRange(team, ctx),
-      [&](const int j, float& acc) {
-        const float e = exp_f(s(j) - mx);
-        s(j) = e;
-        acc += e;
-      },
-      sum);
+  Kokkos::parallel_reduce(Kokkos::TeamThreadRange(team, ctx), [&](const int j, float& acc) { acc += s(j); }, sum);
   team.team_barrier();
   const float inv = 1.0f / sum;
   const int hd = static_cast<int>(v_cache.extent(3));
-  Kokkos::parallel_for(Kokkos::TeamThreadRange(team, hd), [&](const int dd) {
-    float acc = 0.0f;
-    for (int j = 0; j < ctx; ++j) acc += s(j) * to_float(v_cache(b, kvh, j, dd));
-    out(row, col0 + dd) = acc * inv;
+  Kokkos::parallel_for(Kokkos::TeamThreadRange(team, blocks_of(hd)), [&](const int block) {
+    const int d0 = block * attention_block;
+    over_block(hd - d0 < attention_block ? hd - d0 : attention_block, [&](const auto width) {
+      const T* const v = &v_cache(b, kvh, 0, d0);  // rows of hd values
+      float acc[attention_block] = {};
+      for (int j = 0; j < ctx; ++j) {
+        const float w = s(j);
+        for (int k = 0; k < width; ++k) acc[k] += w * to_float(v[j * hd + k]);
+      }
+      float* const o = &out(row, col0 + d0);
+      for (int k = 0; k < width; ++k) o[k] = acc[k] * inv;
+    });
   });
+}
+
+// acc[k] = q(row, col0 + .) . K(b, kvh, j0 + k, .) over the cache's dimensions, for k < width.
+template <class T, class Width>
+KOKKOS_INLINE_FUNCTION void dot_keys(const ConstMatrix& q, int row, int col0, const CacheOf<T>& k_cache, int b,
+                                     int kvh, int j0, Width width, float (&acc)[attention_block]) {
+  const int hd = static_cast<int>(k_cache.extent(3));
+  const float* const qr = &q(row, col0);
+  const T* const keys = &k_cache(b, kvh, j0, 0);  // rows of hd values
+  for (int k = 0; k < width; ++k) acc[k] = 0.0f;
+  for (int dd = 0; dd < hd; ++dd)
+    for (int k = 0; k < width; ++k) acc[k] += qr[dd] * to_float(keys[k * hd + dd]);
 }
 
 }  // namespace
@@ -141,10 +157,13 @@ void attention(const ExecSpace& space, const ConstMatrix& q, const CacheOf<T>& k
         const int i = t % n, h = (t / n) % heads, b = t / (n * heads);
         const int row = b * n + i, kvh = (head_begin + h) / group - kv_begin, ctx = pos0 + i + 1;
         ScratchVector s(team.team_scratch(0), ctx_max);
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, ctx), [&](const int j) {
-          float acc = 0.0f;
-          for (int dd = 0; dd < hd; ++dd) acc += q(row, h * hd + dd) * to_float(k_cache(b, kvh, j, dd));
-          s(j) = acc * scale;
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, blocks_of(ctx)), [&](const int block) {
+          const int j0 = block * attention_block;
+          over_block(ctx - j0 < attention_block ? ctx - j0 : attention_block, [&](const auto width) {
+            float acc[attention_block];
+            dot_keys(q, row, h * hd, k_cache, b, kvh, j0, width, acc);
+            for (int k = 0; k < width; ++k) s(j0 + k) = acc[k] * scale;
+          });
         });
         softmax_times_v(team, s, ctx, v_cache, b, kvh, out, row, h * hd);
       });
@@ -165,11 +184,17 @@ void attention_scores(const ExecSpace& space, const ConstMatrix& q, const CacheO
         const int t = team.league_rank();
         const int i = t % n, h = (t / n) % heads, b = t / (n * heads);
         const int row = b * n + i, kvh = (head_begin + h) / group - kv_begin, ctx = pos0 + i + 1;
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, ctx_max), [&](const int j) {
-          float acc = 0.0f;
-          if (j < ctx)
-            for (int dd = 0; dd < hd; ++dd) acc += q(row, h * hd + dd) * to_float(k_cache(b, kvh, j, dd));
-          scores(row, h, j) = acc;
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, blocks_of(ctx_max)), [&](const int block) {
+          const int j0 = block * attention_block;
+          const int end = ctx_max - j0 < attention_block ? ctx_max : j0 + attention_block;
+          const int live = ctx < end ? ctx - j0 : end - j0;
+          if (live > 0)
+            over_block(live, [&](const auto width) {
+              float acc[attention_block];
+              dot_keys(q, row, h * hd, k_cache, b, kvh, j0, width, acc);
+              for (int k = 0; k < width; ++k) scores(row, h, j0 + k) = acc[k];
+            });
+          for (int j = live > 0 ? j0 + live : j0; j < end; ++j) scores(row, h, j) = 0.0f;
         });
       });
 }

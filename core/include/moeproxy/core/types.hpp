@@ -3,6 +3,8 @@
 // as Kokkos' default; every kernel still takes the instance it runs on as first argument.
 
 #include <Kokkos_Core.hpp>
+#include <cstdint>
+#include <cstring>
 
 #include "moeproxy/core/half.hpp"
 
@@ -52,13 +54,39 @@ inline void named_fence(const ExecSpace& space, const char* name) {
 #endif
 }
 
+// e^x on the host, inline: Cephes' single-precision exponential (x = n ln2 + r, |r| <= ln2 / 2,
+// a degree-5 polynomial in r, 2^n built in the exponent bits; within 1 ulp of e^x over
+// [-87, 88]), its selects free of branches so that the compiler can vectorise loops over it
+// (core/CMakeLists.txt: -fno-trapping-math). The libm call took a third of the prefill
+// attention's softmax on a CPU core (2026-12-06): it cannot be vectorised and clobbers every
+// vector register. Below -87 (e^x < 2^-125) the result is 0, as a masked score needs;
+// above 88 it is e^88 rather than infinity.
+inline float exp_host(float x) {
+  const float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  // Rounded to nearest as the truncation of a positive number (x log2 e >= -125.6).
+  const int n = static_cast<int>(xc * 1.44269504088896341f + 126.5f) - 126;
+  const float fn = static_cast<float>(n);
+  const float r = xc - fn * 0.693359375f + fn * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const std::int32_t bits = (n + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  const float y = (p * r * r + r + 1.0f) * scale;
+  return x < -87.0f ? 0.0f : y;
+}
+
 // Device math that compiles under nvcc and g++ alike (Kokkos 3.4 and 4.x spell their math
 // functions differently, so we keep our own few).
 KOKKOS_INLINE_FUNCTION float exp_f(float x) {
 #ifdef __CUDA_ARCH__
   return ::expf(x);
 #else
-  return std::exp(x);
+  return exp_host(x);
 #endif
 }
 KOKKOS_INLINE_FUNCTION float tanh_f(float x) {

@@ -1,0 +1,37 @@
+#pragma once
+// How the attention kernels (kernels.cpp, flash_attention.cpp) divide their outputs among a
+// team's threads.
+
+#include <type_traits>
+
+#include "moeproxy/core/types.hpp"
+
+namespace moeproxy {
+
+// Adjacent outputs (scores of adjacent keys, adjacent dimensions of an output row) one
+// thread computes together. On a GPU a thread per output keeps the team's threads busy. On a
+// CPU a team is one thread: one output at a time is one serial chain of dependent additions
+// (decode attention ran at 2.4 GFLOP/s on a core whose GEMMs run at 170, 2026-12-06); eight
+// at a time are eight independent sums the compiler keeps in vector registers.
+constexpr int attention_block = std::is_same<ExecSpace::memory_space, Kokkos::HostSpace>::value ? 8 : 1;
+
+KOKKOS_INLINE_FUNCTION int blocks_of(int n) { return (n + attention_block - 1) / attention_block; }
+KOKKOS_INLINE_FUNCTION int padded_to_blocks(int n) { return blocks_of(n) * attention_block; }
+
+// The width of a full block as a compile-time constant (std::integral_constant's conversion
+// is host-only under nvcc).
+struct FullBlock {
+  KOKKOS_INLINE_FUNCTION constexpr operator int() const { return attention_block; }
+};
+
+// body(width) for a block of width <= attention_block outputs. A full block gets its width as
+// a compile-time constant, so that the loops over the block unroll and vectorise.
+template <class Body>
+KOKKOS_FORCEINLINE_FUNCTION void over_block(int width, const Body& body) {
+  if (width == attention_block)
+    body(FullBlock{});
+  else
+    body(width);
+}
+
+}  // namespace moeproxy

@@ -332,24 +332,14 @@ void relabel_experts(const ExecSpace& space, const IndexMatrix& idx, const Const
       });
 }
 
-namespace {
-
-// v holds at least n elements, kept if it already does.
-template <class V>
-void reserve(V& v, const char* label, int n) {
-  if (static_cast<int>(v.extent(0)) < n) v = V(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string(label)), n);
-}
-
-}  // namespace
-
 std::int64_t permute(const ExecSpace& space, const IndexMatrix& idx, int experts, int capacity,
                      Permutation& perm) {
   const int top_k = static_cast<int>(idx.extent(1));
   const int slots = static_cast<int>(idx.extent(0)) * top_k;
   const auto head = [](const IndexVector& v, int n) { return Kokkos::subview(v, std::make_pair(0, n)); };
-  reserve(perm.rank_store, "moeproxy::permute::rank", slots);
-  reserve(perm.position_store, "moeproxy::permute::position", slots);
-  reserve(perm.source_store, "moeproxy::permute::source", slots);
+  reserve_elements(perm.rank_store, slots, "moeproxy::permute::rank");
+  reserve_elements(perm.position_store, slots, "moeproxy::permute::position");
+  reserve_elements(perm.source_store, slots, "moeproxy::permute::source");
   if (static_cast<int>(perm.counts.extent(0)) != experts) {
     perm.counts = IndexVector("moeproxy::permute::counts", experts);
     perm.offsets = IndexVector("moeproxy::permute::offsets", experts + 1);

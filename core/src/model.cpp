@@ -8,13 +8,6 @@ namespace moeproxy {
 
 namespace {
 
-Matrix head_rows(const Matrix& m, int tokens) {
-  return Kokkos::subview(m, std::make_pair(0, tokens), Kokkos::ALL);
-}
-IndexMatrix head_rows(const IndexMatrix& m, int tokens) {
-  return Kokkos::subview(m, std::make_pair(0, tokens), Kokkos::ALL);
-}
-
 int capacity_for(const ModelConfig& cfg, int tokens) {
   if (cfg.capacity_factor <= 0.0) return -1;
   return static_cast<int>(std::ceil(cfg.capacity_factor * tokens * cfg.top_k / cfg.experts));
@@ -112,20 +105,20 @@ std::uint64_t Transformer::activation_bytes() const {
 Transformer::Workspace Transformer::rows(int tokens) const {
   Workspace w;
   const int routed = cfg_.is_moe() ? tokens * cfg_.top_k : tokens;
-  w.x = head_rows(ws_.x, tokens);
-  w.h = head_rows(ws_.h, tokens);
-  w.q = head_rows(ws_.q, tokens);
-  w.k = head_rows(ws_.k, tokens);
-  w.v = head_rows(ws_.v, tokens);
-  w.attn = head_rows(ws_.attn, tokens);
-  w.partial = head_rows(ws_.partial, tokens);
-  w.ffn_a = head_rows(ws_.ffn_a, routed);
-  if (ws_.ffn_b.extent(0) > 0) w.ffn_b = head_rows(ws_.ffn_b, routed);
-  w.out = head_rows(ws_.out, tokens);
+  w.x = first_rows(ws_.x, tokens);
+  w.h = first_rows(ws_.h, tokens);
+  w.q = first_rows(ws_.q, tokens);
+  w.k = first_rows(ws_.k, tokens);
+  w.v = first_rows(ws_.v, tokens);
+  w.attn = first_rows(ws_.attn, tokens);
+  w.partial = first_rows(ws_.partial, tokens);
+  w.ffn_a = first_rows(ws_.ffn_a, routed);
+  if (ws_.ffn_b.extent(0) > 0) w.ffn_b = first_rows(ws_.ffn_b, routed);
+  w.out = first_rows(ws_.out, tokens);
   if (cfg_.is_moe()) {
-    w.logits = head_rows(ws_.logits, tokens);
-    w.route_w = head_rows(ws_.route_w, tokens);
-    w.route_idx = head_rows(ws_.route_idx, tokens);
+    w.logits = first_rows(ws_.logits, tokens);
+    w.route_w = first_rows(ws_.route_w, tokens);
+    w.route_idx = first_rows(ws_.route_idx, tokens);
     w.xp = ws_.xp;
     w.yp = ws_.yp;
   }
@@ -153,7 +146,7 @@ std::int64_t Transformer::first_token(const MicroBatch& mb, int step) const {
 }
 
 Matrix Transformer::final_norm(const ConstMatrix& x, PhaseTable& timing) {
-  const Matrix out = head_rows(ws_.out, static_cast<int>(x.extent(0)));
+  const Matrix out = first_rows(ws_.out, static_cast<int>(x.extent(0)));
   timed(space_, timing, layer_end_ - 1, Phase::norm,
         [&] { normalize(space_, cfg_.norm, cfg_.norm_eps, x, weights_.final_norm, out); });
   return out;
@@ -224,21 +217,19 @@ void Transformer::attention_half(int l, const Matrix& x, const MicroBatch& mb, i
                                    share, Kokkos::ALL);
   const int tokens = share.second - share.first;
   const int routed = cfg_.is_moe() ? tokens * cfg_.top_k : tokens;
-  if (static_cast<int>(in.rows_buffer.extent(0)) < routed)
-    in.rows_buffer = Matrix("moeproxy::model::ffn_input", routed, cfg_.hidden);
+  reserve_rows(in.rows_buffer, routed, cfg_.hidden, "moeproxy::model::ffn_input");
   if (!cfg_.is_moe()) {
     in.counts.assign(1, tokens);
-    in.rows = head_rows(in.rows_buffer, tokens);
+    in.rows = first_rows(in.rows_buffer, tokens);
     Kokkos::deep_copy(space_, in.rows, h);
     return;
   }
-  if (static_cast<int>(in.route_w_buffer.extent(0)) < tokens)
-    in.route_w_buffer = Matrix("moeproxy::model::ffn_route_weight", tokens, cfg_.top_k);
-  in.route_w = head_rows(in.route_w_buffer, tokens);
+  reserve_rows(in.route_w_buffer, tokens, cfg_.top_k, "moeproxy::model::ffn_route_weight");
+  in.route_w = first_rows(in.route_w_buffer, tokens);
   in.counts.assign(cfg_.experts, 0);
   const int kept = route(l, h, first_token(mb, step) + share.first, timing, prefill, in.route_w, in.perm,
                          in.counts, in.rows_buffer);
-  in.rows = head_rows(in.rows_buffer, kept);
+  in.rows = first_rows(in.rows_buffer, kept);
 }
 
 void Transformer::ffn_rows(int l, const Matrix& x, const std::vector<int>& counts, const Matrix& y,
@@ -246,8 +237,8 @@ void Transformer::ffn_rows(int l, const Matrix& x, const std::vector<int>& count
   const LayerWeights& lw = weights_.layers[l - layer_begin_];
   const int rows = static_cast<int>(x.extent(0));
   reserve_expert_rows(rows);
-  const Matrix b = ws_.ffn_b.extent(0) > 0 ? head_rows(ws_.ffn_b, rows) : Matrix();
-  const Matrix a = head_rows(ws_.ffn_a, rows);
+  const Matrix b = ws_.ffn_b.extent(0) > 0 ? first_rows(ws_.ffn_b, rows) : Matrix();
+  const Matrix a = first_rows(ws_.ffn_a, rows);
   if (!cfg_.is_moe()) {
     timed(space_, timing, l, Phase::ffn, [&] { expert_ffn(lw, {GemmGroup{rows, 0}}, x, a, b, y); });
     return;
@@ -352,7 +343,7 @@ void Transformer::moe(int l, const Matrix& x, const Matrix& h, std::int64_t toke
   const int kept = route(l, h, token0, timing, count_experts, w.route_w, perm_, counts, w.xp);
 
   exchange_->run_experts(
-      space_, head_rows(w.xp, kept), counts, head_rows(w.yp, kept),
+      space_, first_rows(w.xp, kept), counts, first_rows(w.yp, kept),
       [&](const Matrix& x, const std::vector<int>& blocks, const Matrix& y) { ffn_rows(l, x, blocks, y, timing); },
       timing, l);
   timed(space_, timing, l, Phase::combine, [&] {
@@ -388,7 +379,7 @@ int Transformer::route(int l, const Matrix& h, std::int64_t token0, PhaseTable& 
   timed(space_, timing, l, Phase::permute, [&] {
     dropped_ += permute(space_, w.route_idx, cfg_.experts, capacity_for(cfg_, tokens), perm);
     for (int e = 0; e < cfg_.experts; ++e) kept += (counts[e] = perm.host_counts(e));
-    gather_rows(space_, h, perm.source, head_rows(xp, kept));
+    gather_rows(space_, h, perm.source, first_rows(xp, kept));
   });
   // counts are by placement position; the statistics stay by global expert.
   if (count_experts)

@@ -14,9 +14,8 @@ bool compresses_transfers(const RunConfig& cfg) {
 int RowCodec::wire_width(int d) const { return compresses() ? int8_row_words(d) : d; }
 
 Matrix RowCodec::front(Matrix& buffer, int rows, int cols, const char* label) {
-  if (static_cast<int>(buffer.extent(0)) < rows || static_cast<int>(buffer.extent(1)) != cols)
-    buffer = Matrix(std::string(label), rows, cols);
-  return Kokkos::subview(buffer, std::make_pair(0, rows), Kokkos::ALL);
+  reserve_rows(buffer, rows, cols, label);
+  return first_rows(buffer, rows);
 }
 
 Matrix RowCodec::encode(const ExecSpace& space, const Matrix& rows) {

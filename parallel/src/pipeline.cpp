@@ -11,9 +11,8 @@ void NewestRows::copy(const ConstMatrix& rows, int sequences, float* dst) {
   const int n = static_cast<int>(rows.extent(0)) / sequences, d = static_cast<int>(rows.extent(1));
   using Rows3 = Kokkos::View<const float***, Kokkos::LayoutRight, MemSpace, Kokkos::MemoryUnmanaged>;
   const auto newest = Kokkos::subview(Rows3(rows.data(), sequences, n, d), Kokkos::ALL, n - 1, Kokkos::ALL);
-  if (static_cast<int>(packed_.extent(0)) < sequences || static_cast<int>(packed_.extent(1)) != d)
-    packed_ = Matrix(Kokkos::view_alloc(Kokkos::WithoutInitializing, "moeproxy::newest_rows"), sequences, d);
-  const Matrix packed = Kokkos::subview(packed_, std::make_pair(0, sequences), Kokkos::ALL);
+  reserve_rows(packed_, sequences, d, "moeproxy::newest_rows");
+  const Matrix packed = first_rows(packed_, sequences);
   Kokkos::deep_copy(packed, newest);
   Kokkos::deep_copy(Kokkos::View<float**, Kokkos::LayoutRight, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(
                         dst, sequences, d),
@@ -40,8 +39,8 @@ void Pipeline::run(int step, const Input& input, const Output& output, std::vect
 
   for (const MicroBatch& mb : micro_batches_) {
     const int rows = mb.count * n;
-    if (static_cast<int>(buffer_.extent(0)) < rows) buffer_ = Matrix("moeproxy::pp::rows", rows, d);
-    const Matrix x = Kokkos::subview(buffer_, std::make_pair(0, rows), Kokkos::ALL);
+    reserve_rows(buffer_, rows, d, "moeproxy::pp::rows");
+    const Matrix x = first_rows(buffer_, rows);
     Kokkos::Timer timer;
     if (first_stage()) {
       input(mb, x);

@@ -31,17 +31,6 @@ namespace {
 
 constexpr int counts_tag = 40, rows_tag = 41, results_tag = 42;
 
-// Matrix or StagingMatrix (the same type on a host build).
-template <class View>
-View front(const View& m, int rows) {
-  return Kokkos::subview(m, std::make_pair(0, rows), Kokkos::ALL);
-}
-
-template <class View>
-void reserve(View& v, int rows, int cols, const std::string& label) {
-  if (static_cast<int>(v.extent(0)) < rows) v = View(label, rows, cols);
-}
-
 }  // namespace
 
 Separation::Separation(const ExecSpace& space, Transformer& model, Communicator& sep, LayerExchange& tp,
@@ -92,7 +81,7 @@ void Separation::run_attention(int step, const Pipeline::Input& input, const Pip
   const int n = step < 0 ? cfg_.workload.prompt : 1, d = cfg_.model.hidden, layers = cfg_.model.layers;
   const int mbs = static_cast<int>(micro_batches_.size());
   const int base = micro_batches_.front().first;
-  reserve(x_, (micro_batches_.back().first - base + micro_batches_.back().count) * n, d, "moeproxy::sep::rows");
+  reserve_rows(x_, (micro_batches_.back().first - base + micro_batches_.back().count) * n, d, "moeproxy::sep::rows");
   auto rows_of = [&](const MicroBatch& mb) {
     return Matrix(
         Kokkos::subview(x_, std::make_pair((mb.first - base) * n, (mb.first - base + mb.count) * n), Kokkos::ALL));
@@ -125,9 +114,9 @@ void Separation::send(int l, InFlight& f, PhaseTable& timing) {
   const int rows = static_cast<int>(f.in.rows.extent(0)), d = cfg_.model.hidden, wire = codec_.wire_width(d);
   const Matrix encoded = codec_.encode(space_, f.in.rows);
   named_fence(space_, "moeproxy::sep::before_send");
-  reserve(f.sent, rows, wire, "moeproxy::sep::sent");
-  reserve(f.received, moe ? rows : ffn_ranks_ * rows, wire, "moeproxy::sep::received");
-  Kokkos::deep_copy(front(f.sent, rows), encoded);
+  reserve_rows(f.sent, rows, wire, "moeproxy::sep::sent");
+  reserve_rows(f.received, moe ? rows : ffn_ranks_ * rows, wire, "moeproxy::sep::received");
+  Kokkos::deep_copy(first_rows(f.sent, rows), encoded);
   f.counts.resize(ffn_ranks_);
   int offset = 0;
   for (int j = 0, position = 0; j < ffn_ranks_; ++j) {
@@ -156,17 +145,17 @@ void Separation::finish(int l, const Matrix& x, InFlight& f, PhaseTable& timing)
   const int tokens = static_cast<int>(x.extent(0)), d = cfg_.model.hidden;
   const std::pair<int, int> mine = share(tokens);
   const int own = mine.second - mine.first;
-  reserve(partial_, tokens, d, "moeproxy::sep::partial");
-  const Matrix partial = front(partial_, tokens);
+  reserve_rows(partial_, tokens, d, "moeproxy::sep::partial");
+  const Matrix partial = first_rows(partial_, tokens);
   const Matrix partial_own = Kokkos::subview(partial, mine, Kokkos::ALL);
   Kokkos::Timer timer;
   sep_.wait(f.requests);
   timing.add(l, Phase::wait, timer.seconds());
   const bool moe = cfg_.model.is_moe();
   const int got = moe ? static_cast<int>(f.in.rows.extent(0)) : ffn_ranks_ * own;
-  reserve(y_, got, d, "moeproxy::sep::ffn_out");
-  const Matrix y = front(y_, got);
-  timed(space_, timing, l, Phase::dispatch, [&] { codec_.decode(space_, front(f.received, got), y); });
+  reserve_rows(y_, got, d, "moeproxy::sep::ffn_out");
+  const Matrix y = first_rows(y_, got);
+  timed(space_, timing, l, Phase::dispatch, [&] { codec_.decode(space_, first_rows(f.received, got), y); });
   timed(space_, timing, l, moe ? Phase::combine : Phase::ffn, [&] {
     Kokkos::deep_copy(space_, partial, 0.0f);
     if (moe) {
@@ -202,25 +191,25 @@ void Separation::run_ffn(PhaseTable& timing) {
         rows[c] = std::accumulate(counts.begin() + c * per_source, counts.begin() + (c + 1) * per_source, 0);
         total += rows[c];
       }
-      reserve(in_host_, total, wire, "moeproxy::sep::ffn_in_host");
+      reserve_rows(in_host_, total, wire, "moeproxy::sep::ffn_in_host");
       for (int c = 0; c < sources; ++c)
         requests.push_back(sep_.post_recv(in_host_.data() + static_cast<std::size_t>(offsets[c]) * wire,
                                           rows[c] * wire, sources_[c], rows_tag));
       sep_.wait(requests);
       timing.add(l, Phase::wait, timer.seconds());
 
-      reserve(x_, total, d, "moeproxy::sep::ffn_in");
-      reserve(y_, total, d, "moeproxy::sep::ffn_out");
-      const Matrix x = front(x_, total), y = front(y_, total);
-      timed(space_, timing, l, Phase::recv, [&] { codec_.decode(space_, front(in_host_, total), x); });
+      reserve_rows(x_, total, d, "moeproxy::sep::ffn_in");
+      reserve_rows(y_, total, d, "moeproxy::sep::ffn_out");
+      const Matrix x = first_rows(x_, total), y = first_rows(y_, total);
+      timed(space_, timing, l, Phase::recv, [&] { codec_.decode(space_, first_rows(in_host_, total), x); });
       model_.ffn_rows(l, x, cfg_.model.is_moe() ? counts : rows, y, timing);
 
       // The previous results must have left before their staging buffer is reused.
       timer.reset();
       const Matrix encoded = codec_.encode(space_, y);
       sep_.wait(out_requests_);
-      reserve(out_host_, total, wire, "moeproxy::sep::ffn_out_host");
-      Kokkos::deep_copy(front(out_host_, total), encoded);
+      reserve_rows(out_host_, total, wire, "moeproxy::sep::ffn_out_host");
+      Kokkos::deep_copy(first_rows(out_host_, total), encoded);
       for (int c = 0; c < sources; ++c)
         out_requests_.push_back(sep_.post_send(out_host_.data() + static_cast<std::size_t>(offsets[c]) * wire,
                                                rows[c] * wire, rows[c] * d, sources_[c], results_tag));

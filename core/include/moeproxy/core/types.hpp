@@ -5,6 +5,8 @@
 #include <Kokkos_Core.hpp>
 #include <cstdint>
 #include <cstring>
+#include <string>
+#include <utility>
 
 #include "moeproxy/core/half.hpp"
 
@@ -42,6 +44,22 @@ using StagingSpace = Kokkos::HostSpace;
 #endif
 using StagingMatrix = Kokkos::View<float**, Kokkos::LayoutRight, StagingSpace>;
 using StagingIndexVector = Kokkos::View<int*, StagingSpace>;
+
+// Buffers kept across layers and passes allocate once: `reserve_*` reallocates one (to zeros,
+// dropping its contents) only when it is too small or its rows have another width, and
+// callers work on its first rows.
+template <class View>
+void reserve_rows(View& v, int rows, int cols, const std::string& label) {
+  if (static_cast<int>(v.extent(0)) < rows || static_cast<int>(v.extent(1)) != cols) v = View(label, rows, cols);
+}
+template <class View>
+void reserve_elements(View& v, int n, const std::string& label) {
+  if (static_cast<int>(v.extent(0)) < n) v = View(label, n);
+}
+template <class View>
+View first_rows(const View& v, int rows) {
+  return Kokkos::subview(v, std::make_pair(0, rows), Kokkos::ALL);
+}
 
 // A fence with a name where Kokkos supports one (named fences came after 3.4), so that
 // Kokkos Tools and Nsight attribute waits to the code that asked for them.

@@ -251,6 +251,25 @@ void check_sliced_attention(const AttentionCase& c, int head_begin, int head_cou
 }
 }  // namespace
 
+// The host's inline exponential (types.hpp) against double-precision exp: every softmax on
+// a CPU goes through it.
+TEST_CASE("exp_host: within 1 ulp of exp over [-87, 88], 0 below", "[kernels]") {
+  double worst = 0.0;
+  for (int i = 0; i <= 200000; ++i) {
+    const float x = -87.0f + 175.0f * static_cast<float>(i) / 200000.0f;
+    const double exact = std::exp(static_cast<double>(x));
+    const float near = static_cast<float>(exact);
+    const double ulp = std::nextafter(near, INFINITY) - near;
+    worst = std::max(worst, std::fabs(exp_host(x) - exact) / ulp);
+  }
+  CHECK(worst <= 1.0);
+  CHECK(exp_host(0.0f) == 1.0f);
+  CHECK(exp_host(-87.5f) == 0.0f);
+  CHECK(exp_host(-3.0e38f) == 0.0f);
+  CHECK(exp_host(-INFINITY) == 0.0f);
+  CHECK(std::isfinite(exp_host(1000.0f)));
+}
+
 TEST_CASE("attention: causal prefill with grouped kv heads matches naive softmax", "[kernels]") {
   check_attention(3, 6, 2, 12, 9, 0);
 }

@@ -52,6 +52,9 @@ void attention_tiled(const ExecSpace& space, const ConstMatrix& q, const CacheOf
   // K is staged transposed, kt(dd, c), so that a block of adjacent keys' scores reads adjacent
   // floats; rows of scores and of V and O are padded to whole blocks with zeros.
   const int tile_pad = padded_to_blocks(tile), hd_pad = padded_to_blocks(hd);
+  // Staging and the output's update take a block of elements an index: on a CPU the division
+  // of an index is then not per element.
+  const int key_blocks = blocks_of(tile), dim_blocks = blocks_of(hd);
   const std::size_t scratch = ScratchMatrix::shmem_size(tile, hd) + 2 * ScratchMatrix::shmem_size(tile, hd_pad) +
                               ScratchMatrix::shmem_size(hd, tile_pad) + ScratchMatrix::shmem_size(tile, tile_pad) +
                               3 * ScratchVector::shmem_size(tile);
@@ -83,8 +86,6 @@ void attention_tiled(const ExecSpace& space, const ConstMatrix& q, const CacheOf
           const int cols = ctx - j0 < tile ? ctx - j0 : tile;
           const int col_blocks = blocks_of(cols);
           team.team_barrier();
-          // A block of elements an index: on a CPU the division per index is not per element.
-          const int key_blocks = tile_pad / attention_block, dim_blocks = hd_pad / attention_block;
           Kokkos::parallel_for(Kokkos::TeamThreadRange(team, hd * key_blocks), [&](const int x) {
             const int dd = x / key_blocks, c0 = (x % key_blocks) * attention_block;
             for (int c = c0; c < c0 + attention_block; ++c)

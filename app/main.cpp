@@ -33,7 +33,7 @@
 #include "moeproxy/parallel/engine.hpp"
 #include "moeproxy/parallel/route_groups.hpp"
 #include "bench.hpp"
-#include "moeproxy_version.hpp"
+#include "version.hpp"
 
 #ifdef KOKKOS_ENABLE_CUDA
 #include <cuda_runtime.h>
@@ -577,8 +577,8 @@ int run_command(const Options& opt, int argc, char** argv) {
   if (balanced) report.balance = &out.balance;
 
   io::RunInfo info;
-  info.app_version = MOEPROXY_VERSION;
-  info.git_sha = MOEPROXY_GIT_SHA;
+  info.app_version = moeproxy::app::version();
+  info.git_sha = moeproxy::app::git_sha();
   info.command_line = command_line(argc, argv);
   std::ostringstream kokkos_config;
   Kokkos::print_configuration(kokkos_config);
@@ -609,8 +609,8 @@ int run_command(const Options& opt, int argc, char** argv) {
                     cfg.output.dump_hidden ? &dump : nullptr, balanced ? &out.balance : nullptr);
 
   if (world.rank() == 0) {
-    report.app_version = MOEPROXY_VERSION;
-    report.git_sha = MOEPROXY_GIT_SHA;
+    report.app_version = moeproxy::app::version();
+    report.git_sha = moeproxy::app::git_sha();
     report.backend = describe_backend();
     report.layout = layout.describe();
     report.comm_backend = to_string(out.comm_backend);
@@ -672,7 +672,7 @@ int info_command(int argc, char** argv) {
   char mpi_version[MPI_MAX_LIBRARY_VERSION_STRING];
   int len = 0;
   MPI_Get_library_version(mpi_version, &len);
-  std::cout << "moeproxy " << MOEPROXY_VERSION << " (git " << MOEPROXY_GIT_SHA << ")\n"
+  std::cout << "moeproxy " << moeproxy::app::version() << " (git " << moeproxy::app::git_sha() << ")\n"
             << "execution space: " << describe_backend() << "\n"
             << "host: " << host_name() << "\n"
             << "MPI ranks: " << size << "\n"
@@ -695,7 +695,7 @@ int main(int argc, char** argv) {
       "verifies it against a reference and writes timings, memory and communication to HDF5.\n"
       "Exit codes: 0 success (PASS or verification skipped), 1 verification FAIL or run-time\n"
       "error, 2 bad input (deck, override, layout, command line)."};
-  app.set_version_flag("--version", std::string("moeproxy ") + MOEPROXY_VERSION + " (git " + MOEPROXY_GIT_SHA + ")");
+  app.set_version_flag("--version", std::string("moeproxy ") + moeproxy::app::version() + " (git " + moeproxy::app::git_sha() + ")");
   app.require_subcommand(1);
   Options opt;
   auto* run = app.add_subcommand("run", "Run a deck: prefill, decode, verification, HDF5 results, report.\n"

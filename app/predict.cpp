@@ -15,7 +15,7 @@
 #include "moeproxy/io/machine.hpp"
 #include "moeproxy/io/report.hpp"
 #include "moeproxy/io/results.hpp"
-#include "moeproxy_version.hpp"
+#include "version.hpp"
 
 namespace moeproxy::app {
 
@@ -87,8 +87,8 @@ int predict_command(const PredictOptions& opt, int argc, char** argv) {
   const std::string file = out.empty() ? default_output(cfg.output.file) : out;
 
   io::RunInfo info;
-  info.app_version = MOEPROXY_VERSION;
-  info.git_sha = MOEPROXY_GIT_SHA;
+  info.app_version = version();
+  info.git_sha = git_sha();
   info.command_line = command_line(argc, argv);
   info.layout = prediction.layout;
   info.host = "predicted";
@@ -103,8 +103,8 @@ int predict_command(const PredictOptions& opt, int argc, char** argv) {
   io::write_predicted_results(file, cfg, info, prediction.per_rank, prediction.summary, experts);
 
   io::ReportInput report;
-  report.app_version = MOEPROXY_VERSION;
-  report.git_sha = MOEPROXY_GIT_SHA;
+  report.app_version = version();
+  report.git_sha = git_sha();
   report.backend = "PREDICTED for " + machine.name;
   report.layout = prediction.layout;
   report.output_file = file;

@@ -35,7 +35,12 @@ one=(run "$quick" --set parallel.dp=1 --set output.file="$result")
 replicas=(--set parallel.attn_ranks=2 --set parallel.dp=2 --set parallel.attn_replicas=2)
 case $case_name in
   help) expect 0 "run" "check" "info" "--set" "model.layers" -- "$exe" --help ;;
-  version) expect 0 "moeproxy 0." -- "$exe" --version ;;
+  version) expect 0 "moeproxy 0." -- "$exe" --version
+    # The commit is read at build time: a build after a commit names that commit. The tests
+    # run on the tree they were built from (make test builds first).
+    if head=$(git -C "$src" rev-parse --short=12 HEAD 2>/dev/null); then
+      grep -Eq "\(git $head(-dirty)?\)" "$log" || fail "--version does not name HEAD $head: $(cat "$log")"
+    fi ;;
   info) expect 0 "Kokkos" "MPI ranks: 2" -- "$mpiexec" -n 2 "$exe" info ;;
   check-ok) expect 0 "valid for 4 ranks" "rank 3" "memory estimate" -- "$exe" check "$quick" --ranks 4 ;;
   bad-key)

@@ -247,8 +247,9 @@ class Profiler {
     for (const int head_count : rope_heads)
       for (const int r : row_counts) {
         const Matrix x = filled("moeproxy::calibrate::rope", r, head_count * hd, 0.5f);
+        const RopeTable table = rope_table(c_.space, r, hd, 10000.0);
         point_by("rope", head_count, kernel_size::rope(r, hd),
-                 timed([&] { apply_rope(c_.space, x, head_count, hd, r, 0, 10000.0); }, x));
+                 timed([&] { apply_rope(c_.space, x, table, head_count, r, 0); }, x, table));
       }
   }
 

@@ -81,7 +81,7 @@ TEST_CASE("rope: rotate-half pairs by position times theta^(-2p/hd)", "[kernels]
   const int heads = 3, hd = 8, n = 4, pos0 = 6, batch = 2;
   Matrix x = random_matrix("x", batch * n, heads * hd, 6);
   auto before = moeproxy::testing::snapshot(x);
-  apply_rope(space, x, heads, hd, n, pos0, 10000.0);
+  apply_rope(space, x, rope_table(space, pos0 + n, hd, 10000.0), heads, n, pos0);
   auto after = to_host(x);
   for (int r = 0; r < batch * n; ++r)
     for (int h = 0; h < heads; ++h)
@@ -333,8 +333,8 @@ TEST_CASE("rope: a slice of whole pairs rotates like those dimensions of the who
   for (int r = 0; r < batch * n; ++r)
     for (int j = 0; j < heads * w; ++j) hp(r, j) = hw(r, slice(j));
   Kokkos::deep_copy(part, hp);
-  apply_rope(space, whole, heads, hd, n, pos0, 10000.0);
-  apply_rope(space, part, heads, hd, n, pos0, 10000.0, pair_begin, pairs);
+  apply_rope(space, whole, rope_table(space, pos0 + n, hd, 10000.0), heads, n, pos0);
+  apply_rope(space, part, rope_table(space, pos0 + n, hd, 10000.0, pair_begin, pairs), heads, n, pos0);
   auto after = to_host(whole), got = to_host(part);
   for (int r = 0; r < batch * n; ++r)
     for (int j = 0; j < heads * w; ++j) REQUIRE(rel_diff(got(r, j), after(r, slice(j)), 1.0) < tight);

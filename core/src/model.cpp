@@ -40,6 +40,8 @@ Transformer::Transformer(const ExecSpace& space, const ModelConfig& model,
       v_cache_.emplace_back("moeproxy::model::v_cache", slice_.count, kv_heads_, positions, head_dims_);
     }
   }
+  if (cfg_.rope)
+    rope_ = rope_table(space_, positions, cfg_.effective_head_dim(), cfg_.rope_theta, pair_begin_, pairs_);
   const int t = slice_.count * workload_.prompt;
   ws_.x = Matrix("moeproxy::model::x", t, cfg_.hidden);
   ws_.h = Matrix("moeproxy::model::h", t, cfg_.hidden);
@@ -99,7 +101,8 @@ std::uint64_t Transformer::activation_bytes() const {
                              ws_.ffn_a.span() + ws_.ffn_b.span() +
                              ws_.logits.span() + ws_.route_w.span() + ws_.xp.span() +
                              ws_.yp.span() + ws_.out.span() + ws_.scores.span();
-  return floats * sizeof(float) + (ws_.route_idx.span() + ws_.expert_rows.span()) * sizeof(int);
+  return floats * sizeof(float) + (ws_.route_idx.span() + ws_.expert_rows.span()) * sizeof(int) +
+         rope_.span() * sizeof(double);
 }
 
 Transformer::Workspace Transformer::rows(int tokens) const {
@@ -179,7 +182,6 @@ Matrix Transformer::attention_block(int l, const Matrix& x, const MicroBatch& mb
                                     PhaseTable& timing) {
   const LayerWeights& lw = weights_.layers[l - layer_begin_];
   const int tokens = static_cast<int>(x.extent(0));
-  const int hd = cfg_.effective_head_dim();
   Workspace w = rows(tokens);
 
   timed(space_, timing, l, Phase::norm,
@@ -189,8 +191,8 @@ Matrix Transformer::attention_block(int l, const Matrix& x, const MicroBatch& mb
     gemm(space_, w.h, lw.wk, w.k);
     gemm(space_, w.h, lw.wv, w.v);
     if (cfg_.rope) {
-      apply_rope(space_, w.q, heads_, hd, n, pos0, cfg_.rope_theta, pair_begin_, pairs_);
-      apply_rope(space_, w.k, kv_heads_, hd, n, pos0, cfg_.rope_theta, pair_begin_, pairs_);
+      apply_rope(space_, w.q, rope_, heads_, n, pos0);
+      apply_rope(space_, w.k, rope_, kv_heads_, n, pos0);
     }
   });
   const std::size_t held = static_cast<std::size_t>(l - layer_begin_);
@@ -426,7 +428,8 @@ MemoryEstimate estimate_memory(const ModelConfig& m, const WorkloadConfig& w, in
   std::uint64_t floats = t * (4 * d + 2 * q + 2 * kv) + routed * ff * (mats - 1);
   if (m.is_moe()) floats += t * (m.experts + m.top_k) + 2 * routed * d;
   if (shard.slices_dims()) floats += heads * std::max(t * w.prompt, sequences * positions);
-  e.activations = f * floats + (m.is_moe() ? sizeof(int) * t * m.top_k : 0);
+  const std::uint64_t rope_table = m.rope ? sizeof(double) * 2 * positions * (dims / 2) : 0;
+  e.activations = f * floats + (m.is_moe() ? sizeof(int) * t * m.top_k : 0) + rope_table;
   return e;
 }
 

@@ -424,11 +424,12 @@ std::array<std::uint64_t, memory_kind_count> memory_of(const ModelConfig& m, con
   double floats = holds_attention ? t * (4 * d + 2 * q + 2 * kvw) : 0.0;
   floats += routed * s.rows * s.ffn * (mats - 1);
   if (m.is_moe()) floats += t * (m.experts + m.top_k) + 2 * routed * d;
+  const double rope_table = holds_attention && m.rope ? sizeof(double) * positions * s.head_dims : 0.0;
   std::array<std::uint64_t, memory_kind_count> mem{};
   auto set = [&](MemoryKind k, double bytes) { mem[static_cast<int>(k)] = static_cast<std::uint64_t>(bytes); };
   set(MemoryKind::weights, es * (layers * per_layer + norms * d));
   set(MemoryKind::kv_cache, holds_attention ? es * layers * 2 * sequences * positions * kvw : 0.0);
-  set(MemoryKind::activations, es * floats);
+  set(MemoryKind::activations, es * floats + rope_table);
   set(MemoryKind::comm_buffers, comm_bytes);
   std::uint64_t sum = 0;
   for (int k = 0; k < static_cast<int>(MemoryKind::high_water); ++k) sum += mem[k];

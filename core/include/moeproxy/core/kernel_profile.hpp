@@ -123,7 +123,7 @@ inline double input(double t, double d, double es) { return es * t * d; }
 // "norm": RMSNorm or LayerNorm of [t, d].
 inline double norm(double t, double d, double es) { return es * 2.0 * t * d; }
 // "rope": rotary embedding in place on t rows of heads x head_dim, by its heads: its angles,
-// one per (row, pair of dimensions), each serving every head.
+// one per (row, pair of dimensions), each read from the table and serving every head.
 inline double rope(double t, double head_dim) { return t * head_dim / 2.0; }
 // "store_kv": k and v rows [t, width] into the cache.
 inline double store_kv(double t, double width, double es) { return es * 4.0 * t * width; }

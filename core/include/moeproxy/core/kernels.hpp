@@ -18,13 +18,20 @@ namespace moeproxy {
 void normalize(const ExecSpace& space, NormKind kind, double eps, const ConstMatrix& x,
                const NormWeights& w, const Matrix& y);
 
-// Rotary embedding in place on rows of x viewed as [T, heads, hd]; the token of row
-// r = b * n + i sits at position pos0 + i. Pairs (p, p + hd/2), LLaMA's rotate-half form.
-// With pairs >= 0, each head of x holds only pairs [pair_begin, pair_begin + pairs) of its
-// head_dim (AxisMap's head slice): x is [T, heads, 2 * pairs], rotated at the frequencies of
-// those global pairs.
-void apply_rope(const ExecSpace& space, const Matrix& x, int heads, int head_dim, int n,
-                int pos0, double theta, int pair_begin = 0, int pairs = -1);
+// The rotary embedding's cos and sin of the angle pos * theta^(-2p / head_dim), for
+// positions [0, positions) and pairs p in [pair_begin, pair_begin + pairs) (pairs < 0: all
+// head_dim / 2 of them), as [positions, pairs, {cos, sin}] in double. Computed once per
+// model: a pow and a sincos per angle cost 5% of a prefill on a CPU core when recomputed for
+// every row (2026-12-06).
+using RopeTable = Kokkos::View<double** [2], Kokkos::LayoutRight, MemSpace>;
+RopeTable rope_table(const ExecSpace& space, int positions, int head_dim, double theta, int pair_begin = 0,
+                     int pairs = -1);
+
+// Rotary embedding in place on rows of x viewed as [T, heads, 2 * pairs], pairs the table's:
+// the token of row r = b * n + i sits at position pos0 + i, and each head's dimension p
+// turns with p + pairs (LLaMA's rotate-half form) by the table's angle of (pos0 + i, p).
+// A table of a slice of pairs (AxisMap's head slice) rotates heads that hold only those.
+void apply_rope(const ExecSpace& space, const Matrix& x, const RopeTable& table, int heads, int n, int pos0);
 
 // The attention kernels below take a KV cache of T = float or Half (binary16 storage, read
 // back as float: scores, softmax and the weighted sum of V stay fp32).

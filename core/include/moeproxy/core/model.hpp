@@ -146,6 +146,7 @@ class Transformer {
   // Per layer held, in the run's storage precision: fp32 runs fill the first pair, fp16 the second.
   std::vector<Cache> k_cache_, v_cache_;
   std::vector<HalfCache> k_half_, v_half_;
+  RopeTable rope_;  // of every position and the pairs held, with cfg_.rope
   Workspace ws_;
   Permutation perm_;  // moe()'s, its storage kept from layer to layer
   RoutingCdf routing_cdf_;  // synthetic routing's, made once

@@ -107,13 +107,6 @@ KOKKOS_INLINE_FUNCTION float exp_f(float x) {
   return exp_host(x);
 #endif
 }
-KOKKOS_INLINE_FUNCTION float tanh_f(float x) {
-#ifdef __CUDA_ARCH__
-  return ::tanhf(x);
-#else
-  return std::tanh(x);
-#endif
-}
 KOKKOS_INLINE_FUNCTION float floor_f(float x) {
 #ifdef __CUDA_ARCH__
   return ::floorf(x);

@@ -2,8 +2,6 @@
 // How the attention kernels (kernels.cpp, flash_attention.cpp) divide their outputs among a
 // team's threads.
 
-#include <type_traits>
-
 #include "moeproxy/core/types.hpp"
 
 namespace moeproxy {
@@ -13,7 +11,7 @@ namespace moeproxy {
 // CPU a team is one thread: one output at a time is one serial chain of dependent additions
 // (decode attention ran at 2.4 GFLOP/s on a core whose GEMMs run at 170, 2026-12-06); eight
 // at a time are eight independent sums the compiler keeps in vector registers.
-constexpr int attention_block = std::is_same<ExecSpace::memory_space, Kokkos::HostSpace>::value ? 8 : 1;
+constexpr int attention_block = kernels_on_host ? 8 : 1;
 
 KOKKOS_INLINE_FUNCTION int blocks_of(int n) { return (n + attention_block - 1) / attention_block; }
 KOKKOS_INLINE_FUNCTION int padded_to_blocks(int n) { return blocks_of(n) * attention_block; }

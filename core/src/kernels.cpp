@@ -4,7 +4,6 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
-#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -91,13 +90,12 @@ void store_kv(const ExecSpace& space, const ConstMatrix& k, const ConstMatrix& v
   // cache, so that the divisions are per row: with a row per token and a division per
   // element, the medium deck's prefill spent 1.37 ms in store_kv on a core, now 0.72 ms
   // (2026-12-06). On a GPU a row per token: its heads x hd columns keep a team's threads busy.
-  constexpr bool row_per_head = std::is_same<ExecSpace::memory_space, Kokkos::HostSpace>::value;
-  const int split = row_per_head ? heads : 1, cols = heads * hd / split;
+  const int split = kernels_on_host ? heads : 1, cols = heads * hd / split;
   for_each_in_rows(
       space, "moeproxy::kernels::store_kv", static_cast<int>(k.extent(0)) * split, cols,
       KOKKOS_LAMBDA(const int row, const int c) {
         const int r = row / split, j = row % split * cols + c, b = r / n, pos = pos0 + r % n;
-        const int h = row_per_head ? row % split : j / hd, dd = row_per_head ? c : j % hd;
+        const int h = kernels_on_host ? row % split : j / hd, dd = kernels_on_host ? c : j % hd;
         store_as(k_cache(b, h, pos, dd), k(r, j));
         store_as(v_cache(b, h, pos, dd), v(r, j));
       });

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "moeproxy/core/half.hpp"
@@ -14,6 +15,9 @@ namespace moeproxy {
 
 using ExecSpace = Kokkos::DefaultExecutionSpace;
 using MemSpace = ExecSpace::memory_space;
+// Kernels run on the host's cores, where a team is one thread, rather than on a GPU: the
+// kernels that divide their work differently on the two ask this.
+constexpr bool kernels_on_host = std::is_same<MemSpace, Kokkos::HostSpace>::value;
 
 // Activations and weights: row-major [rows, cols], a token per row.
 using Matrix = Kokkos::View<float**, Kokkos::LayoutRight, MemSpace>;

@@ -126,6 +126,8 @@ std::string check_output_writable(const std::string& path) {
   std::error_code ec;
   if (fs::is_directory(path, ec))
     return key + " is a directory; name a file inside it, e.g. " + (fs::path(path) / "run.h5").string();
+  // is_directory reports a path that does not exist yet as an error, which a new file is.
+  ec.clear();
   const fs::path parent = fs::path(path).parent_path();
   if (!parent.empty()) fs::create_directories(parent, ec);
   if (ec) return key + ": cannot create directory " + parent.string() + ": " + ec.message();

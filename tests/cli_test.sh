@@ -183,6 +183,11 @@ PY
     mkdir -p "$out/a-directory.h5"
     refuse "output.file" "is a directory" -- "$exe" "${one[@]}" --set output.file="$out/a-directory.h5"
     [ -d "$out/a-directory.h5" ] && [ ! -e "$out/a-directory.h5.partial" ] || fail "the directory was touched" ;;
+  output-bare-name)  # a file name alone: in the working directory
+    rm -f "$out/bare-name.h5"
+    expect 0 "bare-name.h5" -- bash -c 'cd "$1" && shift && "$@"' _ "$out" "$exe" run "$quick" --set parallel.dp=1 \
+      --set output.file=bare-name.h5
+    [ -s "$out/bare-name.h5" ] || fail "bare-name.h5 was not written in the working directory" ;;
   output-empty) refuse "output.file" "expected a file name" -- "$exe" "${one[@]}" --set output.file= ;;
   toml-unterminated)
     printf '[model]\nlayers = 2\n[output]\nfile = "%s\n' "$result" > "$bad"

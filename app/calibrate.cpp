@@ -112,11 +112,11 @@ CLI::App* add_calibrate(CLI::App& app, CalibrateOptions& opt) {
                                  "(mpiexec -n N), its MPI collectives; write a machine file for predict.");
   cmd->add_option("--out", opt.out, "Machine file to write (TOML)")->required();
   cmd->add_option("--name", opt.name, "machine.name to record (default: the host name and backend)");
-  cmd->add_option("--seconds", opt.seconds, "Seconds per measurement, shared by its three rounds (at the five default sweeps, 5 minutes at 0.3 on a CPU core)")->check(CLI::Range(0.01, 60.0))->capture_default_str();
+  cmd->add_option("--seconds", opt.seconds, "Seconds per measurement, shared by its three rounds (at the five default sweeps of both kinds, 10 minutes at 0.3 on a CPU core)")->check(CLI::Range(0.01, 60.0))->capture_default_str();
   cmd->add_option("--sweeps", opt.sweeps_mib,
-                  "MiB read through the caches before each profiled call, comma-separated: predict looks a rank's\n"
-                  "kernels up between them at its pass's footprint (docs/predict.md); the calibration's time grows\n"
-                  "with their sum")
+                  "MiB through the caches before each profiled call, comma-separated, each read (for prefill) and\n"
+                  "as weights through GEMMs of 8 rows (for decode): predict looks a rank's kernels up between them\n"
+                  "at its pass's footprint (docs/predict.md); the calibration's time grows with their sum")
       ->delimiter(',')
       ->check(CLI::Range(1.0 / 16, 65536.0))
       ->capture_default_str();
@@ -171,6 +171,8 @@ int calibrate_command(const CalibrateOptions& opt, int argc, char** argv) {
   notes["profile"] = "measured: microseconds of one call (attention: of one team) at each size (kernel_size in "
                      "core/include/moeproxy/core/kernel_profile.hpp), fp32, all ranks at once, each call after a sweep";
   notes["profile.sweep.bytes"] = "bytes read through the caches before each call, its inputs read back in after";
+  notes["profile.weight_sweep.bytes"] =
+      "bytes of weights read by GEMMs of 8 rows before each call, its inputs read back in after (decode passes)";
   notes["profile.gemm"] = "measured: [rows, n, microseconds] of [rows, n] x [n, n]";
   for (const auto& [name, parameter] : profiled_by_parameter()) {
     const std::string size = name == "rope" ? " (angles)" : name == "router" ? " (bytes)" : " of one team";

@@ -19,7 +19,7 @@ struct CalibrationContext {
   MPI_Comm world = MPI_COMM_WORLD;
   int rank = 0, size = 1;
   double budget = 0.2;  // seconds per measurement
-  std::vector<double> sweeps;  // bytes read through the caches before each profiled call, increasing
+  std::vector<double> sweeps;  // bytes through the caches before each profiled call (both kinds), increasing
 };
 
 // Mean seconds of `work` over repetitions filling the budget, after one warm-up; all ranks

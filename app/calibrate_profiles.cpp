@@ -13,6 +13,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
+#include <optional>
 #include <sstream>
 #include <vector>
 
@@ -38,15 +40,35 @@ const std::vector<int> row_counts = {1, 8, 64, 512, 4096};
 // 8 MiB were written through the caches and at 17 after 8 MiB were read (28 after a write of
 // 16 MiB, 15-20 after 64 MiB either way).
 
-// Copies of an [n, n] weight, together about `bytes` (at least two), for the GEMM loop of
-// sync_wait, which reads the next copy each call as a forward pass reads each weight once
-// per step.
-Stack cold_weights(int n, double bytes) {
-  const int copies = std::max(2, static_cast<int>(bytes / (es * n * n)));
-  const Stack weights("moeproxy::calibrate::weights", copies, n, n);
-  Kokkos::deep_copy(weights, 0.25f);
-  return weights;
-}
+// GEMMs of 8 rows through copies of an [n, n] weight, together about `bytes`, each read in
+// turn as a decode step reads its weights: the weight sweeps, and sync_wait's work. Copies of
+// 1 MiB ([512, 512] fp32), smaller below a sweep of 1 MiB.
+class WeightReader {
+ public:
+  WeightReader(double bytes, int least_copies)
+      : n_(std::max(16, std::min(512, static_cast<int>(std::sqrt(bytes / es))))),
+        weights_("moeproxy::calibrate::weights", std::max(least_copies, static_cast<int>(std::lround(bytes / (es * n_ * n_)))),
+                 n_, n_),
+        rows_(filled("moeproxy::calibrate::weight_rows", 8, n_, 0.5f)),
+        out_("moeproxy::calibrate::weight_out", 8, n_) {
+    Kokkos::deep_copy(weights_, 0.25f);
+  }
+  int copies() const { return static_cast<int>(weights_.extent(0)); }
+  // The next copy through one GEMM.
+  void next(const ExecSpace& space) {
+    gemm(space, rows_, Kokkos::subview(weights_, next_, Kokkos::ALL, Kokkos::ALL), out_);
+    next_ = (next_ + 1) % copies();
+  }
+  void all(const ExecSpace& space) {
+    for (int i = 0; i < copies(); ++i) next(space);
+  }
+
+ private:
+  int n_;
+  Stack weights_;
+  Matrix rows_, out_;
+  int next_ = 0;
+};
 
 // A copy into `to` from `from` before each call, for kernels that work in place: their
 // input is then what the kernel before wrote, not what the previous call left (SwiGLU with
@@ -76,12 +98,15 @@ void read_back(const ExecSpace& space, const View& v, const char* label = "moepr
       KOKKOS_LAMBDA(const std::size_t i, double& s) { s += static_cast<double>(data[i]); }, sum);
 }
 
-// Reads `sweep` bytes through the caches before each timed call, then reads the call's
-// inputs back in.
+// Sweeps `sweep` bytes through the caches before each timed call, read (Sweep::read) or as
+// weights through GEMMs (Sweep::weights), then reads the call's inputs back in.
 class ColdCaller {
  public:
-  ColdCaller(const CalibrationContext& c, double sweep)
-      : c_(c), sweep_("moeproxy::calibrate::sweep", static_cast<std::size_t>(sweep / sizeof(float))) {}
+  ColdCaller(const CalibrationContext& c, double sweep, Sweep kind)
+      : c_(c),
+        read_("moeproxy::calibrate::sweep", kind == Sweep::read ? static_cast<std::size_t>(sweep / sizeof(float)) : 0) {
+    if (kind == Sweep::weights) weights_.emplace(sweep, 1);
+  }
 
   // Median seconds of one call of `work` after the sweep, over calls filling the budget (at
   // least three); every rank calls the same number of times (rank 0's choice). The median, as
@@ -106,7 +131,8 @@ class ColdCaller {
  private:
   template <class Work, class... Inputs>
   double call(Work& work, const Inputs&... inputs) {
-    read_back(c_.space, sweep_, "moeproxy::calibrate::sweep");
+    if (weights_) weights_->all(c_.space);
+    else read_back(c_.space, read_, "moeproxy::calibrate::sweep");
     (prepare(inputs), ...);
     named_fence(c_.space, "moeproxy::calibrate::cold");
     Kokkos::Timer timer;
@@ -126,7 +152,8 @@ class ColdCaller {
   }
 
   const CalibrationContext& c_;
-  Kokkos::View<float*, MemSpace> sweep_;
+  Kokkos::View<float*, MemSpace> read_;
+  std::optional<WeightReader> weights_;
 };
 
 // `label`, then a profile's points as "size: microseconds".
@@ -154,17 +181,10 @@ IndexMatrix spread_experts(int tokens) {
 KernelProfile measure_sync_wait(const CalibrationContext& c) {
   KernelProfile profile;
   if (c.size < 2) return profile;
-  constexpr int n = 512, rows = 8;
-  const Stack weights = cold_weights(n, 64.0 * 1024 * 1024);
-  const int copies = static_cast<int>(weights.extent(0));
-  const Matrix a = filled("moeproxy::calibrate::sync_a", rows, n, 0.5f), out("moeproxy::calibrate::sync_c", rows, n);
-  int next = 0;
+  WeightReader weights(64.0 * 1024 * 1024, 2);
   auto interval = [&](int calls, double& work, double& wait) {
     Kokkos::Timer timer;
-    for (int i = 0; i < calls; ++i) {
-      gemm(c.space, a, Kokkos::subview(weights, next, Kokkos::ALL, Kokkos::ALL), out);
-      next = (next + 1) % copies;
-    }
+    for (int i = 0; i < calls; ++i) weights.next(c.space);
     named_fence(c.space, "moeproxy::calibrate::sync");
     work += timer.seconds();
     timer.reset();
@@ -201,7 +221,8 @@ KernelProfile measure_sync_wait(const CalibrationContext& c) {
 
 class Profiler {
  public:
-  Profiler(const CalibrationContext& c, double sweep, KernelProfiles& out) : c_(c), out_(out), cold_(c, sweep) {}
+  Profiler(const CalibrationContext& c, double sweep, Sweep kind, KernelProfiles& out)
+      : c_(c), out_(out), cold_(c, sweep, kind) {}
 
   // One point of kernel `name`: `work` timed after the sweep, its `inputs` read back in, at
   // `size` (its kernel_size).
@@ -378,26 +399,28 @@ class Profiler {
   ColdCaller cold_;
 };
 
-std::string swept_label(double sweep) {
+std::string swept_label(double sweep, Sweep kind) {
   std::ostringstream s;
-  s << sweep / (1024 * 1024) << " MiB swept: ";
+  s << sweep / (1024 * 1024) << (kind == Sweep::read ? " MiB read: " : " MiB of weights: ");
   return s.str();
 }
 
-// Every kernel at every sweep, once (a round).
-std::vector<std::pair<double, KernelProfiles>> measure_round(const CalibrationContext& c, const std::string& round,
-                                                             const std::function<void(const std::string&)>& say) {
-  std::vector<std::pair<double, KernelProfiles>> by_sweep;
+using SweepProfiles = std::vector<std::pair<double, KernelProfiles>>;
+
+// Every kernel after every sweep of `kind`, once (a round).
+SweepProfiles measure_round(const CalibrationContext& c, Sweep kind, const std::string& round,
+                            const std::function<void(const std::string&)>& say) {
+  SweepProfiles by_sweep;
   for (const double sweep : c.sweeps) {
-    Profiler profiler(c, sweep, by_sweep.emplace_back(sweep, KernelProfiles{}).second);
+    Profiler profiler(c, sweep, kind, by_sweep.emplace_back(sweep, KernelProfiles{}).second);
     profiler.elementwise();
     profiler.rope();
     profiler.routing();
     profiler.attention_kernels();
     profiler.gemms();
     profiler.collectives();
-    say(round + swept_label(sweep) + "profiled input, norm, store_kv, add, activate, router, permute, gather, combine, "
-                "rope, attention, gemm");
+    say(round + swept_label(sweep, kind) + "profiled input, norm, store_kv, add, activate, router, permute, gather, "
+                                           "combine, rope, attention, gemm");
   }
   return by_sweep;
 }
@@ -466,18 +489,23 @@ MachineProfiles measure_profiles(const CalibrationContext& c, const std::functio
   constexpr int rounds = 3;
   CalibrationContext share = c;
   share.budget = c.budget / rounds;
-  std::vector<std::vector<std::pair<double, KernelProfiles>>> measured;
+  std::map<Sweep, std::vector<SweepProfiles>> measured;
   for (int r = 0; r < rounds; ++r)
-    measured.push_back(measure_round(share, "round " + std::to_string(r + 1) + " of " + std::to_string(rounds) + ", ", say));
+    for (const Sweep kind : {Sweep::read, Sweep::weights})
+      measured[kind].push_back(
+          measure_round(share, kind, "round " + std::to_string(r + 1) + " of " + std::to_string(rounds) + ", ", say));
   MachineProfiles p;
-  for (std::size_t s = 0; s < c.sweeps.size(); ++s) {
-    std::vector<const KernelProfiles*> of;
-    for (const auto& round : measured) of.push_back(&round[s].second);
-    const KernelProfiles& k = p.by_sweep.emplace_back(c.sweeps[s], median_of(of)).second;
-    const std::string swept = swept_label(c.sweeps[s]);
-    for (const auto& [weight, profile] : k.gemm.by_weight) say(swept + gemm_line(weight, profile));
-    if (const KernelProfile* a = k.find("allreduce"))
-      say(points_line(swept + "allreduce " + std::to_string(c.size) + " ranks (bytes: us):", *a));
+  for (const Sweep kind : {Sweep::read, Sweep::weights}) {
+    SweepProfiles& merged = kind == Sweep::read ? p.by_sweep : p.by_weight_sweep;
+    for (std::size_t s = 0; s < c.sweeps.size(); ++s) {
+      std::vector<const KernelProfiles*> of;
+      for (const SweepProfiles& round : measured[kind]) of.push_back(&round[s].second);
+      const KernelProfiles& k = merged.emplace_back(c.sweeps[s], median_of(of)).second;
+      const std::string swept = swept_label(c.sweeps[s], kind);
+      for (const auto& [weight, profile] : k.gemm.by_weight) say(swept + gemm_line(weight, profile));
+      if (const KernelProfile* a = k.find("allreduce"))
+        say(points_line(swept + "allreduce " + std::to_string(c.size) + " ranks (bytes: us):", *a));
+    }
   }
   p.ranks = c.size > 1 ? c.size : 0;
   // Host ranks sweep the node's shared caches; each GPU sweeps its own L2.

@@ -51,11 +51,12 @@ case $case_name in
     grep -q "predicted" "$out/report/summary.md" || fail "the analysis report does not mark the runs predicted"
     ;;
   calibrate)
-    "$mpiexec" -n 2 "$exe" calibrate --out "$out/local.toml" --seconds 0.02 --sweeps 64,1 > "$out/calibrate.log" 2>&1 \
+    "$mpiexec" -n 2 "$exe" calibrate --out "$out/local.toml" --seconds 0.02 --sweeps 16,1 > "$out/calibrate.log" 2>&1 \
       || { cat "$out/calibrate.log"; fail "calibrate failed"; }
     grep -q "alltoallv 2 ranks" "$out/calibrate.log" || fail "no collective measured on 2 ranks"
     [ "$(grep -c '^\[\[profile.sweep\]\]' "$out/local.toml")" = 2 ] && grep -q '^bytes = 1048576 ' "$out/local.toml" \
-      && grep -q '^shared_caches = true ' "$out/local.toml" || fail "not the two sweeps asked for, on shared caches"
+      && [ "$(grep -c '^\[\[profile.weight_sweep\]\]' "$out/local.toml")" = 2 ] \
+      && grep -q '^shared_caches = true ' "$out/local.toml" || fail "not the two sweeps of each kind asked for, on shared caches"
     "$exe" predict "$src/tests/decks/tiny-moe.toml" --machine "$out/local.toml" --set parallel.dp=2 \
       --set parallel.ep=2 --out "$out/tiny.h5" > "$out/predict.log" 2>&1 || { cat "$out/predict.log"; fail "predict"; }
     check_file "$out/tiny.h5" 2

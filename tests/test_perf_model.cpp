@@ -350,7 +350,9 @@ TEST_CASE("machine file: [profile] reads back as written, and bad points are nam
                                               "[[profile.sweep]]\nbytes = 1048576\nnorm = [[1024, 2.5], [4096, 6]]\n"
                                               "gemm = [[1, 64, 3], [8, 64, 4], [1, 256, 9]]\n"
                                               "[[profile.sweep]]\nbytes = 67108864\nnorm = [[1024, 5], [4096, 12]]\n"
-                                              "gemm = [[1, 64, 6], [8, 64, 8], [1, 256, 18]]\n",
+                                              "gemm = [[1, 64, 6], [8, 64, 8], [1, 256, 18]]\n"
+                                              "[[profile.weight_sweep]]\nbytes = 1048576\nnorm = [[1024, 2], [4096, 5]]\n"
+                                              "gemm = [[1, 64, 2], [8, 64, 3], [1, 256, 7]]\n",
                                           "p.toml");
   REQUIRE(m.profiles.by_sweep.size() == 2);
   CHECK(m.profiles.by_sweep[1].first == 67108864.0);
@@ -368,6 +370,10 @@ TEST_CASE("machine file: [profile] reads back as written, and bad points are nam
     CHECK(back.profiles.by_sweep[i].second.find("norm")->points == m.profiles.by_sweep[i].second.find("norm")->points);
   }
   CHECK(back.profiles.by_sweep[1].second.gemm.seconds(1.0, 256.0, 256.0) == Approx(18e-6));
+  REQUIRE(back.profiles.by_weight_sweep.size() == 1);
+  CHECK(back.profiles.by_weight_sweep[0].first == 1048576.0);
+  CHECK(back.profiles.by_weight_sweep[0].second.find("norm")->seconds(4096.0) == Approx(5e-6));
+  CHECK(back.profiles.by_weight_sweep[0].second.gemm.seconds(1.0, 256.0, 256.0) == Approx(7e-6));
   CHECK(back.profiles.sync_wait.points == m.profiles.sync_wait.points);
   CHECK(back.profiles.ranks == 2);
   CHECK(back.profiles.shared_caches);
@@ -400,7 +406,8 @@ TEST_CASE("machine file: [profile] reads back as written, and bad points are nam
   refused_at("[profile]\nnorm = [[1024, 2.5]]\n", "outside [[profile.sweep]]", "17");
   refused_at("[profile]\nnorm = [[1024, 2.5]]\n", "run moeproxy calibrate again", "17");
   refused_at("[profile]\nshared_caches = 1\n", "profile.shared_caches must be true or false", "17");
-  refused_at("[profile]\nsweeps = 3\n", "valid keys of [profile]: ranks, shared_caches, sync_wait, sweep", "17");
+  refused_at("[profile]\nsweeps = 3\n", "valid keys of [profile]: ranks, shared_caches, sync_wait, sweep, weight_sweep",
+             "17");
   refused_at("[profile]\nranks = 0\n", "profile.ranks must be a positive integer", "17");
   refused_at("[profile]\n[[profile.sweep]]\nbytes = -1\n", "bytes must be a positive number", "18");
   refused_at("[profile]\n[[profile.sweep]]\nbytes = 2048\nnorm = [[1, 2]]\n[[profile.sweep]]\nbytes = 1024\n"
@@ -409,6 +416,13 @@ TEST_CASE("machine file: [profile] reads back as written, and bad points are nam
   refused_at("[profile]\n[[profile.sweep]]\nbytes = 1024\nnorm = [[1, 2]]\n[[profile.sweep]]\nbytes = 2048\n"
              "add = [[1, 3]]\n",
              "every sweep holds the same kernels", "20");
+  refused_at("[profile]\n[[profile.weight_sweep]]\nbytes = 1024\nnrom = [[1, 2]]\n",
+             "valid keys of [[profile.weight_sweep]]: bytes, gemm, norm", "19");
+  refused_at("[profile]\n[[profile.sweep]]\nbytes = 1024\nnorm = [[1, 2]]\n[[profile.weight_sweep]]\nbytes = 1024\n"
+             "add = [[1, 3]]\n",
+             "both kinds of sweep hold the same kernels", "");
+  refused_at("[profile]\n[[profile.weight_sweep]]\nbytes = 1024\nnorm = [[1, 2]]\n",
+             "both kinds of sweep hold the same kernels", "");
 }
 
 TEST_CASE("machine file: attention profiles by head width read back as written", "[perf]") {
@@ -441,11 +455,19 @@ TEST_CASE("sweep profiles: the nearest sweep outside, log-log in the footprint b
   p.by_sweep[0].second.kernels["norm"] = KernelProfile{{{1.0, 1e-6}}};
   p.by_sweep[1].second.kernels["norm"] = KernelProfile{{{1.0, 1e-4}}};
   const auto norm = [](const KernelProfiles& k) { return k.find("norm")->seconds(1.0); };
-  CHECK(p.at(1e3, norm) == Approx(1e-6));
-  CHECK(p.at(1e6, norm) == Approx(1e-6));
-  CHECK(p.at(1e9, norm) == Approx(1e-4));
+  CHECK(p.at(1e3, Sweep::read, norm) == Approx(1e-6));
+  CHECK(p.at(1e6, Sweep::read, norm) == Approx(1e-6));
+  CHECK(p.at(1e9, Sweep::read, norm) == Approx(1e-4));
   // 1e7 lies halfway (log) between the sweeps: the geometric mean of their times.
-  CHECK(p.at(1e7, norm) == Approx(1e-5));
+  CHECK(p.at(1e7, Sweep::read, norm) == Approx(1e-5));
+  // Without weight sweeps (a machine file before them) the read sweeps serve both kinds.
+  CHECK(p.at(1e7, Sweep::weights, norm) == Approx(1e-5));
+  p.by_weight_sweep.push_back({1e6, KernelProfiles{}});
+  p.by_weight_sweep.push_back({1e8, KernelProfiles{}});
+  p.by_weight_sweep[0].second.kernels["norm"] = KernelProfile{{{1.0, 2e-6}}};
+  p.by_weight_sweep[1].second.kernels["norm"] = KernelProfile{{{1.0, 8e-6}}};
+  CHECK(p.at(1e7, Sweep::weights, norm) == Approx(4e-6));
+  CHECK(p.at(1e7, Sweep::read, norm) == Approx(1e-5));
 }
 
 TEST_CASE("perf model: a rank's kernels are looked up at the footprint of its pass", "[perf]") {
@@ -470,6 +492,13 @@ TEST_CASE("perf model: a rank's kernels are looked up at the footprint of its pa
   const double f = std::log(step / (prefill / 4.0)) / std::log(16.0);
   const double one = f <= 0.0 ? 1e-6 : std::exp(std::log(1e-6) + f * std::log(100.0));
   CHECK(p.per_rank[0].decode.at(0, Phase::norm) == Approx(3.0 * cfg.workload.decode_steps * one));
+  // With weight sweeps, a decode step's kernels are looked up in them, a prefill's still in
+  // the read sweeps: a decode step's traffic is its weights (kernel_profile.hpp, Sweep).
+  m.profiles.by_weight_sweep = m.profiles.by_sweep;
+  for (auto& [bytes, k] : m.profiles.by_weight_sweep) k.kernels["norm"].points[0].second *= 3.0;
+  const Prediction w = predict(cfg, m, 1);
+  CHECK(w.per_rank[0].prefill.at(0, Phase::norm) == Approx(3.0 * 1e-5));
+  CHECK(w.per_rank[0].decode.at(0, Phase::norm) == Approx(3.0 * 3.0 * cfg.workload.decode_steps * one));
 }
 
 TEST_CASE("perf model: on caches the calibration's ranks shared, a rank's footprint counts as its share of the node's",

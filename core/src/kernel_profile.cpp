@@ -58,9 +58,10 @@ double GemmProfile::seconds(double rows, double inner, double cols) const {
   return log_interpolate(elements, lo->first, scaled(*lo), hi->first, scaled(*hi));
 }
 
-double MachineProfiles::at(double footprint, const std::function<double(const KernelProfiles&)>& of) const {
-  if (by_sweep.empty()) return 0.0;
-  return between(by_sweep, footprint, of);
+double MachineProfiles::at(double footprint, Sweep kind, const std::function<double(const KernelProfiles&)>& of) const {
+  const auto& profiles = sweeps(kind);
+  if (profiles.empty()) return 0.0;
+  return between(profiles, footprint, of);
 }
 
 }  // namespace moeproxy

@@ -182,11 +182,12 @@ struct Cost {
 
 class Model {
  public:
-  // A rank's model for a pass: its kernels see the caches that the pass's `footprint` bytes
-  // (pass_footprint) leave.
-  Model(const RunConfig& cfg, const MachineSpec& machine, double footprint)
+  // A rank's model for a pass of `n` new tokens per sequence: its kernels see the caches that
+  // the pass's `footprint` bytes (pass_footprint) leave, a prefill's (n > 1) as its
+  // activations pass, a decode step's as its weights do (MachineProfiles).
+  Model(const RunConfig& cfg, const MachineSpec& machine, double footprint, int n)
       : m_(cfg.model), mc_(machine), p_(cfg.model.precision), es_(element_size(cfg.model.precision)),
-        footprint_(footprint) {}
+        footprint_(footprint), sweep_(n > 1 ? Sweep::read : Sweep::weights) {}
 
   static double element_size(Precision p) { return p == Precision::fp16 ? 2.0 : 4.0; }
   double es() const { return es_; }
@@ -244,7 +245,7 @@ class Model {
   double measured_or(Find&& find, Time&& time, double fallback) const {
     const KernelProfiles* first = mc_.profiles.any();
     if (!first || !find(*first)) return fallback;
-    return mc_.profiles.at(footprint_, [&](const KernelProfiles& k) {
+    return mc_.profiles.at(footprint_, sweep_, [&](const KernelProfiles& k) {
       const auto* p = find(k);
       return p ? time(*p) : fallback;
     });
@@ -384,6 +385,7 @@ class Model {
   Precision p_;
   double es_;
   double footprint_;
+  Sweep sweep_;
 };
 
 // The bytes a pass of n new tokens per sequence moves through a rank's caches: its weights
@@ -567,7 +569,7 @@ Prediction predict_grid(const RunConfig& cfg, const MachineSpec& machine, int ra
     if (p.pp > 1) comm_bytes += es * static_cast<double>(seqs) * w.prompt * d;
     S.memory = memory_of(m, w, s, S.layer_count, per_replica, es, comm_bytes, true);
     auto pass = [&](int n, int pos0, std::vector<Cost>& layers, Cost& whole) {
-      const Model model(cfg, machine, cache_footprint(machine, pass_footprint(S.memory, n, w.prompt), node_ranks));
+      const Model model(cfg, machine, cache_footprint(machine, pass_footprint(S.memory, n, w.prompt), node_ranks), n);
       const double t = static_cast<double>(seqs) * n;
       for (int l = 0; l < S.layer_count; ++l) {
         Cost c;
@@ -717,8 +719,8 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
   // One layer for all micro-batches of a pass: the two sides and the link form a loop that
   // micro-batches circulate through; with enough of them the busiest resource paces it.
   auto layer = [&](int n, int pos0, bool first, bool last) {
-    const Model attn_model(cfg, machine, cache_footprint(machine, pass_footprint(ra.memory, n, w.prompt), node_ranks)),
-        moe_model(cfg, machine, cache_footprint(machine, pass_footprint(re.memory, n, w.prompt), node_ranks));
+    const Model attn_model(cfg, machine, cache_footprint(machine, pass_footprint(ra.memory, n, w.prompt), node_ranks), n),
+        moe_model(cfg, machine, cache_footprint(machine, pass_footprint(re.memory, n, w.prompt), node_ranks), n);
     Layer L;
     const double t = static_cast<double>(seqs) * n;           // one micro-batch of an attention replica
     const double all = static_cast<double>(w.batch) / mb * n;  // one micro-batch, all replicas
@@ -845,8 +847,13 @@ Prediction predict(const RunConfig& cfg, const MachineSpec& machine, int ranks) 
     for (const auto& [name, profile] : measured->by_parameter) names += (names.empty() ? "" : ", ") + name;
     out.assumptions.push_back("kernel times from the machine file's measured profiles (" + names +
                               "), rooflines for the rest");
-    out.assumptions.push_back("a rank's kernels find the caches as a sweep of its pass's footprint (its weights, KV "
-                              "cache and the pass's activations) leaves them, between the profiles' sweeps");
+    out.assumptions.push_back(
+        "a rank's kernels find the caches as a sweep of its pass's footprint (its weights, KV cache and the pass's "
+        "activations) leaves them, between the profiles' sweeps: in prefill a read of the bytes, in decode " +
+        std::string(machine.profiles.by_weight_sweep.empty() ? "the same (this machine file has no weight sweeps)"
+                                                             : "GEMMs through weights of the bytes"));
+    out.assumptions.push_back("decode steps in their steady state: the first steps after a prefill, slower where "
+                              "the caches still hold the prefill's state, are not modelled");
     if (machine.profiles.ranks > 1 && (measured->find("allreduce") || measured->find("alltoallv")))
       out.assumptions.push_back("collectives of groups of " + std::to_string(machine.profiles.ranks) +
                                 " ranks within a node from the machine file's profiles, alpha-beta for other groups");

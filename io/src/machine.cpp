@@ -169,7 +169,8 @@ void parse_kernels(const std::string& source, const std::string& prefix, const t
       std::string list = "bytes, gemm";
       for (const auto& k : known) list += ", " + k;
       for (const auto& k : profiled_by_parameter()) list += ", " + k.first;
-      throw InputError(where(source, node) + ": unknown key " + full + "; valid keys of [[profile.sweep]]: " + list);
+      throw InputError(where(source, node) + ": unknown key " + full + "; valid keys of [[" +
+                       prefix.substr(0, prefix.find('[')) + "]]: " + list);
     }
     profiles.kernels[name] = kernel_rows(source, full, node);
   }
@@ -181,6 +182,36 @@ std::set<std::string> kernel_names(const KernelProfiles& k) {
   for (const auto& entry : k.kernels) names.insert(entry.first);
   for (const auto& entry : k.by_parameter) names.insert(entry.first);
   return names;
+}
+
+// [[profile.sweep]] or [[profile.weight_sweep]] (`key`): per sweep its `bytes`, increasing,
+// and the same kernels in every sweep.
+void parse_sweeps(const std::string& source, const std::string& key, const toml::node& node,
+                  std::vector<std::pair<double, KernelProfiles>>& by_sweep) {
+  const toml::array* sweeps = node.as_array();
+  if (!sweeps || sweeps->empty() || !sweeps->is_homogeneous(toml::node_type::table))
+    throw InputError(where(source, node) + ": " + key + " must be an array of tables ([[" + key + "]])");
+  for (std::size_t i = 0; i < sweeps->size(); ++i) {
+    const toml::table& sweep = *(*sweeps)[i].as_table();
+    const std::string prefix = key + "[" + std::to_string(i) + "].";
+    const auto* bytes_node = sweep.get("bytes");
+    double bytes = -1.0;
+    if (bytes_node) {
+      if (const auto* b = bytes_node->as_integer()) bytes = static_cast<double>(b->get());
+      else if (const auto* b = bytes_node->as_floating_point()) bytes = b->get();
+    }
+    if (!std::isfinite(bytes) || bytes <= 0.0)
+      throw InputError(where(source, bytes_node ? *bytes_node : (*sweeps)[i]) + ": " + prefix +
+                       "bytes must be a positive number (bytes through the caches before each call)");
+    if (!by_sweep.empty() && bytes <= by_sweep.back().first)
+      throw InputError(where(source, *bytes_node) + ": " + prefix + "bytes: the sweeps' bytes must increase");
+    KernelProfiles k;
+    parse_kernels(source, prefix, sweep, k);
+    if (!by_sweep.empty() && kernel_names(k) != kernel_names(by_sweep.front().second))
+      throw InputError(where(source, (*sweeps)[i]) + ": " + key + "[" + std::to_string(i) + "] profiles other kernels than " +
+                       key + "[0]: every sweep holds the same kernels");
+    by_sweep.emplace_back(bytes, std::move(k));
+  }
 }
 
 void parse_profile(const std::string& source, const toml::table& table, MachineProfiles& profiles) {
@@ -205,7 +236,7 @@ void parse_profile(const std::string& source, const toml::table& table, MachineP
       profiles.shared_caches = b->get();
       continue;
     }
-    if (name != "sweep") {
+    if (name != "sweep" && name != "weight_sweep") {
       const auto& k = profiled_kernels();
       const bool kernel = name == "gemm" || std::find(k.begin(), k.end(), name) != k.end() ||
                           profiled_by_parameter().count(name) > 0;
@@ -213,33 +244,17 @@ void parse_profile(const std::string& source, const toml::table& table, MachineP
                                                           " outside [[profile.sweep]], as calibrate wrote it before "
                                                           "kernels were timed with cold caches; run moeproxy calibrate again"
                                                     : ": unknown key profile." + name +
-                                                          "; valid keys of [profile]: ranks, shared_caches, sync_wait, sweep"));
+                                                          "; valid keys of [profile]: ranks, shared_caches, sync_wait, "
+                                                          "sweep, weight_sweep"));
     }
-    const toml::array* sweeps = node.as_array();
-    if (!sweeps || sweeps->empty() || !sweeps->is_homogeneous(toml::node_type::table))
-      throw InputError(where(source, node) + ": profile.sweep must be an array of tables ([[profile.sweep]])");
-    for (std::size_t i = 0; i < sweeps->size(); ++i) {
-      const toml::table& sweep = *(*sweeps)[i].as_table();
-      const std::string prefix = "profile.sweep[" + std::to_string(i) + "].";
-      const auto* bytes_node = sweep.get("bytes");
-      double bytes = -1.0;
-      if (bytes_node) {
-        if (const auto* b = bytes_node->as_integer()) bytes = static_cast<double>(b->get());
-        else if (const auto* b = bytes_node->as_floating_point()) bytes = b->get();
-      }
-      if (!std::isfinite(bytes) || bytes <= 0.0)
-        throw InputError(where(source, bytes_node ? *bytes_node : (*sweeps)[i]) + ": " + prefix +
-                         "bytes must be a positive number (bytes read through the caches before each call)");
-      if (!profiles.by_sweep.empty() && bytes <= profiles.by_sweep.back().first)
-        throw InputError(where(source, *bytes_node) + ": " + prefix + "bytes: the sweeps' bytes must increase");
-      KernelProfiles k;
-      parse_kernels(source, prefix, sweep, k);
-      if (!profiles.by_sweep.empty() && kernel_names(k) != kernel_names(profiles.by_sweep.front().second))
-        throw InputError(where(source, (*sweeps)[i]) + ": profile.sweep[" + std::to_string(i) +
-                         "] profiles other kernels than profile.sweep[0]: every sweep holds the same kernels");
-      profiles.by_sweep.emplace_back(bytes, std::move(k));
-    }
+    parse_sweeps(source, "profile." + name, node, name == "sweep" ? profiles.by_sweep : profiles.by_weight_sweep);
   }
+  // Both kinds of sweep describe the same kernels, which the model looks up in either.
+  if (!profiles.by_weight_sweep.empty() &&
+      (profiles.by_sweep.empty() ||
+       kernel_names(profiles.by_weight_sweep.front().second) != kernel_names(profiles.by_sweep.front().second)))
+    throw InputError(source + ": [[profile.weight_sweep]] profiles other kernels than [[profile.sweep]]: both "
+                              "kinds of sweep hold the same kernels");
 }
 
 }  // namespace
@@ -351,8 +366,9 @@ std::string format_machine(const MachineSpec& machine, const std::map<std::strin
   if (p.ranks > 0) out << "ranks = " << p.ranks << note("profile.ranks") << "\n";
   if (p.shared_caches) out << "shared_caches = true" << note("profile.shared_caches") << "\n";
   if (!p.sync_wait.empty()) rows("sync_wait", points(p.sync_wait), "profile.sync_wait");
-  for (const auto& [bytes, k] : p.by_sweep) {
-    out << "\n[[profile.sweep]]\nbytes = " << std::setprecision(12) << bytes << note("profile.sweep.bytes") << "\n";
+  auto sweep = [&](const std::string& key, double bytes, const KernelProfiles& k) {
+    out << "\n[[profile." << key << "]]\nbytes = " << std::setprecision(12) << bytes << note("profile." + key + ".bytes")
+        << "\n";
     for (const auto& [name, profile] : k.kernels) rows(name, points(profile), "profile." + name);
     for (const auto& [name, profile] : k.by_parameter) {
       std::vector<std::vector<double>> v;
@@ -366,7 +382,9 @@ std::string format_machine(const MachineSpec& machine, const std::map<std::strin
         for (const auto& [r, seconds] : profile.points) v.push_back({r, std::sqrt(elements), seconds / micro});
       rows("gemm", v, "profile.gemm");
     }
-  }
+  };
+  for (const auto& [bytes, k] : p.by_sweep) sweep("sweep", bytes, k);
+  for (const auto& [bytes, k] : p.by_weight_sweep) sweep("weight_sweep", bytes, k);
   return out.str();
 }
 

@@ -80,8 +80,19 @@ struct KernelProfiles {
 // sweeps; a rank looks its kernels up at the footprint of its pass (the bytes the pass moves:
 // perf_model.cpp, pass_footprint and cache_footprint), interpolated log-log between the sweeps around it
 // (outside them, the nearest). The wait at a synchronisation is measured once.
+//
+// What passed through the caches matters as well as how much: a prefill's kernels meet the
+// caches after its activations, a decode step's after its weights, read by GEMMs of a few
+// rows. At the same bytes, the profiles after a linear read put the medium validation deck's
+// steady decode (32 steps, one rank, Xeon VM, 2026-12-06) 27-45% above its measured
+// projections and experts; those after GEMMs of 8 rows through weights came within 6%.
+// So calibrate sweeps both ways: a read of the bytes (by_sweep, for prefill passes) and GEMMs
+// through weights of the bytes (by_weight_sweep, for decode passes).
+enum class Sweep { read, weights };
+
 struct MachineProfiles {
-  std::vector<std::pair<double, KernelProfiles>> by_sweep;  // (bytes swept, profiles), sweeps increasing
+  std::vector<std::pair<double, KernelProfiles>> by_sweep;         // (bytes read, profiles), increasing
+  std::vector<std::pair<double, KernelProfiles>> by_weight_sweep;  // (bytes of weights, profiles); may be empty
   KernelProfile sync_wait;
   // The calibration's ranks: sync_wait and the collectives' profiles were measured on a
   // group of this many (0: one rank, no collectives).
@@ -94,8 +105,13 @@ struct MachineProfiles {
   bool empty() const { return by_sweep.empty() && sync_wait.empty(); }
   // The profiles of the smallest sweep, which hold the same kernels as the others.
   const KernelProfiles* any() const { return by_sweep.empty() ? nullptr : &by_sweep.front().second; }
-  // `of` (the seconds of a call under one sweep's profiles) at `footprint` bytes.
-  double at(double footprint, const std::function<double(const KernelProfiles&)>& of) const;
+  // The profiles after sweeps of kind `kind`: the read sweeps where a machine file (older
+  // than 2026-12-06) has no weight sweeps.
+  const std::vector<std::pair<double, KernelProfiles>>& sweeps(Sweep kind) const {
+    return kind == Sweep::weights && !by_weight_sweep.empty() ? by_weight_sweep : by_sweep;
+  }
+  // `of` (the seconds of a call under one sweep's profiles) at `footprint` bytes of `kind`.
+  double at(double footprint, Sweep kind, const std::function<double(const KernelProfiles&)>& of) const;
 };
 
 // The names of the profiled kernels other than the GEMM and those by a parameter, as machine

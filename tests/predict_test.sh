@@ -25,6 +25,8 @@ with h5py.File(path, "r") as f:
         assert f[name].shape[0] == ranks, f"{name} has {f[name].shape[0]} rows"
     for name in ("timing/prefill", "timing/decode"):
         assert np.all(np.isfinite(f[name][...])) and np.all(f[name][...] >= 0), name
+    steps = f["timing/decode_step_wall"][...]
+    assert steps.shape[0] == ranks and np.allclose(steps.sum(axis=1), f["timing/decode_wall"][...]), "decode steps"
     s = f["summary"].attrs
     assert s["ttft_s"] > 0 and s["tpot_s"] > 0 and s["prefill_tokens_per_s"] > 0, "summary"
 print("ok:", path)

@@ -99,6 +99,10 @@ print("layout matches the single-rank run")
 # within the total, the per-rank figures adding up to the summary's, the /comm table's
 # hidden seconds adding up to each rank's.
 with h5py.File(parallel, "r") as b:
+    # Each decode step's wall: the steps make up the decode.
+    steps, walls = b["timing/decode_step_wall"][()], b["timing/decode_wall"][()]
+    assert steps.shape[0] == ranks and steps.shape[1] > 0 and (steps > 0).all(), f"decode_step_wall {steps}"
+    assert np.allclose(steps.sum(axis=1), walls, rtol=1e-9, atol=1e-12), f"decode steps {steps.sum(axis=1)} vs walls {walls}"
     s = b["summary"].attrs
     exposed, hidden = b["timing/comm_exposed"][()], b["timing/comm_hidden"][()]
     comm_hidden = b["comm/hidden"][()]

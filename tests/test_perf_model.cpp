@@ -1,6 +1,7 @@
 // The performance model on cases small enough to check by hand.
 
 #include <catch2/catch.hpp>
+#include <numeric>
 
 #include "moeproxy/core/model.hpp"
 #include "moeproxy/core/perf_model.hpp"
@@ -166,7 +167,13 @@ TEST_CASE("perf model: the prefill's input rows are in the first stage's wall, o
   const RankMetrics &first = p.per_rank[0], &last = p.per_rank[1];
   CHECK(first.prefill_seconds - phase_sum(first.prefill) == Approx(2 * per_micro_batch));
   CHECK(last.prefill_seconds == Approx(phase_sum(last.prefill)));  // its recv waited for them
-  for (const RankMetrics* r : {&first, &last}) CHECK(r->decode_seconds == Approx(phase_sum(r->decode)));
+  for (const RankMetrics* r : {&first, &last}) {
+    CHECK(r->decode_seconds == Approx(phase_sum(r->decode)));
+    // Each decode step's wall, as a measured run writes them (timing/decode_step_wall).
+    REQUIRE(r->decode_step_seconds.size() == static_cast<std::size_t>(two_stages(2).workload.decode_steps));
+    CHECK(std::accumulate(r->decode_step_seconds.begin(), r->decode_step_seconds.end(), 0.0) ==
+          Approx(r->decode_seconds));
+  }
 }
 
 TEST_CASE("perf model: memory per rank agrees with estimate_memory in fp32", "[perf]") {

@@ -142,6 +142,7 @@ RankMetrics make_metrics(int rank, int size) {
   m.comm = make_comm(rank, size);
   m.prefill_seconds = 2.0 + rank;
   m.decode_seconds = 3.0 + rank;
+  for (int step = 0; step < decode_steps; ++step) m.decode_step_seconds.push_back(0.5 * step + rank);
   m.prefill_flops = 1e12 * (rank + 1);
   m.decode_flops = 1e9 * (rank + 1);
   return m;
@@ -255,11 +256,13 @@ TEST_CASE("write_results writes every rank's values where read_results finds the
   }
   REQUIRE(f.prefill_wall.size() == static_cast<std::size_t>(size));
   REQUIRE(f.decode_wall.size() == static_cast<std::size_t>(size));
+  REQUIRE(f.decode_step_wall.size() == static_cast<std::size_t>(size) * decode_steps);
   REQUIRE(f.prefill_flops.size() == static_cast<std::size_t>(size));
   REQUIRE(f.decode_flops.size() == static_cast<std::size_t>(size));
   for (int r = 0; r < size; ++r) {
     CHECK(f.prefill_wall[r] == 2.0 + r);
     CHECK(f.decode_wall[r] == 3.0 + r);
+    for (int step = 0; step < decode_steps; ++step) CHECK(f.decode_step_wall.at(r * decode_steps + step) == 0.5 * step + r);
     CHECK(f.prefill_flops[r] == 1e12 * (r + 1));
     CHECK(f.decode_flops[r] == 1e9 * (r + 1));
   }

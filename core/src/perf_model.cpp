@@ -630,6 +630,7 @@ Prediction predict_grid(const RunConfig& cfg, const MachineSpec& machine, int ra
     }
     r.prefill_seconds = prefill_wall;
     r.decode_seconds = decode_wall;
+    r.decode_step_seconds = decode_walls;
     const double share = static_cast<double>(S.layer_count) / m.layers / (p.tp * p.head_groups * p.dim_groups);
     r.prefill_flops = share * forward_flops(m, per_replica, w.prompt, 0);
     for (int step = 0; step < w.decode_steps; ++step) r.decode_flops += share * forward_flops(m, per_replica, 1, w.prompt + step);
@@ -780,11 +781,13 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
     return wall;
   };
   const double prefill_wall = pass(w.prompt, 0, ra.prefill, re.prefill);
-  double decode_wall = 0.0;
-  for (int step = 0; step < w.decode_steps; ++step) decode_wall += pass(1, w.prompt + step, ra.decode, re.decode);
+  std::vector<double> decode_walls;
+  for (int step = 0; step < w.decode_steps; ++step) decode_walls.push_back(pass(1, w.prompt + step, ra.decode, re.decode));
+  const double decode_wall = std::accumulate(decode_walls.begin(), decode_walls.end(), 0.0);
   for (RankMetrics* r : {&ra, &re}) {
     r->prefill_seconds = prefill_wall;
     r->decode_seconds = decode_wall;
+    r->decode_step_seconds = decode_walls;
   }
   // Model FLOPs split by where they run: attention (and router) on one side, experts on the other.
   const double total_pre = forward_flops(m, w.batch, w.prompt, 0);

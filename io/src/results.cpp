@@ -666,6 +666,12 @@ void write_file(MPI_Comm comm, const std::string& path, const RunConfig& cfg, co
                "s");
     w.per_rank(group.id(), "decode_wall", gather(locals, [](const RankMetrics& r) { return r.decode_seconds; }), {},
                "s");
+    for (const RankMetrics* r : locals)
+      if (r->decode_step_seconds.size() != static_cast<std::size_t>(s.decode_steps))
+        throw std::logic_error("timing/decode_step_wall: " + std::to_string(r->decode_step_seconds.size()) +
+                               " steps timed for " + std::to_string(s.decode_steps));
+    w.per_rank(group.id(), "decode_step_wall", gather(locals, [](const RankMetrics& r) { return r.decode_step_seconds; }),
+               {static_cast<hsize_t>(s.decode_steps)}, "s");
     w.per_rank(group.id(), "comm_exposed",
                gather(locals, [](const RankMetrics& r) { return r.comm_exposed_seconds; }), {}, "s");
     w.per_rank(group.id(), "comm_hidden", gather(locals, [](const RankMetrics& r) { return r.comm_hidden_seconds; }),
@@ -934,6 +940,8 @@ ResultsFile read_file(const std::string& path) {
     out.decode_timing = read_dataset<double>(group.id(), "decode", {ranks, dims[1], phases});
     out.prefill_wall = read_dataset<double>(group.id(), "prefill_wall", {ranks});
     out.decode_wall = read_dataset<double>(group.id(), "decode_wall", {ranks});
+    if (has_link(group.id(), "decode_step_wall"))
+      out.decode_step_wall = read_dataset<double>(group.id(), "decode_step_wall", {ranks, 0});
     if (has_link(group.id(), "comm_exposed")) {
       out.comm_exposed = read_dataset<double>(group.id(), "comm_exposed", {ranks});
       out.comm_hidden = read_dataset<double>(group.id(), "comm_hidden", {ranks});

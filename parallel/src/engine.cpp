@@ -190,10 +190,15 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, CommBacken
   std::unique_ptr<Balancer> balancer;
   if (separation && cfg.parallel.balance_threshold > 0.0)
     balancer = std::make_unique<Balancer>(cfg, layout, world, *separation);
+  double step_began = 0.0;
   for (int g = 0; g < w.decode_steps; ++g) {
     if (failover.fails_at(g)) recover(g);
     if (!failover.stopped(g)) pass(g, decode_input, decode_output(g), out.metrics.decode);
     if (balancer) balancer->after_step(g, out.metrics.decode);
+    named_fence(space, "moeproxy::engine::decode_step");
+    const double step_ended = timer.seconds();
+    out.metrics.decode_step_seconds.push_back(step_ended - step_began);
+    step_began = step_ended;
     if (progress && failover.fails_at(g))
       *progress << "[moeproxy] failover drill: rank " << cfg.faults.fail_rank << " failed before decode step " << g
                 << "; rank " << layout.takeover_rank() << " took over\n" << std::flush;
@@ -202,9 +207,8 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, CommBacken
       reported_at = timer.seconds();
     }
   }
-  named_fence(space, "moeproxy::engine::decode_end");
   Kokkos::Profiling::popRegion();
-  out.metrics.decode_seconds = timer.seconds();
+  out.metrics.decode_seconds = step_began;  // the last step's end: its fence closed the decode
   if (progress && w.decode_steps > 0)
     *progress << "[moeproxy] decode: " << w.decode_steps << " steps x " << w.batch << " sequences in "
               << out.metrics.decode_seconds << " s (rank 0)\n" << std::flush;

@@ -81,6 +81,9 @@ struct RankMetrics {
   std::vector<CommRecord> comm;
   double prefill_seconds = 0.0;  // wall time of the whole prefill on this rank
   double decode_seconds = 0.0;
+  // Wall time of each decode step on this rank, a failover's recovery and a balancing check
+  // included in their step: the first steps after a prefill can take twice the steady one.
+  std::vector<double> decode_step_seconds;
   double prefill_flops = 0.0;    // model FLOPs this rank computed
   double decode_flops = 0.0;
   // Communication in the prefill and decode: exposed = the communication phases (the rank

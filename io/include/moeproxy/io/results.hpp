@@ -85,6 +85,7 @@ struct ResultsFile {
   bool predicted = false;
   std::vector<std::string> hosts, devices;  // [rank]
   std::vector<double> prefill_wall, decode_wall, prefill_flops, decode_flops;  // [rank]
+  std::vector<double> decode_step_wall;  // [rank, step]; empty in files written before 2026-12-06
   std::vector<double> comm_exposed, comm_hidden;  // [rank]; empty in files from before them
   std::vector<std::string> memory_kinds;
   std::vector<std::uint64_t> memory_bytes;  // [rank, kind]

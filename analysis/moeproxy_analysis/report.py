@@ -193,6 +193,12 @@ def _phase_table(run):
             continue
         lines.append(f"| {run.phases[i]} | {fmt_time(pre[i])} | {fmt_time(dec[i])} |")
     lines.append(f"| **wall** | {fmt_time(run.prefill_wall.max())} | {fmt_time(run.decode_wall.max())} |")
+    steps = run.decode_step_wall
+    if steps is not None and steps.size:
+        # The first steps after a prefill can take twice the steady one: the median step is
+        # the steady TPOT, the first shows the transient.
+        slowest = steps.max(axis=0)
+        lines.append(f"| decode step: first / median | | {fmt_time(slowest[0])} / {fmt_time(float(np.median(slowest)))} |")
     return lines
 
 

@@ -125,6 +125,8 @@ class Run:
     # /balance of a separated run with balancing on: {"attrs": {...}, "checks": {column: array},
     # "trials": {column: array}} (strings decoded), else None.
     balance: object = None
+    # Each decode step's wall, [rank, step] s; None in files written before 2026-12-06.
+    decode_step_wall: object = None
 
     def peak_memory_per_rank(self):
         """Bytes per rank: the device high-water mark where measured, else the sum of kinds.
@@ -240,6 +242,8 @@ def load(path, label=None):
                 decode=f["timing/decode"][()].astype(np.float64),
                 prefill_wall=f["timing/prefill_wall"][()].astype(np.float64),
                 decode_wall=f["timing/decode_wall"][()].astype(np.float64),
+                decode_step_wall=(f["timing/decode_step_wall"][()].astype(np.float64)
+                                  if "timing/decode_step_wall" in f else None),
                 memory_kinds=_strings(f["memory/kinds"]),
                 memory_bytes=f["memory/bytes"][()],
                 flops_prefill=f["flops/prefill"][()] if "flops/prefill" in f else np.zeros(ranks),

@@ -66,7 +66,7 @@ assert rows[3]["expert_imbalance"] == "", "dense runs have no expert imbalance"
 assert all(r["warmup"] == "1" for r in rows), [r["warmup"] for r in rows]
 md = open(f"{rep}/summary.md").read()
 for word in ("| run | deck | layout | ranks |", "TPOT", "TPOT reduction", "q4-phases.png", "comparison.png",
-             "- timed: after 1 untimed warm-up pass"):
+             "- timed: after 1 untimed warm-up pass", "| decode step: first / median | |"):
     assert word in md, word
 
 def png_size(path):

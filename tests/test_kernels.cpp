@@ -278,6 +278,13 @@ TEST_CASE("attention: decode against a longer cache, masked beyond the query", "
   check_attention(2, 4, 4, 16, 1, 17);
 }
 
+// The last block of keys and of a head's dimensions is seldom full: contexts of 1 to 9 keys
+// over heads of 13 dimensions meet every width of a partial block on a CPU (attention_block 8).
+TEST_CASE("attention: decode over contexts and heads that end in a partial block", "[kernels]") {
+  for (int pos0 = 0; pos0 < 9; ++pos0) check_attention(2, 4, 2, 13, 1, pos0);
+  check_attention(1, 2, 1, 5, 1, 30);
+}
+
 // Tiles of attention_tile(hd) queries and keys: several query tiles with a short last one,
 // keys spanning tiles past the queries' own (pos0 > 0), and the 4-wide tiles of hd = 512.
 TEST_CASE("attention: tiled prefill over several query and key tiles matches naive softmax", "[kernels]") {

@@ -23,7 +23,7 @@ from . import results
 
 # Which way "within tolerance of a target" goes; other metrics need `better = ...`.
 HIGHER_IS_BETTER = {"prefill_tokens_per_s", "decode_tokens_per_s", "mfu"}
-LOWER_IS_BETTER = {"ttft_s", "tpot_s", "comm_fraction", "comm_seconds_raw", "comm_exposed_s", "expert_imbalance",
+LOWER_IS_BETTER = {"ttft_s", "tpot_s", "tpot_median_s", "comm_fraction", "comm_seconds_raw", "comm_exposed_s", "expert_imbalance",
                    "max_rel_error", "dropped_tokens", "peak_memory_bytes", "prefill_wall_max_s",
                    "decode_wall_max_s", "comm_bytes_total"}
 TABLE_KEYS = {"min", "max", "target", "tolerance", "better", "equals", "one_of"}
@@ -161,7 +161,7 @@ def load_reference(path):
 
 # Figures a reference may name even when a particular file lacks them (e.g. dense runs
 # have no expert token counts); a name outside this set and the file is a typo.
-KNOWN = {"prefill_tokens_per_s", "ttft_s", "tpot_s", "decode_tokens_per_s", "mfu", "peak_flops",
+KNOWN = {"prefill_tokens_per_s", "ttft_s", "tpot_s", "tpot_median_s", "decode_tokens_per_s", "mfu", "peak_flops",
          "comm_fraction", "comm_seconds_raw", "comm_exposed_s", "comm_hidden_s", "expert_imbalance",
          "dropped_tokens", "verification",
          "max_rel_error", "tolerance", "verification_note", "layout", "mpi_size", "ranks",

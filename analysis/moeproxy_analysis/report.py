@@ -23,6 +23,7 @@ COLUMNS = [
     ("prefill_tokens_per_s", "tokens/s", "prompt tokens / prefill wall time"),
     ("ttft_s", "s", "time to first token"),
     ("tpot_s", "s", "decode wall time / decode steps"),
+    ("tpot_median_s", "s", "median decode step of the slowest rank; empty for files without step walls"),
     ("decode_tokens_per_s", "tokens/s", "batch x decode steps / decode wall time"),
     ("mfu", "fraction", "model FLOP/s / peak FLOP/s; empty where the peak is unknown"),
     ("comm_fraction", "fraction", "communication not hidden by compute / wall time"),
@@ -87,6 +88,7 @@ def row(run, baseline=None):
         "prefill_tokens_per_s": _float(s.get("prefill_tokens_per_s")),
         "ttft_s": _float(s.get("ttft_s")),
         "tpot_s": _float(s.get("tpot_s")),
+        "tpot_median_s": run.derived.get("tpot_median_s"),
         "decode_tokens_per_s": _float(s.get("decode_tokens_per_s")),
         "mfu": results.mfu_or_none(run),
         "comm_fraction": _float(s.get("comm_fraction")),
@@ -193,12 +195,11 @@ def _phase_table(run):
             continue
         lines.append(f"| {run.phases[i]} | {fmt_time(pre[i])} | {fmt_time(dec[i])} |")
     lines.append(f"| **wall** | {fmt_time(run.prefill_wall.max())} | {fmt_time(run.decode_wall.max())} |")
-    steps = run.decode_step_wall
-    if steps is not None and steps.size:
+    if "tpot_median_s" in run.derived:
         # The first steps after a prefill can take twice the steady one: the median step is
         # the steady TPOT, the first shows the transient.
-        slowest = steps.max(axis=0)
-        lines.append(f"| decode step: first / median | | {fmt_time(slowest[0])} / {fmt_time(float(np.median(slowest)))} |")
+        first = run.decode_step_wall.max(axis=0)[0]
+        lines.append(f"| decode step: first / median | | {fmt_time(first)} / {fmt_time(run.derived['tpot_median_s'])} |")
     return lines
 
 

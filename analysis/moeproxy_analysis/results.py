@@ -172,6 +172,10 @@ def _derive(run):
         "comm_bytes_uncompressed_total": float(run.comm_uncompressed_bytes.sum()),
         "comm_bytes_saved": float(run.comm_uncompressed_bytes.sum() - run.comm_bytes.sum()),
     }
+    if run.decode_step_wall is not None and run.decode_step_wall.size:
+        # The first steps after a prefill can take twice the steady one (docs/predict-validation.md):
+        # the median step of the slowest rank is the steady TPOT.
+        d["tpot_median_s"] = float(np.median(run.decode_step_wall.max(axis=0)))
     if run.expert_tokens is not None and run.expert_tokens.size:
         t = run.expert_tokens.astype(np.float64)
         d["expert_tokens_min"] = float(t.min())

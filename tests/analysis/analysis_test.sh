@@ -45,7 +45,7 @@ import csv, struct, sys, h5py
 rep, runs = sys.argv[1], sys.argv[2]
 rows = list(csv.DictReader(open(f"{rep}/summary.csv")))
 assert [r["run"] for r in rows] == ["q1", "q2", "q4", "dense2"], [r["run"] for r in rows]
-need = ["deck", "layout", "ranks", "prefill_tokens_per_s", "ttft_s", "tpot_s", "decode_tokens_per_s",
+need = ["deck", "layout", "ranks", "prefill_tokens_per_s", "ttft_s", "tpot_s", "tpot_median_s", "decode_tokens_per_s",
         "mfu", "comm_fraction", "comm_exposed_s", "comm_hidden_s", "expert_imbalance", "peak_memory_bytes", "verification",
         "prefill_speedup", "decode_speedup", "tpot_reduction_pct"]
 missing = [c for c in need if c not in rows[0]]
@@ -54,6 +54,9 @@ for r in rows:
     with h5py.File(f"{runs}/{r['run']}.h5", "r") as f:
         s = f["summary"].attrs
         assert float(r["tpot_s"]) == s["tpot_s"], (r["run"], r["tpot_s"], s["tpot_s"])
+        slowest = sorted(f["timing/decode_step_wall"][()].max(axis=0))
+        steady = (slowest[(len(slowest) - 1) // 2] + slowest[len(slowest) // 2]) / 2
+        assert abs(float(r["tpot_median_s"]) - steady) <= 1e-12 * steady, (r["run"], r["tpot_median_s"], slowest)
         assert float(r["prefill_tokens_per_s"]) == s["prefill_tokens_per_s"]
         assert r["layout"] == f.attrs["layout"] and int(r["ranks"]) == f.attrs["mpi_size"]
         hw = f["memory/bytes"][()][:, list(f["memory/kinds"].asstr()[()]).index("high_water")]
@@ -112,9 +115,10 @@ title = "one bound no run meets"
 verification = "PASS"
 prefill_tokens_per_s = { target = 1e12, tolerance = 0.05 }
 tpot_s = { max = 10.0 }
+tpot_median_s = { max = 1e-12 }
 EOF
     expect 1 "^prefill_tokens_per_s .*>= 0.95 x 1e+12 .*FAIL$" "^verification .*PASS$" "^tpot_s .*PASS$" \
-      "1 failed" -- "$accept" "$runs/q4.h5" --reference "$ref"
+      "^tpot_median_s .*<= 1e-12 .*FAIL$" "2 failed" -- "$accept" "$runs/q4.h5" --reference "$ref"
     [ "$(tail -1 "$log")" = "FAIL" ] || fail "the last line is not FAIL"
     # The example reference is for 4 ranks: the 2-rank run fails on layout and size.
     expect 1 "^layout .*\"dp=2\" .*FAIL$" "^mpi_size .*FAIL$" -- \

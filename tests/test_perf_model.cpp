@@ -1,6 +1,7 @@
 // The performance model on cases small enough to check by hand.
 
 #include <catch2/catch.hpp>
+#include <cmath>
 #include <numeric>
 
 #include "moeproxy/core/model.hpp"
@@ -636,4 +637,101 @@ TEST_CASE("perf model: attention takes its teams times the team's time at the de
       kernel_size::attention_prefill(cfg.workload.batch, cfg.model.heads, hd, cfg.workload.prompt, 0);
   const Prediction p = predict(cfg, m, 1);
   CHECK(p.per_rank[0].prefill.at(0, Phase::attn_core) == Approx(teams.teams * std::sqrt(10.0) * 1e-6));
+}
+
+namespace {
+
+// An MoE layer of 8 experts, top-2, on `ep` expert ranks of a dp = ep layout: 64 sequences of
+// 32 tokens, so that every expert gets rows in every pass.
+RunConfig moe_on(int ep, RoutingMode routing) {
+  RunConfig cfg;
+  cfg.model.layers = 1;
+  cfg.model.hidden = 64;
+  cfg.model.heads = 4;
+  cfg.model.experts = 8;
+  cfg.model.top_k = 2;
+  cfg.model.ffn_hidden = 128;
+  cfg.workload.batch = 64;
+  cfg.workload.prompt = 32;
+  cfg.workload.decode_steps = 1;
+  cfg.workload.routing = routing;
+  cfg.workload.zipf_exponent = 1.2;
+  cfg.parallel.dp = ep;
+  cfg.parallel.ep = ep;
+  return cfg;
+}
+
+}  // namespace
+
+TEST_CASE("expert shares: even under uniform and learned routing, zipf's as its top-k draws pick experts", "[perf]") {
+  ModelConfig m;
+  m.experts = 8;
+  m.top_k = 2;
+  WorkloadConfig w;
+  for (const RoutingMode even : {RoutingMode::uniform, RoutingMode::learned}) {
+    w.routing = even;
+    for (const double share : expert_shares(m, w)) CHECK(share == 1.0 / 8);
+  }
+  w.routing = RoutingMode::zipf;
+  w.zipf_exponent = 1.2;
+  const std::vector<double> shares = expert_shares(m, w);
+  CHECK(shares == expert_shares(m, w));
+  CHECK(std::accumulate(shares.begin(), shares.end(), 0.0) == Approx(1.0));
+  for (std::size_t e = 1; e < shares.size(); ++e) CHECK(shares[e] < shares[e - 1]);
+  // One draw: the Zipf probabilities themselves. Two draws of three experts without
+  // replacement: e first, or second after i: p_e + sum over i != e of p_i p_e / (1 - p_i).
+  auto zipf = [&](int experts) {
+    std::vector<double> p(static_cast<std::size_t>(experts));
+    for (int e = 0; e < experts; ++e) p[e] = std::pow(e + 1.0, -w.zipf_exponent);
+    const double total = std::accumulate(p.begin(), p.end(), 0.0);
+    for (double& x : p) x /= total;
+    return p;
+  };
+  m.top_k = 1;
+  const std::vector<double> one = expert_shares(m, w), p8 = zipf(8);
+  for (std::size_t e = 0; e < one.size(); ++e) CHECK(one[e] == Approx(p8[e]).margin(0.005));
+  m.experts = 3;
+  m.top_k = 2;
+  const std::vector<double> two = expert_shares(m, w), p3 = zipf(3);
+  for (int e = 0; e < 3; ++e) {
+    double pi = p3[e];
+    for (int i = 0; i < 3; ++i)
+      if (i != e) pi += p3[i] * p3[e] / (1.0 - p3[i]);
+    CHECK(two[e] == Approx(pi / 2.0).margin(0.005));
+  }
+}
+
+TEST_CASE("perf model: under zipf routing the expert rank with the largest share paces each layer", "[perf]") {
+  const MachineSpec m = compute_bound();
+  const RunConfig even = moe_on(2, RoutingMode::uniform), skewed = moe_on(2, RoutingMode::zipf);
+  const std::vector<double> shares = expert_shares(skewed.model, skewed.workload);
+  // Experts 0-3 on the first expert rank, 4-7 on the second.
+  const double busiest = std::accumulate(shares.begin(), shares.begin() + 4, 0.0);
+  REQUIRE(busiest > 0.6);
+  const Prediction e = predict(even, m, 2), z = predict(skewed, m, 2);
+  // Compute-bound GEMMs with rows on every expert: the experts' time is linear in the rows.
+  CHECK(z.per_rank[0].prefill.at(0, Phase::expert) ==
+        Approx(2.0 * busiest * e.per_rank[0].prefill.at(0, Phase::expert)).epsilon(0.01));
+  CHECK(z.summary.ttft_s > e.summary.ttft_s);
+  // On one rank the same rows reach the same experts' GEMMs, however they are spread.
+  const Prediction e1 = predict(moe_on(1, RoutingMode::uniform), m, 1), z1 = predict(moe_on(1, RoutingMode::zipf), m, 1);
+  CHECK(z1.per_rank[0].prefill.at(0, Phase::expert) == Approx(e1.per_rank[0].prefill.at(0, Phase::expert)).epsilon(0.01));
+  // The expected prefill tokens per expert and their imbalance, as a measured run counts them.
+  REQUIRE(z.expert_tokens.size() == 8);
+  const double routed = 64.0 * 32 * 2;
+  for (std::size_t x = 0; x < 8; ++x) CHECK(static_cast<double>(z.expert_tokens[x]) == Approx(routed * shares[x]).margin(0.5));
+  CHECK(z.summary.expert_imbalance == Approx(8.0 * shares[0] - 1.0));
+  CHECK(e.summary.expert_imbalance == Approx(0.0).margin(1e-12));
+  bool said = false;
+  for (const std::string& a : z.assumptions) said = said || a.rfind("zipf:1.2 routing", 0) == 0;
+  CHECK(said);
+}
+
+TEST_CASE("perf model: synthetic routing draws experts without the router's GEMM", "[perf]") {
+  const MachineSpec m = compute_bound();
+  const Prediction learned = predict(moe_on(1, RoutingMode::learned), m, 1);
+  const double gemm = 2.0 * 64 * 32 * 64 * 8 / (m.peak_flops_fp32 * m.gemm_efficiency);
+  CHECK(learned.per_rank[0].prefill.at(0, Phase::router) >= gemm);
+  for (const RoutingMode synthetic : {RoutingMode::uniform, RoutingMode::zipf})
+    CHECK(predict(moe_on(1, synthetic), m, 1).per_rank[0].prefill.at(0, Phase::router) < 1e-3 * gemm);
 }

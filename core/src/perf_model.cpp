@@ -87,6 +87,58 @@ void must_divide(int degree, const char* degree_key, int value, const char* valu
                      degree_key + " that divides " + std::to_string(value));
 }
 
+}  // namespace
+
+namespace {
+
+// splitmix64 (Steele, Lea, Flood 2014): a fixed sequence of uniform doubles in [0, 1).
+struct UniformSequence {
+  std::uint64_t state = 0x9e3779b97f4a7c15ULL;
+  double next() {
+    std::uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return static_cast<double>((z ^ (z >> 31)) >> 11) * 0x1.0p-53;
+  }
+};
+
+}  // namespace
+
+std::vector<double> expert_shares(const ModelConfig& m, const WorkloadConfig& w) {
+  const int experts = std::max(1, m.experts), k = std::clamp(m.top_k, 1, experts);
+  std::vector<double> shares(static_cast<std::size_t>(experts), 1.0 / experts);
+  if (w.routing != RoutingMode::zipf || experts == 1) return shares;
+  std::vector<double> cdf(shares.size());
+  double total = 0.0, acc = 0.0;
+  for (int e = 0; e < experts; ++e) total += std::pow(e + 1.0, -w.zipf_exponent);
+  for (int e = 0; e < experts; ++e) cdf[e] = (acc += std::pow(e + 1.0, -w.zipf_exponent) / total);
+  // route_synthetic's draws: the first expert whose cumulative share exceeds u, again where a
+  // token already has it, up to 64 tries, then the lowest expert it lacks.
+  constexpr int tokens = 1 << 16, max_draws = 64;
+  UniformSequence u;
+  std::vector<double> picks(shares.size(), 0.0);
+  std::vector<int> chosen;
+  for (int t = 0; t < tokens; ++t) {
+    chosen.clear();
+    for (int j = 0; j < k; ++j) {
+      auto lacks = [&](int e) { return std::find(chosen.begin(), chosen.end(), e) == chosen.end(); };
+      int pick = -1;
+      for (int a = 0; a < max_draws && pick < 0; ++a) {
+        const int e = std::min(experts - 1, static_cast<int>(std::upper_bound(cdf.begin(), cdf.end(), u.next()) - cdf.begin()));
+        if (lacks(e)) pick = e;
+      }
+      for (int e = 0; pick < 0; ++e)
+        if (lacks(e)) pick = e;
+      chosen.push_back(pick);
+      picks[pick] += 1.0;
+    }
+  }
+  for (std::size_t e = 0; e < shares.size(); ++e) shares[e] = picks[e] / (static_cast<double>(tokens) * k);
+  return shares;
+}
+
+namespace {
+
 // ---- What one rank holds and runs.
 
 // The part of every layer a rank holds. Attention-less ranks (experts of a separated layout)
@@ -103,10 +155,43 @@ int busiest_experts(const RunConfig& cfg, int ranks) {
   return static_cast<int>(most);
 }
 
+// The holder of experts that receives the largest share of the routed rows in any layer
+// (expert_shares), among `holders` contiguous blocks of the experts or, with a
+// parallel.expert_map, the map's ranks: it sets the pace of each layer's all-to-all.
+struct ExpertHolder {
+  double share = 0.0;            // of all routed rows
+  std::vector<double> weights;   // each held expert's part of the holder's rows
+};
+
+ExpertHolder busiest_holder(const RunConfig& cfg, int holders) {
+  const std::vector<double> shares = expert_shares(cfg.model, cfg.workload);
+  ExpertHolder busiest;
+  auto consider = [&](const std::vector<int>& held) {
+    double share = 0.0;
+    for (const int e : held) share += shares[static_cast<std::size_t>(e)];
+    if (share <= busiest.share) return;
+    busiest.share = share;
+    busiest.weights.clear();
+    for (const int e : held) busiest.weights.push_back(shares[static_cast<std::size_t>(e)] / share);
+  };
+  const auto& map = cfg.parallel.expert_map;
+  for (const auto& layer : map)
+    for (const auto& held : layer) consider(held);
+  if (!map.empty()) return busiest;
+  const int per = cfg.model.experts / holders;
+  for (int h = 0; h < holders; ++h) {
+    std::vector<int> held(static_cast<std::size_t>(per));
+    std::iota(held.begin(), held.end(), h * per);
+    consider(held);
+  }
+  return busiest;
+}
+
 struct Shard {
   int heads = 0, kv_heads = 0, head_dims = 0;
   int ffn = 0;         // columns of each FFN held
-  int experts = 0;     // local experts (1 for a dense FFN)
+  int experts = 0;     // local experts (1 for a dense FFN), the most any rank holds: its memory
+  std::vector<double> expert_weights{1.0};  // the busiest holder's experts' parts of its rows: its compute
   double rows = 1.0;   // routed rows computed here per token of the rank's routing group
   bool router = true;  // routes its tokens (MoE)
 };
@@ -187,7 +272,7 @@ class Model {
   // activations pass, a decode step's as its weights do (MachineProfiles).
   Model(const RunConfig& cfg, const MachineSpec& machine, double footprint, int n)
       : m_(cfg.model), mc_(machine), p_(cfg.model.precision), es_(element_size(cfg.model.precision)),
-        footprint_(footprint), sweep_(n > 1 ? Sweep::read : Sweep::weights) {}
+        footprint_(footprint), sweep_(n > 1 ? Sweep::read : Sweep::weights), routing_(cfg.workload.routing) {}
 
   static double element_size(Precision p) { return p == Precision::fp16 ? 2.0 : 4.0; }
   double es() const { return es_; }
@@ -290,9 +375,12 @@ class Model {
 
   // Router, permutation and combination of t tokens' routed rows, wherever the rank that
   // holds the attention routes them.
+  // Synthetic routing (uniform, zipf) draws each token's experts without the router's GEMM.
   double router(double t) const {
+    const double choice = stream(kernel_size::top_k(t, m_.experts, m_.top_k, es_));
+    if (routing_ != RoutingMode::learned) return choice;
     return op_by("router", m_.hidden, kernel_size::router(t, m_.hidden, m_.experts, m_.top_k, es_),
-                 gemm(t, m_.hidden, m_.experts) + stream(kernel_size::top_k(t, m_.experts, m_.top_k, es_)));
+                 gemm(t, m_.hidden, m_.experts) + choice);
   }
   double permute(double t) const {
     const double routed = t * m_.top_k;
@@ -310,7 +398,7 @@ class Model {
     const double mats = m_.activation == Activation::swiglu ? 3.0 : 2.0;
     c.add(Phase::norm, norm(t));
     if (!m_.is_moe()) {
-      c.add(Phase::ffn, expert_block(t, s.ffn, 1.0, mats) + add(t));
+      c.add(Phase::ffn, expert_block(t, s.ffn, {1.0}, mats) + add(t));
       reduce(c, g, t);
       return;
     }
@@ -320,15 +408,17 @@ class Model {
     synchronise(c, Phase::dispatch, g.expert.size);
     Cost exchange;
     if (g.expert.size > 1) {
+      // Each rank sends its routed rows for the others; the busiest receives s.rows times its
+      // even share of them, and the exchange ends when it has.
       const double leaving = es_ * routed * d * (g.expert.size - 1) / g.expert.size;
-      const double each = alltoallv(g.expert, leaving);
+      const double each = alltoallv(g.expert, leaving * std::max(1.0, s.rows));
       const double counts = alltoallv(g.expert, 4.0 * m_.experts);
       exchange.communicate(Phase::dispatch, "alltoall", "ep", g.expert.size, 4.0 * m_.experts, counts);
       exchange.communicate(Phase::dispatch, "alltoallv", "ep", g.expert.size, leaving, each);
       exchange.communicate(Phase::dispatch, "alltoallv", "ep", g.expert.size, leaving, each);
     }
     const double rows = routed * s.rows;
-    const double expert = expert_block(rows, s.ffn, s.experts, mats, g.expert.size);
+    const double expert = expert_block(rows, s.ffn, s.expert_weights, mats, g.expert.size);
     c.add(Phase::expert, expert);
     synchronise(c, Phase::dispatch, g.expert.size);
     c.add(Phase::combine, combine(t));
@@ -346,19 +436,31 @@ class Model {
     reduce(c, g, t);
   }
 
-  // The experts' GEMMs over `rows` rows spread evenly over `experts` experts of `cols`
-  // columns: every expert with at least one row reads its weights once. Rows from several
-  // `sources` are gathered expert by expert first and put back after (Transformer::ffn_rows).
-  double expert_block(double rows, double cols, double experts, double mats, double sources = 1.0) const {
-    if (rows <= 0.0 || experts <= 0.0) return 0.0;
+  // The experts' GEMMs over `rows` rows, each row going to an expert of `cols` columns with
+  // its part of `weights` (one per expert held): an expert with at least one row reads its
+  // weights once. Rows from several `sources` are gathered expert by expert first and put back
+  // after (Transformer::ffn_rows).
+  double expert_block(double rows, double cols, const std::vector<double>& weights, double mats,
+                      double sources = 1.0) const {
+    if (rows <= 0.0 || weights.empty()) return 0.0;
     const double d = m_.hidden;
     const double regroup = sources > 1.0 ? 2.0 * op("gather", kernel_size::gather(rows, d, es_)) : 0.0;
-    const double active = experts <= 1.0 ? 1.0 : experts * (1.0 - std::pow(1.0 - 1.0 / experts, rows));
-    const double per = rows / active;
     // One expert: W1 (and W3), each a roofline of its own, the bandwidth-bound activation, W2.
-    const double one = (mats - 1.0) * gemm(per, d, cols) + op("activate", kernel_size::activate(per, cols, mats, es_)) +
-                       gemm(per, cols, d);
-    return active * one + regroup;
+    auto one = [&](double per) {
+      return (mats - 1.0) * gemm(per, d, cols) + op("activate", kernel_size::activate(per, cols, mats, es_)) +
+             gemm(per, cols, d);
+    };
+    double seconds = 0.0, last_weight = -1.0, last = 0.0;
+    for (const double w : weights) {
+      if (w <= 0.0) continue;
+      if (w != last_weight) {  // an even split prices one expert
+        const double active = w >= 1.0 ? 1.0 : 1.0 - std::pow(1.0 - w, rows);
+        last_weight = w;
+        last = active * one(rows * w / active);
+      }
+      seconds += last;
+    }
+    return seconds + regroup;
   }
 
   // What a rank of a `size`-rank group waits at a synchronisation for the slowest of the
@@ -386,6 +488,7 @@ class Model {
   double es_;
   double footprint_;
   Sweep sweep_;
+  RoutingMode routing_;
 };
 
 // The bytes a pass of n new tokens per sequence moves through a rank's caches: its weights
@@ -506,9 +609,12 @@ void summarize(const RunConfig& cfg, const MachineSpec& machine, Prediction& out
   s.verification = "SKIPPED";
   s.verification_note = "predicted by the performance model for machine " + machine.name + ", not run";
   if (cfg.model.is_moe()) {
-    const double per = static_cast<double>(w.batch) * w.prompt * cfg.model.top_k / cfg.model.experts;
-    out.expert_tokens.assign(static_cast<std::size_t>(cfg.model.layers) * cfg.model.experts,
-                             static_cast<std::uint64_t>(std::llround(per)));
+    const double routed = static_cast<double>(w.batch) * w.prompt * cfg.model.top_k;
+    const std::vector<double> shares = expert_shares(cfg.model, w);
+    for (int l = 0; l < cfg.model.layers; ++l)
+      for (const double share : shares) out.expert_tokens.push_back(static_cast<std::uint64_t>(std::llround(routed * share)));
+    const double most = *std::max_element(shares.begin(), shares.end());
+    s.expert_imbalance = most * cfg.model.experts - 1.0;
   }
 }
 
@@ -544,7 +650,11 @@ Prediction predict_grid(const RunConfig& cfg, const MachineSpec& machine, int ra
   s.kv_heads = kv_heads_held(m, s.heads);
   s.ffn = m.ffn_hidden / columns;
   s.experts = m.is_moe() ? (p.expert_map.empty() ? m.experts / (p.ep * sets) : busiest_experts(cfg, p.ep)) : 1;
-  s.rows = p.expert_map.empty() ? 1.0 / sets : static_cast<double>(p.ep) * s.experts / m.experts;
+  if (m.is_moe()) {
+    const ExpertHolder busiest = busiest_holder(cfg, p.expert_map.empty() ? p.ep * sets : p.ep);
+    s.expert_weights = busiest.weights;
+    s.rows = p.ep * busiest.share;
+  }
   Groups g;
   g.tensor = group_shape(group, 1, gpn);
   g.dim = group_shape(p.dim_groups, 1, gpn);
@@ -702,13 +812,15 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
   if (data_parallel) ga.dim = group_shape(p.dim_groups, 1, gpn);
   Shard moe;
   moe.experts = busiest_experts(cfg, E);
+  const ExpertHolder busiest = busiest_holder(cfg, E);
+  moe.expert_weights = busiest.weights;
   moe.ffn = m.ffn_hidden;
   moe.router = false;
   const double es = Model::element_size(m.precision), d = m.hidden, k = m.top_k;
   RankMetrics ra, re;
   const double t_rank = static_cast<double>(seqs_rank) * w.prompt;
   ra.memory = memory_of(m, w, attn, m.layers, seqs_rank, es, es * 2.0 * t_rank * k * d / (data_parallel ? 1.0 : A), true);
-  moe.rows = static_cast<double>(w.batch) / seqs_rank / E;  // routed rows here per token of an attention replica
+  moe.rows = static_cast<double>(w.batch) / seqs_rank * busiest.share;  // routed rows here per token of an attention replica
   re.memory = memory_of(m, w, moe, m.layers, seqs_rank, es, es * 2.0 * w.batch * w.prompt * k * d / E, false);
   const bool across = ranks > gpn;
   const Link& link = across ? machine.inter : machine.intra;
@@ -735,11 +847,11 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
     if (last) a.add(Phase::norm, attn_model.norm(t));
     // Replicas send their own rows; ranks sharing heads hold every row and send 1/group each.
     const double sent = es * t * k * d / (data_parallel ? 1.0 : A);
-    const double received = es * all * k * d * moe.experts / m.experts;  // per (busiest) expert rank
+    const double received = es * all * k * d * busiest.share;  // per (busiest) expert rank
     const double hop = link.latency + E * machine.peer_overhead + std::max(sent, received) / (link.bandwidth * link.efficiency);
     Cost e;
     const double mats = m.activation == Activation::swiglu ? 3.0 : 2.0;
-    e.add(Phase::expert, moe_model.expert_block(all * k * moe.experts / m.experts, m.ffn_hidden, moe.experts, mats, A));
+    e.add(Phase::expert, moe_model.expert_block(all * k * busiest.share, m.ffn_hidden, moe.expert_weights, mats, A));
     const double work_a = a.total(), work_e = e.total();
     const double loop = work_a + 2.0 * hop + work_e;
     L.wall = std::max(loop, mb * std::max({work_a, work_e, hop}));
@@ -834,6 +946,31 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
 
 }  // namespace
 
+namespace {
+
+std::string routing_assumption(const RunConfig& cfg) {
+  const WorkloadConfig& w = cfg.workload;
+  switch (w.routing) {
+    case RoutingMode::uniform:
+      return "uniform routing: every expert gets its even share of the routed rows";
+    case RoutingMode::learned:
+      return "learned routing predicted as even: every expert gets its even share of the routed rows (the "
+             "router's choice depends on weights and activations the model does not see; a measured run's "
+             "expert_imbalance shows how far from even they are)";
+    case RoutingMode::zipf: break;
+  }
+  const std::vector<double> shares = expert_shares(cfg.model, w);
+  std::ostringstream line;
+  line.precision(3);
+  line << to_string(w.routing, w.zipf_exponent) << " routing: each expert's expected share of the routed rows "
+       << "from workload.routing's draws (expert 0: " << 100.0 * shares.front() << "%, expert " << shares.size() - 1
+       << ": " << 100.0 * shares.back() << "%); the expert rank with the largest share paces every layer, and "
+       << "every rank is reported as that rank (the others wait for it at the all-to-all)";
+  return line.str();
+}
+
+}  // namespace
+
 Prediction predict(const RunConfig& cfg, const MachineSpec& machine, int ranks) {
   if (ranks < 1) throw InputError("--ranks " + std::to_string(ranks) + ": need at least one rank");
   if (machine.peak_flops(cfg.model.precision) <= 0.0 || machine.memory_bandwidth <= 0.0 ||
@@ -842,7 +979,7 @@ Prediction predict(const RunConfig& cfg, const MachineSpec& machine, int ranks) 
                      ", a memory bandwidth, link bandwidths or devices_per_node");
   Prediction out = cfg.parallel.attn_ranks > 0 ? predict_separated(cfg, machine, ranks) : predict_grid(cfg, machine, ranks);
   summarize(cfg, machine, out);
-  out.assumptions.push_back("uniform routing: every expert gets its even share of the routed rows");
+  if (cfg.model.is_moe()) out.assumptions.push_back(routing_assumption(cfg));
   out.assumptions.push_back("warm passes: no first-call costs, as a run with workload.warmup >= 1 measures");
   if (const KernelProfiles* measured = machine.profiles.any()) {
     std::string names = measured->gemm.empty() ? "" : "gemm";

@@ -28,6 +28,13 @@ namespace moeproxy {
 // only the scores it computes).
 double forward_flops(const ModelConfig& model, int batch, int tokens, int pos0);
 
+// The expected share of the routed rows that each expert receives (the shares sum to 1): even
+// under "uniform" and "learned" routing (a learned router's preferences depend on weights and
+// activations the model does not see); under "zipf:s", how often a token's top_k draws without
+// replacement from P(e) ~ (e + 1)^-s pick e, as the runtime draws them (route_synthetic),
+// estimated from 65536 tokens of a fixed sequence: the same shares on every call.
+std::vector<double> expert_shares(const ModelConfig& model, const WorkloadConfig& workload);
+
 // One level of the interconnect, per device and direction.
 struct Link {
   double bandwidth = 0.0;   // bytes/s

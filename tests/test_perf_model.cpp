@@ -701,7 +701,8 @@ TEST_CASE("expert shares: even under uniform and learned routing, zipf's as its 
   }
 }
 
-TEST_CASE("perf model: under zipf routing the expert rank with the largest share paces each layer", "[perf]") {
+TEST_CASE("perf model: under zipf routing the expert rank with the largest share paces each layer, the others wait",
+          "[perf]") {
   const MachineSpec m = compute_bound();
   const RunConfig even = moe_on(2, RoutingMode::uniform), skewed = moe_on(2, RoutingMode::zipf);
   const std::vector<double> shares = expert_shares(skewed.model, skewed.workload);
@@ -713,6 +714,16 @@ TEST_CASE("perf model: under zipf routing the expert rank with the largest share
   CHECK(z.per_rank[0].prefill.at(0, Phase::expert) ==
         Approx(2.0 * busiest * e.per_rank[0].prefill.at(0, Phase::expert)).epsilon(0.01));
   CHECK(z.summary.ttft_s > e.summary.ttft_s);
+  // The second rank computes the rest of the rows and waits for the first at the all-to-all.
+  const RankMetrics &first = z.per_rank[0], &second = z.per_rank[1];
+  CHECK(second.prefill.at(0, Phase::expert) ==
+        Approx(2.0 * (1.0 - busiest) * e.per_rank[0].prefill.at(0, Phase::expert)).epsilon(0.01));
+  CHECK(second.prefill.at(0, Phase::dispatch) - first.prefill.at(0, Phase::dispatch) ==
+        Approx(first.prefill.at(0, Phase::expert) - second.prefill.at(0, Phase::expert)));
+  CHECK(phase_sum(second.prefill) == Approx(phase_sum(first.prefill)));
+  CHECK(phase_sum(second.decode) == Approx(phase_sum(first.decode)));
+  CHECK(second.decode.at(0, Phase::expert) < first.decode.at(0, Phase::expert));
+  CHECK(e.per_rank[1].prefill.at(0, Phase::dispatch) == Approx(e.per_rank[0].prefill.at(0, Phase::dispatch)));
   // On one rank the same rows reach the same experts' GEMMs, however they are spread.
   const Prediction e1 = predict(moe_on(1, RoutingMode::uniform), m, 1), z1 = predict(moe_on(1, RoutingMode::zipf), m, 1);
   CHECK(z1.per_rank[0].prefill.at(0, Phase::expert) == Approx(e1.per_rank[0].prefill.at(0, Phase::expert)).epsilon(0.01));

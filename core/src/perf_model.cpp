@@ -155,36 +155,48 @@ int busiest_experts(const RunConfig& cfg, int ranks) {
   return static_cast<int>(most);
 }
 
-// The holder of experts that receives the largest share of the routed rows in any layer
-// (expert_shares), among `holders` contiguous blocks of the experts or, with a
-// parallel.expert_map, the map's ranks: it sets the pace of each layer's all-to-all.
+// A holder of experts (a placement rank: parallel.expert_map's ranks, else contiguous blocks
+// of the experts) and its expected share of the routed rows (expert_shares) in one layer.
 struct ExpertHolder {
   double share = 0.0;            // of all routed rows
   std::vector<double> weights;   // each held expert's part of the holder's rows
 };
 
-ExpertHolder busiest_holder(const RunConfig& cfg, int holders) {
+// holders[layer][holder] of the deck's placement over `count` holders.
+std::vector<std::vector<ExpertHolder>> expert_holders(const RunConfig& cfg, int count) {
   const std::vector<double> shares = expert_shares(cfg.model, cfg.workload);
-  ExpertHolder busiest;
-  auto consider = [&](const std::vector<int>& held) {
-    double share = 0.0;
-    for (const int e : held) share += shares[static_cast<std::size_t>(e)];
-    if (share <= busiest.share) return;
-    busiest.share = share;
-    busiest.weights.clear();
-    for (const int e : held) busiest.weights.push_back(shares[static_cast<std::size_t>(e)] / share);
-  };
   const auto& map = cfg.parallel.expert_map;
-  for (const auto& layer : map)
-    for (const auto& held : layer) consider(held);
-  if (!map.empty()) return busiest;
-  const int per = cfg.model.experts / holders;
-  for (int h = 0; h < holders; ++h) {
-    std::vector<int> held(static_cast<std::size_t>(per));
-    std::iota(held.begin(), held.end(), h * per);
-    consider(held);
-  }
-  return busiest;
+  std::vector<std::vector<ExpertHolder>> out(static_cast<std::size_t>(cfg.model.layers));
+  for (int l = 0; l < cfg.model.layers; ++l)
+    for (int h = 0; h < count; ++h) {
+      std::vector<int> held;
+      if (!map.empty()) {
+        held = map[cfg.parallel.expert_map_per_layer ? static_cast<std::size_t>(l) : 0][static_cast<std::size_t>(h)];
+      } else {
+        held.resize(static_cast<std::size_t>(cfg.model.experts / count));
+        std::iota(held.begin(), held.end(), h * static_cast<int>(held.size()));
+      }
+      ExpertHolder holder;
+      for (const int e : held) holder.share += shares[static_cast<std::size_t>(e)];
+      if (holder.share > 0.0)  // else it receives no rows
+        for (const int e : held) holder.weights.push_back(shares[static_cast<std::size_t>(e)] / holder.share);
+      out[static_cast<std::size_t>(l)].push_back(holder);
+    }
+  return out;
+}
+
+// The holder with the largest share of one layer's rows: it sets the pace of the layer.
+const ExpertHolder& busiest(const std::vector<ExpertHolder>& layer) {
+  return *std::max_element(layer.begin(), layer.end(),
+                           [](const ExpertHolder& a, const ExpertHolder& b) { return a.share < b.share; });
+}
+
+// The busiest holder of any layer.
+ExpertHolder busiest_holder(const RunConfig& cfg, int count) {
+  ExpertHolder most;
+  for (const auto& layer : expert_holders(cfg, count))
+    if (busiest(layer).share > most.share) most = busiest(layer);
+  return most;
 }
 
 struct Shard {
@@ -417,8 +429,7 @@ class Model {
       exchange.communicate(Phase::dispatch, "alltoallv", "ep", g.expert.size, leaving, each);
       exchange.communicate(Phase::dispatch, "alltoallv", "ep", g.expert.size, leaving, each);
     }
-    const double rows = routed * s.rows;
-    const double expert = expert_block(rows, s.ffn, s.expert_weights, mats, g.expert.size);
+    const double expert = experts(s, g, t);
     c.add(Phase::expert, expert);
     synchronise(c, Phase::dispatch, g.expert.size);
     c.add(Phase::combine, combine(t));
@@ -434,6 +445,12 @@ class Model {
     }
     c.add(exchange);
     reduce(c, g, t);
+  }
+
+  // The experts' compute of a rank holding shard s, for t tokens of each rank of its group.
+  double experts(const Shard& s, const Groups& g, double t) const {
+    const double mats = m_.activation == Activation::swiglu ? 3.0 : 2.0;
+    return expert_block(t * m_.top_k * s.rows, s.ffn, s.expert_weights, mats, g.expert.size);
   }
 
   // The experts' GEMMs over `rows` rows, each row going to an expert of `cols` columns with
@@ -554,6 +571,11 @@ int kv_heads_held(const ModelConfig& m, int heads_held) {
 }
 
 struct Stage {
+  // [layer of the stage][holder of experts]: how much less than the layer's busiest holder a
+  // holder computes, one micro-batch, waited at the all-to-all instead.
+  using Idle = std::vector<std::vector<double>>;
+  Idle idle_prefill;
+  std::vector<Idle> idle_decode;  // [step]
   Cost prefill_per_mb;  // one micro-batch, this stage's layers (and the hand-off)
   std::vector<Cost> decode_per_mb;  // [step]
   std::vector<Cost> layer_prefill;  // [layer of the stage], one micro-batch
@@ -650,11 +672,20 @@ Prediction predict_grid(const RunConfig& cfg, const MachineSpec& machine, int ra
   s.kv_heads = kv_heads_held(m, s.heads);
   s.ffn = m.ffn_hidden / columns;
   s.experts = m.is_moe() ? (p.expert_map.empty() ? m.experts / (p.ep * sets) : busiest_experts(cfg, p.ep)) : 1;
-  if (m.is_moe()) {
-    const ExpertHolder busiest = busiest_holder(cfg, p.expert_map.empty() ? p.ep * sets : p.ep);
-    s.expert_weights = busiest.weights;
-    s.rows = p.ep * busiest.share;
-  }
+  // Each layer is paced by its busiest holder of experts; the other holders compute less and
+  // wait for it at the all-to-all that brings the rows back.
+  const int holder_count = m.is_moe() ? (p.expert_map.empty() ? p.ep * sets : p.ep) : 0;
+  const auto holders = m.is_moe() ? expert_holders(cfg, holder_count) : std::vector<std::vector<ExpertHolder>>{};
+  auto holding = [&](const ExpertHolder& h) {
+    Shard shard = s;
+    shard.expert_weights = h.weights;
+    shard.rows = p.ep * h.share;
+    return shard;
+  };
+  auto holder_of_rank = [&](int rank) {
+    const int tp = rank % group, ep = (rank / group) % p.dp % p.ep;
+    return p.expert_map.empty() ? ep * sets + tp / columns : ep;
+  };
   Groups g;
   g.tensor = group_shape(group, 1, gpn);
   g.dim = group_shape(p.dim_groups, 1, gpn);
@@ -678,14 +709,23 @@ Prediction predict_grid(const RunConfig& cfg, const MachineSpec& machine, int ra
     if (p.ep > 1) comm_bytes += es * 2.0 * per_replica * w.prompt * m.top_k * d;
     if (p.pp > 1) comm_bytes += es * static_cast<double>(seqs) * w.prompt * d;
     S.memory = memory_of(m, w, s, S.layer_count, per_replica, es, comm_bytes, true);
-    auto pass = [&](int n, int pos0, std::vector<Cost>& layers, Cost& whole) {
+    auto pass = [&](int n, int pos0, std::vector<Cost>& layers, Cost& whole, Stage::Idle& idle) {
       const Model model(cfg, machine, cache_footprint(machine, pass_footprint(S.memory, n, w.prompt), node_ranks), n);
       const double t = static_cast<double>(seqs) * n;
       for (int l = 0; l < S.layer_count; ++l) {
         Cost c;
         if (st == 0 && l == 0 && pos0 == 0) c.outside += model.input(t);
         model.attention(c, s, g, seqs, n, pos0);
-        model.ffn(c, s, g, t, p.ep_chunks);
+        idle.emplace_back();
+        if (holders.empty()) {
+          model.ffn(c, s, g, t, p.ep_chunks);
+        } else {
+          const auto& layer = holders[static_cast<std::size_t>(S.layer_begin + l)];
+          const Shard pace = holding(busiest(layer));
+          model.ffn(c, pace, g, t, p.ep_chunks);
+          const double most = model.experts(pace, g, t);
+          for (const ExpertHolder& h : layer) idle.back().push_back(most - model.experts(holding(h), g, t));
+        }
         layers.push_back(c);
       }
       Cost& tail = layers.back();
@@ -701,11 +741,12 @@ Prediction predict_grid(const RunConfig& cfg, const MachineSpec& machine, int ra
       }
       for (const Cost& c : layers) whole.add(c);
     };
-    pass(w.prompt, 0, S.layer_prefill, S.prefill_per_mb);
+    pass(w.prompt, 0, S.layer_prefill, S.prefill_per_mb, S.idle_prefill);
     for (int step = 0; step < w.decode_steps; ++step) {
       S.layer_decode.emplace_back();
       S.decode_per_mb.emplace_back();
-      pass(1, w.prompt + step, S.layer_decode.back(), S.decode_per_mb.back());
+      S.idle_decode.emplace_back();
+      pass(1, w.prompt + step, S.layer_decode.back(), S.decode_per_mb.back(), S.idle_decode.back());
     }
   }
   // Stage s receives what stage s - 1 sends: the transfer shows in its recv phase, with the
@@ -747,9 +788,27 @@ Prediction predict_grid(const RunConfig& cfg, const MachineSpec& machine, int ra
     r.memory = S.memory;
     for (const auto& entry : stage_comm[st]) r.comm.push_back(entry.second);
   }
+  // A holder's idle time moves from its expert phase to the wait at the collective that
+  // brings the rows back: the all-to-all with EP, else the tensor group's all-reduce.
+  const Phase waits_in = p.ep > 1 ? Phase::dispatch : Phase::allreduce;
+  auto idle_in = [&](const Stage::Idle& idle, int layer_begin, int holder, PhaseTable& table) {
+    for (std::size_t l = 0; l < idle.size(); ++l) {
+      if (idle[l].empty()) continue;
+      const double seconds = mb * idle[l][static_cast<std::size_t>(holder)];
+      table.add(layer_begin + static_cast<int>(l), Phase::expert, -seconds);
+      table.add(layer_begin + static_cast<int>(l), waits_in, seconds);
+    }
+  };
   for (int rank = 0; rank < ranks; ++rank) {
     const int st = rank / stride;
     out.per_rank.push_back(stage_metrics[st]);
+    if (holder_count > 1) {
+      const Stage& S = stages[st];
+      RankMetrics& r = out.per_rank.back();
+      idle_in(S.idle_prefill, S.layer_begin, holder_of_rank(rank), r.prefill);
+      for (int step = 0; step < w.decode_steps; ++step)
+        idle_in(S.idle_decode[step], S.layer_begin, holder_of_rank(rank), r.decode);
+    }
     out.roles.push_back(p.pp > 1 ? "stage " + std::to_string(st) : "all layers");
   }
   std::ostringstream layout;
@@ -964,8 +1023,9 @@ std::string routing_assumption(const RunConfig& cfg) {
   line.precision(3);
   line << to_string(w.routing, w.zipf_exponent) << " routing: each expert's expected share of the routed rows "
        << "from workload.routing's draws (expert 0: " << 100.0 * shares.front() << "%, expert " << shares.size() - 1
-       << ": " << 100.0 * shares.back() << "%); the expert rank with the largest share paces every layer, and "
-       << "every rank is reported as that rank (the others wait for it at the all-to-all)";
+       << ": " << 100.0 * shares.back() << "%); the expert rank with the largest share paces every layer, the others compute their "
+       << "own shares and wait for it"
+       << (cfg.parallel.attn_ranks > 0 ? " (with separation every expert rank is reported as the busiest)" : "");
   return line.str();
 }
 

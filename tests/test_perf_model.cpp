@@ -724,6 +724,9 @@ TEST_CASE("perf model: under zipf routing the expert rank with the largest share
   CHECK(phase_sum(second.decode) == Approx(phase_sum(first.decode)));
   CHECK(second.decode.at(0, Phase::expert) < first.decode.at(0, Phase::expert));
   CHECK(e.per_rank[1].prefill.at(0, Phase::dispatch) == Approx(e.per_rank[0].prefill.at(0, Phase::dispatch)));
+  // Every rank's buffers are sized for the busiest's rows.
+  const auto activations = [](const Prediction& p) { return p.per_rank[1].memory[static_cast<int>(MemoryKind::activations)]; };
+  CHECK(activations(z) > activations(e));
   // On one rank the same rows reach the same experts' GEMMs, however they are spread.
   const Prediction e1 = predict(moe_on(1, RoutingMode::uniform), m, 1), z1 = predict(moe_on(1, RoutingMode::zipf), m, 1);
   CHECK(z1.per_rank[0].prefill.at(0, Phase::expert) == Approx(e1.per_rank[0].prefill.at(0, Phase::expert)).epsilon(0.01));

@@ -87,10 +87,6 @@ void must_divide(int degree, const char* degree_key, int value, const char* valu
                      degree_key + " that divides " + std::to_string(value));
 }
 
-}  // namespace
-
-namespace {
-
 // splitmix64 (Steele, Lea, Flood 2014): a fixed sequence of uniform doubles in [0, 1).
 struct UniformSequence {
   std::uint64_t state = 0x9e3779b97f4a7c15ULL;
@@ -192,9 +188,9 @@ const ExpertHolder& busiest(const std::vector<ExpertHolder>& layer) {
 }
 
 // The busiest holder of any layer.
-ExpertHolder busiest_holder(const RunConfig& cfg, int count) {
+ExpertHolder busiest_holder(const std::vector<std::vector<ExpertHolder>>& holders) {
   ExpertHolder most;
-  for (const auto& layer : expert_holders(cfg, count))
+  for (const auto& layer : holders)
     if (busiest(layer).share > most.share) most = busiest(layer);
   return most;
 }
@@ -682,6 +678,7 @@ Prediction predict_grid(const RunConfig& cfg, const MachineSpec& machine, int ra
     shard.rows = p.ep * h.share;
     return shard;
   };
+  if (m.is_moe()) s = holding(busiest_holder(holders));  // the memory of the busiest of any layer
   auto holder_of_rank = [&](int rank) {
     const int tp = rank % group, ep = (rank / group) % p.dp % p.ep;
     return p.expert_map.empty() ? ep * sets + tp / columns : ep;
@@ -871,7 +868,7 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
   if (data_parallel) ga.dim = group_shape(p.dim_groups, 1, gpn);
   Shard moe;
   moe.experts = busiest_experts(cfg, E);
-  const ExpertHolder busiest = busiest_holder(cfg, E);
+  const ExpertHolder busiest = busiest_holder(expert_holders(cfg, E));
   moe.expert_weights = busiest.weights;
   moe.ffn = m.ffn_hidden;
   moe.router = false;

@@ -26,10 +26,10 @@ Matrix RowCodec::encode(const ExecSpace& space, const Matrix& rows) {
   return wire;
 }
 
-Matrix RowCodec::wire_buffer(const ExecSpace& space, const Matrix& rows, const char* label) const {
+Matrix RowCodec::wire_buffer(Matrix& buffer, const Matrix& rows, const char* label) const {
   if (!compresses()) return rows;
   const int n = static_cast<int>(rows.extent(0)), d = static_cast<int>(rows.extent(1));
-  return Matrix(Kokkos::view_alloc(space, std::string(label)), n, wire_width(d));
+  return front(buffer, n, wire_width(d), label);
 }
 
 void RowCodec::encode_into(const ExecSpace& space, const Matrix& rows, const Matrix& wire) const {

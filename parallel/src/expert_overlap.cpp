@@ -69,12 +69,13 @@ std::vector<Chunk> cut(const ExpertTraffic& t, int chunks) {
 
 void run_chunked_experts(const ExecSpace& space, DeviceComm& ep, RowCodec& codec, const ExpertTraffic& traffic,
                          int chunks, const Matrix& xp, const Matrix& yp, const ExpertCompute& compute,
-                         PhaseTable& timing, int layer) {
+                         PhaseTable& timing, int layer, ChunkBuffers& buffers) {
   const int d = static_cast<int>(xp.extent(1)), wire = codec.wire_width(d);
   const std::vector<Chunk> plan = cut(traffic, chunks);
   const int received = plan.back().first + plan.back().rows;
-  const Matrix x_in(Kokkos::view_alloc(space, "moeproxy::ep::expert_in"), received, d);
-  const Matrix y_in(Kokkos::view_alloc(space, "moeproxy::ep::expert_out"), received, d);
+  reserve_rows(buffers.x_in, received, d, "moeproxy::ep::expert_in");
+  reserve_rows(buffers.y_in, received, d, "moeproxy::ep::expert_out");
+  const Matrix x_in = first_rows(buffers.x_in, received), y_in = first_rows(buffers.y_in, received);
   auto slab = [](const Matrix& m, const Chunk& k) {
     return Matrix(Kokkos::subview(m, std::make_pair(k.first, k.first + k.rows), Kokkos::ALL));
   };
@@ -87,9 +88,9 @@ void run_chunked_experts(const ExecSpace& space, DeviceComm& ep, RowCodec& codec
   Matrix x_send, x_wire, y_wire, yp_wire;
   communicate([&] {
     x_send = codec.encode(space, xp);
-    x_wire = codec.wire_buffer(space, x_in, "moeproxy::ep::expert_in_wire");
-    y_wire = codec.wire_buffer(space, y_in, "moeproxy::ep::expert_out_wire");
-    yp_wire = codec.wire_buffer(space, yp, "moeproxy::ep::combined_wire");
+    x_wire = codec.wire_buffer(buffers.x_wire, x_in, "moeproxy::ep::expert_in_wire");
+    y_wire = codec.wire_buffer(buffers.y_wire, y_in, "moeproxy::ep::expert_out_wire");
+    yp_wire = codec.wire_buffer(buffers.yp_wire, yp, "moeproxy::ep::combined_wire");
   });
   auto dispatch = [&](const Chunk& k) {
     return ep.ialltoallv(x_send.data(), scaled(k.xp_rows, wire), scaled(k.xp_first, wire), slab(x_wire, k).data(),

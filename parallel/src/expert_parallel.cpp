@@ -73,7 +73,8 @@ ExpertRows LayoutExchange::dispatch(const ExecSpace& space, int layer, const Mat
   recv_displs_ = displacements(recv_counts_);
   const int received = (recv_displs_.back() + recv_counts_.back()) / wire;
 
-  Matrix x_in(Kokkos::view_alloc(space, "moeproxy::ep::expert_in"), received, d);
+  reserve_rows(expert_in_, received, d, "moeproxy::ep::expert_in");
+  const Matrix x_in = first_rows(expert_in_, received);
   const Matrix wire_in = codec_.receive_buffer(x_in);
   ep_.alltoallv(codec_.encode(space, xp).data(), send_counts_, send_displs_, wire_in.data(), recv_counts_,
                 recv_displs_, row_send_counts_);
@@ -102,7 +103,7 @@ void LayoutExchange::run_experts(const ExecSpace& space, const Matrix& xp, const
   }
   ExpertTraffic t;
   timed(space, timing, layer, Phase::dispatch, [&] { t = traffic(layer, counts); });
-  run_chunked_experts(space, ep_, codec_, t, ep_chunks_, xp, yp, compute, timing, layer);
+  run_chunked_experts(space, ep_, codec_, t, ep_chunks_, xp, yp, compute, timing, layer, chunk_buffers_);
 }
 
 }  // namespace moeproxy::parallel

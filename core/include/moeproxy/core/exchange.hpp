@@ -66,6 +66,13 @@ class LayerExchange {
   // 3-5 us a call on the CPU VM and showed communication in layouts without any.
   void timed_reduce_partial(const ExecSpace& space, const Matrix& partial, PhaseTable& timing, int layer);
   void timed_reduce_scores(const ExecSpace& space, const Scores& scores, PhaseTable& timing, int layer);
+
+ protected:
+  // The outputs of the rows other ranks sent this rank's experts: grown to the largest
+  // layer's and kept across layers and passes. A buffer allocated per layer faulted in fresh
+  // pages every time: 3-4 ms a MiB on the AMD VM of 2026-12-07, a sixth of the medium deck's
+  // prefill at dp = ep = 2, outside every timed phase.
+  Matrix expert_out_;
 };
 
 }  // namespace moeproxy

@@ -35,9 +35,9 @@ class RowCodec {
   // Enqueued on `space`: fence before the data leaves.
   Matrix encode(const ExecSpace& space, const Matrix& rows);
   // Wire rows of their own for rows [n, d], for transfers that stay in flight while other
-  // rows are encoded (expert_overlap.hpp): `rows` itself without compression, else a new
-  // buffer. encode_into fills (a slab of) it.
-  Matrix wire_buffer(const ExecSpace& space, const Matrix& rows, const char* label) const;
+  // rows are encoded (expert_overlap.hpp): `rows` itself without compression, else the
+  // front of `buffer`, grown as needed. encode_into fills (a slab of) it.
+  Matrix wire_buffer(Matrix& buffer, const Matrix& rows, const char* label) const;
   void encode_into(const ExecSpace& space, const Matrix& rows, const Matrix& wire) const;
   // Where wire rows for rows [n, d] can arrive: `rows` itself without compression, else this
   // codec's receive scratch, valid until the next decode from host memory or receive_buffer.

@@ -54,6 +54,10 @@ class LayoutExchange : public LayerExchange {
   std::vector<int> send_counts_, send_displs_, recv_counts_, recv_displs_, row_send_counts_, row_recv_counts_;
   // Without an expert group: the rows of xp the local experts computed in place.
   std::pair<int, int> local_rows_{0, 0};
+  // The rows other ranks sent this rank's experts (kept like LayerExchange::expert_out_),
+  // and the buffers of the chunked exchange.
+  Matrix expert_in_;
+  ChunkBuffers chunk_buffers_;
 };
 
 }  // namespace moeproxy::parallel

@@ -34,11 +34,18 @@ struct ExpertTraffic {
   std::vector<int> recv_expert_rows;  // [src * local_experts + e]: rows for local expert e
 };
 
+// The rows a rank's experts receive and their outputs, and (compressed) the wire rows of
+// both and of the rows coming back: grown to the largest layer's and kept across layers and
+// passes, as LayerExchange keeps its buffers.
+struct ChunkBuffers {
+  Matrix x_in, y_in, x_wire, y_wire, yp_wire;
+};
+
 // xp [kept, d] through the experts of the group `ep` into yp [kept, d] in `chunks` chunks
-// (collective over `ep`), as `codec`'s wire rows; communication is timed as Phase::dispatch
-// of `layer`.
+// (collective over `ep`), as `codec`'s wire rows, in `buffers`; communication is timed as
+// Phase::dispatch of `layer`.
 void run_chunked_experts(const ExecSpace& space, DeviceComm& ep, RowCodec& codec, const ExpertTraffic& traffic,
                          int chunks, const Matrix& xp, const Matrix& yp, const ExpertCompute& compute,
-                         PhaseTable& timing, int layer);
+                         PhaseTable& timing, int layer, ChunkBuffers& buffers);
 
 }  // namespace moeproxy::parallel

@@ -178,6 +178,43 @@ TEST_CASE("gemm: binary16 B rounds A too, accumulates in fp32", "[gemm]") {
   }
 }
 
+TEST_CASE("gemm: one scratch serves binary16 GEMMs of every shape in turn", "[gemm]") {
+  ExecSpace space;
+  GemmScratch scratch;
+  // Larger, smaller, then larger than both: the scratch grows, is reused from its front, grows again.
+  int seed = 40;
+  for (const auto& [m, k, n] : {std::array<int, 3>{33, 70, 17}, {7, 13, 5}, {40, 90, 21}, {1, 90, 3}}) {
+    const Matrix a = random_matrix("a", m, k, ++seed, 2.0f), b = random_matrix("b", k, n, ++seed);
+    const Matrix bt = random_matrix("bt", n, k, ++seed);
+    Matrix c("c", m, n), ct("ct", m, n);
+    gemm(space, a, StoredMatrix(to_half_matrix(space, b)), c, scratch);
+    gemm(space, a, StoredMatrix(to_half_matrix(space, bt)), ct, scratch, 1.0f, 0.0f, true);
+    space.fence();
+    auto ha = to_host(a), hb = to_host(b), hbt = to_host(bt), hc = to_host(c), hct = to_host(ct);
+    CHECK(rel_error(hc, naive(ha, hb, false, true), m, n) < tight);
+    CHECK(rel_error(hct, naive(ha, hbt, true, true), m, n) < tight);
+  }
+  // A grouped GEMM on the same scratch, after those.
+  const int k = 11, n = 9, rows = 6;
+  Stack stack("stack", 2, k, n);
+  HalfStack half_stack("half_stack", 2, k, n);
+  for (int e = 0; e < 2; ++e) {
+    Kokkos::deep_copy(Kokkos::subview(stack, e, Kokkos::ALL, Kokkos::ALL), random_matrix("b", k, n, 60 + e));
+    round_into(space, Kokkos::subview(stack, e, Kokkos::ALL, Kokkos::ALL),
+               Kokkos::subview(half_stack, e, Kokkos::ALL, Kokkos::ALL));
+  }
+  const Matrix a = random_matrix("a", rows, k, 62);
+  Matrix c("c", rows, n);
+  gemm_grouped(space, a, {{2, 1}, {4, 0}}, StoredStack{Stack(), half_stack}, c, scratch);
+  space.fence();
+  auto ha = to_host(a), hc = snapshot(c);
+  auto hs = snapshot(stack);
+  CHECK(rel_error(Kokkos::subview(hc, std::make_pair(0, 2), Kokkos::ALL),
+                  naive(ha, Kokkos::subview(hs, 1, Kokkos::ALL, Kokkos::ALL), false, true, 0, 2), 2, n) < tight);
+  CHECK(rel_error(Kokkos::subview(hc, std::make_pair(2, 6), Kokkos::ALL),
+                  naive(ha, Kokkos::subview(hs, 0, Kokkos::ALL, Kokkos::ALL), false, true, 2, 4), 4, n) < tight);
+}
+
 TEST_CASE("gemm_grouped: each group's rows through its own matrix, fp32 and binary16", "[gemm]") {
   ExecSpace space;
   const int k = 11, n = 9, experts = 4;

@@ -30,14 +30,6 @@ void widen_into(const ExecSpace& space, const ConstHalfMatrix& src, const Matrix
       KOKKOS_LAMBDA(const int i, const int j) { dst(i, j) = to_float(src(i, j)); });
 }
 
-ConstMatrix widen(const ExecSpace& space, const StoredMatrix& m) {
-  if (!m.is_half()) return m.f32;
-  Matrix wide(Kokkos::view_alloc(Kokkos::WithoutInitializing, "moeproxy::gemm::widened"), m.f16.extent(0),
-              m.f16.extent(1));
-  widen_into(space, m.f16, wide);
-  return wide;
-}
-
 namespace {
 
 // The A operand as the backend reads it: fp32, or the binary16 rounding of A for a GEMM
@@ -53,27 +45,27 @@ struct PreparedA {
   }
 };
 
-PreparedA prepare(const ExecSpace& space, const ConstMatrix& a, bool half) {
+PreparedA prepare(const ExecSpace& space, const ConstMatrix& a, bool half, GemmScratch& scratch) {
   if (!half) return PreparedA{a, ConstHalfMatrix()};
-  HalfMatrix rounded(Kokkos::view_alloc(Kokkos::WithoutInitializing, "moeproxy::gemm::a_half"), a.extent(0),
-                     a.extent(1));
+  const int rows = static_cast<int>(a.extent(0)), cols = static_cast<int>(a.extent(1));
+  const HalfMatrix rounded = scratch.rounded_a(rows, cols);
   round_into(space, a, rounded);
 #ifdef MOEPROXY_CUBLAS
   return PreparedA{ConstMatrix(), rounded};
 #else
-  Matrix wide(Kokkos::view_alloc(Kokkos::WithoutInitializing, "moeproxy::gemm::a_rounded"), a.extent(0),
-              a.extent(1));
+  const Matrix wide = scratch.widened_a(rows, cols);
   widen_into(space, rounded, wide);
   return PreparedA{wide, ConstHalfMatrix()};
 #endif
 }
 
 void product(const ExecSpace& space, const PreparedA& a, const StoredMatrix& b, const Matrix& c, float alpha,
-             float beta, bool transpose_b) {
+             float beta, bool transpose_b, GemmScratch& scratch) {
   const int m = static_cast<int>(c.extent(0)), n = static_cast<int>(c.extent(1));
   const int k = static_cast<int>(b.extent(transpose_b ? 1 : 0));
   if (m == 0 || n == 0) return;
 #ifdef MOEPROXY_CUBLAS
+  (void)scratch;  // cuBLAS reads a binary16 B as it is
   const bool half = b.is_half();
   const cublas::Operand ao{half ? static_cast<const void*>(a.f16.data()) : a.f32.data(), half,
                            static_cast<int>(half ? a.f16.stride_0() : a.f32.stride_0())};
@@ -82,7 +74,12 @@ void product(const ExecSpace& space, const PreparedA& a, const StoredMatrix& b, 
   cublas::gemm(space, m, n, k, ao, bo, transpose_b, alpha, beta, c.data(), static_cast<int>(c.stride_0()));
 #else
   (void)k;
-  const ConstMatrix wide_b = widen(space, b);
+  ConstMatrix wide_b = b.f32;
+  if (b.is_half()) {
+    const Matrix wide = scratch.widened_b(static_cast<int>(b.f16.extent(0)), static_cast<int>(b.f16.extent(1)));
+    widen_into(space, b.f16, wide);
+    wide_b = wide;
+  }
   // Kokkos Kernels 3.4's gemm has no execution-space argument and runs on the default
   // instance; fence ours first so ordering holds when a caller uses another instance.
   named_fence(space, "moeproxy::gemm::order");
@@ -92,14 +89,26 @@ void product(const ExecSpace& space, const PreparedA& a, const StoredMatrix& b, 
 
 }  // namespace
 
+void gemm(const ExecSpace& space, const ConstMatrix& a, const StoredMatrix& b, const Matrix& c,
+          GemmScratch& scratch, float alpha, float beta, bool transpose_b) {
+  if (c.extent(0) == 0 || c.extent(1) == 0) return;
+  product(space, prepare(space, a, b.is_half(), scratch), b, c, alpha, beta, transpose_b, scratch);
+}
+
 void gemm(const ExecSpace& space, const ConstMatrix& a, const StoredMatrix& b, const Matrix& c, float alpha,
           float beta, bool transpose_b) {
-  if (c.extent(0) == 0 || c.extent(1) == 0) return;
-  product(space, prepare(space, a, b.is_half()), b, c, alpha, beta, transpose_b);
+  GemmScratch scratch;
+  gemm(space, a, b, c, scratch, alpha, beta, transpose_b);
 }
 
 void gemm_grouped(const ExecSpace& space, const ConstMatrix& a, const std::vector<GemmGroup>& groups,
                   const StoredStack& b, const Matrix& c) {
+  GemmScratch scratch;
+  gemm_grouped(space, a, groups, b, c, scratch);
+}
+
+void gemm_grouped(const ExecSpace& space, const ConstMatrix& a, const std::vector<GemmGroup>& groups,
+                  const StoredStack& b, const Matrix& c, GemmScratch& scratch) {
   int total = 0;
   for (const GemmGroup& g : groups) total += g.rows;
   if (total > static_cast<int>(a.extent(0)) || total > static_cast<int>(c.extent(0)))
@@ -107,12 +116,13 @@ void gemm_grouped(const ExecSpace& space, const ConstMatrix& a, const std::vecto
                                 std::to_string(a.extent(0)) + " and C " + std::to_string(c.extent(0)));
   if (total == 0) return;
   // A is rounded once for all groups; each group is then one GEMM on its rows.
-  const PreparedA prepared = prepare(space, Kokkos::subview(a, std::make_pair(0, total), Kokkos::ALL), b.is_half());
+  const PreparedA prepared =
+      prepare(space, Kokkos::subview(a, std::make_pair(0, total), Kokkos::ALL), b.is_half(), scratch);
   int row = 0;
   for (const GemmGroup& g : groups) {
     if (g.rows == 0) continue;
     product(space, prepared.rows(row, row + g.rows), b[g.index],
-            Kokkos::subview(c, std::make_pair(row, row + g.rows), Kokkos::ALL), 1.0f, 0.0f, false);
+            Kokkos::subview(c, std::make_pair(row, row + g.rows), Kokkos::ALL), 1.0f, 0.0f, false, scratch);
     row += g.rows;
   }
 }

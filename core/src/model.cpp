@@ -187,9 +187,9 @@ Matrix Transformer::attention_block(int l, const Matrix& x, const MicroBatch& mb
   timed(space_, timing, l, Phase::norm,
         [&] { normalize(space_, cfg_.norm, cfg_.norm_eps, x, lw.attn_norm, w.h); });
   timed(space_, timing, l, Phase::attn_qkv, [&] {
-    gemm(space_, w.h, lw.wq, w.q);
-    gemm(space_, w.h, lw.wk, w.k);
-    gemm(space_, w.h, lw.wv, w.v);
+    gemm(space_, w.h, lw.wq, w.q, gemm_scratch_);
+    gemm(space_, w.h, lw.wk, w.k, gemm_scratch_);
+    gemm(space_, w.h, lw.wv, w.v, gemm_scratch_);
     if (cfg_.rope) {
       apply_rope(space_, w.q, rope_, heads_, n, pos0);
       apply_rope(space_, w.k, rope_, kv_heads_, n, pos0);
@@ -202,7 +202,7 @@ Matrix Transformer::attention_block(int l, const Matrix& x, const MicroBatch& mb
     attend<float>(l, w, mb, k_cache_[held], v_cache_[held], n, pos0, timing);
   // Row-parallel output projection: each rank's heads give a partial sum, reduced before
   // the residual add.
-  timed(space_, timing, l, Phase::attn_out, [&] { gemm(space_, w.attn, lw.wo, w.partial); });
+  timed(space_, timing, l, Phase::attn_out, [&] { gemm(space_, w.attn, lw.wo, w.partial, gemm_scratch_); });
   exchange_->timed_reduce_partial(space_, w.partial, timing, l);
   timed(space_, timing, l, Phase::attn_out, [&] { add_into(space_, w.partial, x); });
 
@@ -314,10 +314,10 @@ void Transformer::attend(int l, const Workspace& w, const MicroBatch& mb, const 
 
 void Transformer::expert_ffn(const LayerWeights& lw, const std::vector<GemmGroup>& groups, const Matrix& x,
                              const Matrix& a, const Matrix& b, const Matrix& y) {
-  gemm_grouped(space_, x, groups, lw.w1, a);
-  if (cfg_.activation == Activation::swiglu) gemm_grouped(space_, x, groups, lw.w3, b);
+  gemm_grouped(space_, x, groups, lw.w1, a, gemm_scratch_);
+  if (cfg_.activation == Activation::swiglu) gemm_grouped(space_, x, groups, lw.w3, b, gemm_scratch_);
   activate(space_, cfg_.activation, a, b);
-  gemm_grouped(space_, a, groups, lw.w2, y);
+  gemm_grouped(space_, a, groups, lw.w2, y, gemm_scratch_);
 }
 
 // Column-parallel W1 (and W3), row-parallel W2: a partial sum per rank, reduced, added.

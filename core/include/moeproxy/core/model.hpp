@@ -148,6 +148,7 @@ class Transformer {
   std::vector<HalfCache> k_half_, v_half_;
   RopeTable rope_;  // of every position and the pairs held, with cfg_.rope
   Workspace ws_;
+  GemmScratch gemm_scratch_;  // the binary16 GEMMs' copies (gemm.hpp), kept from call to call
   Permutation perm_;  // moe()'s, its storage kept from layer to layer
   RoutingCdf routing_cdf_;  // synthetic routing's, made once
   // With an expert placement not in id order (placement.hpp): [layer, expert] -> position in

@@ -122,4 +122,16 @@ with h5py.File(parallel, "r") as b:
         calls = b["comm/calls"][()][:, keys.index("ialltoallv@ep")]
         assert (calls > 0).all(), f"ialltoallv@ep calls per rank {calls}"
     print(f"communication: {s['comm_exposed_s']:.3e} s exposed, {s['comm_hidden_s']:.3e} s hidden behind compute")
+
+# The buffers rows travel between ranks in (memory kind comm_buffers): none on one rank; some
+# wherever an expert group, pipeline stages or the two sides of a separated layout exchange rows.
+with h5py.File(serial, "r") as a, h5py.File(parallel, "r") as b:
+    def comm_buffers(f):
+        return f["memory/bytes"][()][:, list(f["memory/kinds"].asstr()[()]).index("comm_buffers")]
+    assert (comm_buffers(a) == 0).all(), f"the single-rank run keeps comm buffers: {comm_buffers(a)}"
+    layout = dict(kv.split("=", 1) for kv in b.attrs["layout"].split() if "=" in kv)
+    travels = int(layout.get("ep", 1)) > 1 or int(layout.get("pp", 1)) > 1 or "attn_ranks" in layout
+    if travels:
+        assert comm_buffers(b).sum() > 0, f"rows travel in {b.attrs['layout']} but no rank reports comm buffers"
+    print(f"comm buffers per rank: {comm_buffers(b).tolist()} bytes")
 PY

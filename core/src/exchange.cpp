@@ -8,6 +8,8 @@ namespace moeproxy {
 
 void LayerExchange::reduce_partial(const ExecSpace&, const Matrix&) {}
 
+std::uint64_t LayerExchange::buffer_bytes() const { return expert_out_.span() * sizeof(float); }
+
 void LayerExchange::reduce_scores(const ExecSpace&, const Scores&) {}
 
 ExpertRows LayerExchange::dispatch(const ExecSpace&, int, const Matrix& xp, const std::vector<int>& counts) {

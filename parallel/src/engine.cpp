@@ -227,6 +227,8 @@ RunOutput run_forward(const RunConfig& cfg, const RankLayout& layout, CommBacken
   mem[static_cast<int>(MemoryKind::weights)] = model.weight_bytes();
   mem[static_cast<int>(MemoryKind::kv_cache)] = model.kv_cache_bytes();
   mem[static_cast<int>(MemoryKind::activations)] = model.activation_bytes();
+  mem[static_cast<int>(MemoryKind::comm_buffers)] =
+      exchange.buffer_bytes() + pipeline.buffer_bytes() + (separation ? separation->buffer_bytes() : 0);
   mem[static_cast<int>(MemoryKind::high_water)] = host_high_water_bytes();
 
   // Tensor-parallel peers route the same tokens, except under separation where each routes

@@ -95,6 +95,13 @@ void LayoutExchange::undispatch(const ExecSpace& space, const Matrix& y_in, cons
   codec_.decode(space, wire_out, yp);
 }
 
+std::uint64_t LayoutExchange::buffer_bytes() const {
+  const ChunkBuffers& c = chunk_buffers_;
+  std::size_t floats = expert_in_.span();
+  for (const Matrix* m : {&c.x_in, &c.y_in, &c.x_wire, &c.y_wire, &c.yp_wire}) floats += m->span();
+  return LayerExchange::buffer_bytes() + floats * sizeof(float) + codec_.buffer_bytes();
+}
+
 void LayoutExchange::run_experts(const ExecSpace& space, const Matrix& xp, const std::vector<int>& counts,
                                  const Matrix& yp, const ExpertCompute& compute, PhaseTable& timing, int layer) {
   if (ep_.size() == 1 || ep_chunks_ == 1) {

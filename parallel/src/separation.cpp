@@ -68,6 +68,14 @@ void Separation::serve(std::vector<MicroBatch> micro_batches) {
   flights_.resize(micro_batches_.size());
 }
 
+std::uint64_t Separation::buffer_bytes() const {
+  // An attention rank's x_ holds its sequences' rows (activations); an FFN rank's, rows received.
+  const bool attention = sep_.rank() < attn_ranks_;
+  std::size_t floats = (attention ? 0 : x_.span()) + y_.span() + partial_.span() + in_host_.span() + out_host_.span();
+  for (const InFlight& f : flights_) floats += f.sent.span() + f.received.span() + f.in.rows_buffer.span();
+  return floats * sizeof(float) + codec_.buffer_bytes();
+}
+
 void Separation::run(int step, const Pipeline::Input& input, const Pipeline::Output& output,
                      std::vector<float>& feedback, PhaseTable& timing) {
   if (sep_.rank() < attn_ranks_)

@@ -3,6 +3,7 @@
 // parallel/ implements them with MPI for its layouts. The defaults are what a rank holding
 // the whole model does: nothing to reduce, every expert local. core/ knows nothing of MPI.
 
+#include <cstdint>
 #include <functional>
 #include <vector>
 
@@ -60,6 +61,8 @@ class LayerExchange {
   virtual int partial_group_size() const { return 1; }
   // Ranks reduce_scores sums over (1: it does nothing).
   virtual int score_group_size() const { return 1; }
+  // Bytes of the buffers it keeps for rows to and from other ranks (memory kind comm_buffers).
+  virtual std::uint64_t buffer_bytes() const;
 
   // reduce_partial / reduce_scores timed as Phase::allreduce where there are ranks to sum
   // over, and not timed at all where there are none: the timer's fence around nothing cost

@@ -42,6 +42,8 @@ class RowCodec {
   // Where wire rows for rows [n, d] can arrive: `rows` itself without compression, else this
   // codec's receive scratch, valid until the next decode from host memory or receive_buffer.
   Matrix receive_buffer(const Matrix& rows);
+  // Bytes of its send and receive scratch.
+  std::uint64_t buffer_bytes() const { return (send_.span() + receive_.span()) * sizeof(float); }
   // rows [n, d] = what `wire` [n, wire_width(d)] (host or device memory) carries.
   template <class Wire>
   void decode(const ExecSpace& space, const Wire& wire, const Matrix& rows) {

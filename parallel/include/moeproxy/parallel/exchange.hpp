@@ -38,6 +38,7 @@ class LayoutExchange : public LayerExchange {
   int expert_group_size() const override { return ep_.size(); }
   int partial_group_size() const override { return tp_.size(); }
   int score_group_size() const override { return dim_.size(); }
+  std::uint64_t buffer_bytes() const override;
 
  private:
   DeviceComm& tp_;

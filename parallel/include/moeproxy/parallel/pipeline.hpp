@@ -50,6 +50,9 @@ class Pipeline {
   bool first_stage() const { return stages_.rank() == 0; }
   bool last_stage() const { return stages_.rank() == stages_.size() - 1; }
   const std::vector<MicroBatch>& micro_batches() const { return micro_batches_; }
+  // Bytes of the buffer the stages' rows travel in (memory kind comm_buffers); with one stage
+  // it holds only the micro-batch's own rows.
+  std::uint64_t buffer_bytes() const { return stages_.size() > 1 ? buffer_.span() * sizeof(float) : 0; }
 
  private:
   Transformer& model_;

@@ -43,6 +43,8 @@ class Separation {
   // micro-batches (parallel/balance.hpp re-splits decode).
   void split(int count);
   int micro_batches() const { return static_cast<int>(micro_batches_.size()); }
+  // Bytes of the buffers rows travel between the two sides in (memory kind comm_buffers).
+  std::uint64_t buffer_bytes() const;
 
  private:
   // One micro-batch's rows on their way to the FFN ranks and back (attention side).

@@ -38,10 +38,10 @@ void LayerExchange::run_experts(const ExecSpace& space, const Matrix& xp, const 
     in = dispatch(space, layer, xp, counts);
   const int received = static_cast<int>(in.x.extent(0));
   // Rows computed where they lie in xp write their outputs straight into yp.
-  if (in.xp_row < 0) reserve_rows(expert_out_, received, static_cast<int>(xp.extent(1)), "moeproxy::model::expert_out");
-  const Matrix y_in = in.xp_row >= 0
-                          ? Matrix(Kokkos::subview(yp, std::make_pair(in.xp_row, in.xp_row + received), Kokkos::ALL))
-                          : first_rows(expert_out_, received);
+  const Matrix y_in =
+      in.xp_row >= 0
+          ? Matrix(Kokkos::subview(yp, std::make_pair(in.xp_row, in.xp_row + received), Kokkos::ALL))
+          : reserved_rows(expert_out_, received, static_cast<int>(xp.extent(1)), "moeproxy::model::expert_out");
   compute(in.x, in.counts, y_in);
   if (travels)
     timed(space, timing, layer, Phase::dispatch, [&] { undispatch(space, y_in, yp); });

@@ -13,15 +13,10 @@ bool compresses_transfers(const RunConfig& cfg) {
 
 int RowCodec::wire_width(int d) const { return compresses() ? int8_row_words(d) : d; }
 
-Matrix RowCodec::front(Matrix& buffer, int rows, int cols, const char* label) {
-  reserve_rows(buffer, rows, cols, label);
-  return first_rows(buffer, rows);
-}
-
 Matrix RowCodec::encode(const ExecSpace& space, const Matrix& rows) {
   if (!compresses()) return rows;
   const int n = static_cast<int>(rows.extent(0)), d = static_cast<int>(rows.extent(1));
-  const Matrix wire = front(send_, n, wire_width(d), "moeproxy::compression::send");
+  const Matrix wire = reserved_rows(send_, n, wire_width(d), "moeproxy::compression::send");
   quantize_int8_rows(space, rows, wire);
   return wire;
 }
@@ -29,7 +24,7 @@ Matrix RowCodec::encode(const ExecSpace& space, const Matrix& rows) {
 Matrix RowCodec::wire_buffer(Matrix& buffer, const Matrix& rows, const char* label) const {
   if (!compresses()) return rows;
   const int n = static_cast<int>(rows.extent(0)), d = static_cast<int>(rows.extent(1));
-  return front(buffer, n, wire_width(d), label);
+  return reserved_rows(buffer, n, wire_width(d), label);
 }
 
 void RowCodec::encode_into(const ExecSpace& space, const Matrix& rows, const Matrix& wire) const {
@@ -39,7 +34,7 @@ void RowCodec::encode_into(const ExecSpace& space, const Matrix& rows, const Mat
 Matrix RowCodec::receive_buffer(const Matrix& rows) {
   if (!compresses()) return rows;
   const int n = static_cast<int>(rows.extent(0)), d = static_cast<int>(rows.extent(1));
-  return front(receive_, n, wire_width(d), "moeproxy::compression::receive");
+  return reserved_rows(receive_, n, wire_width(d), "moeproxy::compression::receive");
 }
 
 void RowCodec::dequantize(const ExecSpace& space, const ConstMatrix& wire, const Matrix& rows) {

@@ -73,9 +73,8 @@ void run_chunked_experts(const ExecSpace& space, DeviceComm& ep, RowCodec& codec
   const int d = static_cast<int>(xp.extent(1)), wire = codec.wire_width(d);
   const std::vector<Chunk> plan = cut(traffic, chunks);
   const int received = plan.back().first + plan.back().rows;
-  reserve_rows(buffers.x_in, received, d, "moeproxy::ep::expert_in");
-  reserve_rows(buffers.y_in, received, d, "moeproxy::ep::expert_out");
-  const Matrix x_in = first_rows(buffers.x_in, received), y_in = first_rows(buffers.y_in, received);
+  const Matrix x_in = reserved_rows(buffers.x_in, received, d, "moeproxy::ep::expert_in");
+  const Matrix y_in = reserved_rows(buffers.y_in, received, d, "moeproxy::model::expert_out");
   auto slab = [](const Matrix& m, const Chunk& k) {
     return Matrix(Kokkos::subview(m, std::make_pair(k.first, k.first + k.rows), Kokkos::ALL));
   };

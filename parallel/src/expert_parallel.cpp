@@ -73,8 +73,7 @@ ExpertRows LayoutExchange::dispatch(const ExecSpace& space, int layer, const Mat
   recv_displs_ = displacements(recv_counts_);
   const int received = (recv_displs_.back() + recv_counts_.back()) / wire;
 
-  reserve_rows(expert_in_, received, d, "moeproxy::ep::expert_in");
-  const Matrix x_in = first_rows(expert_in_, received);
+  const Matrix x_in = reserved_rows(expert_in_, received, d, "moeproxy::ep::expert_in");
   const Matrix wire_in = codec_.receive_buffer(x_in);
   ep_.alltoallv(codec_.encode(space, xp).data(), send_counts_, send_displs_, wire_in.data(), recv_counts_,
                 recv_displs_, row_send_counts_);
@@ -98,7 +97,7 @@ void LayoutExchange::undispatch(const ExecSpace& space, const Matrix& y_in, cons
 std::uint64_t LayoutExchange::buffer_bytes() const {
   const ChunkBuffers& c = chunk_buffers_;
   std::size_t floats = expert_in_.span();
-  for (const Matrix* m : {&c.x_in, &c.y_in, &c.x_wire, &c.y_wire, &c.yp_wire}) floats += m->span();
+  for (const Matrix* m : {&c.x_wire, &c.y_wire, &c.yp_wire}) floats += m->span();
   return LayerExchange::buffer_bytes() + floats * sizeof(float) + codec_.buffer_bytes();
 }
 

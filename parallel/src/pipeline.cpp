@@ -11,8 +11,7 @@ void NewestRows::copy(const ConstMatrix& rows, int sequences, float* dst) {
   const int n = static_cast<int>(rows.extent(0)) / sequences, d = static_cast<int>(rows.extent(1));
   using Rows3 = Kokkos::View<const float***, Kokkos::LayoutRight, MemSpace, Kokkos::MemoryUnmanaged>;
   const auto newest = Kokkos::subview(Rows3(rows.data(), sequences, n, d), Kokkos::ALL, n - 1, Kokkos::ALL);
-  reserve_rows(packed_, sequences, d, "moeproxy::newest_rows");
-  const Matrix packed = first_rows(packed_, sequences);
+  const Matrix packed = reserved_rows(packed_, sequences, d, "moeproxy::newest_rows");
   Kokkos::deep_copy(packed, newest);
   Kokkos::deep_copy(Kokkos::View<float**, Kokkos::LayoutRight, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(
                         dst, sequences, d),
@@ -39,8 +38,7 @@ void Pipeline::run(int step, const Input& input, const Output& output, std::vect
 
   for (const MicroBatch& mb : micro_batches_) {
     const int rows = mb.count * n;
-    reserve_rows(buffer_, rows, d, "moeproxy::pp::rows");
-    const Matrix x = first_rows(buffer_, rows);
+    const Matrix x = reserved_rows(buffer_, rows, d, "moeproxy::pp::rows");
     Kokkos::Timer timer;
     if (first_stage()) {
       input(mb, x);

@@ -122,9 +122,8 @@ void Separation::send(int l, InFlight& f, PhaseTable& timing) {
   const int rows = static_cast<int>(f.in.rows.extent(0)), d = cfg_.model.hidden, wire = codec_.wire_width(d);
   const Matrix encoded = codec_.encode(space_, f.in.rows);
   named_fence(space_, "moeproxy::sep::before_send");
-  reserve_rows(f.sent, rows, wire, "moeproxy::sep::sent");
   reserve_rows(f.received, moe ? rows : ffn_ranks_ * rows, wire, "moeproxy::sep::received");
-  Kokkos::deep_copy(first_rows(f.sent, rows), encoded);
+  Kokkos::deep_copy(reserved_rows(f.sent, rows, wire, "moeproxy::sep::sent"), encoded);
   f.counts.resize(ffn_ranks_);
   int offset = 0;
   for (int j = 0, position = 0; j < ffn_ranks_; ++j) {
@@ -153,16 +152,14 @@ void Separation::finish(int l, const Matrix& x, InFlight& f, PhaseTable& timing)
   const int tokens = static_cast<int>(x.extent(0)), d = cfg_.model.hidden;
   const std::pair<int, int> mine = share(tokens);
   const int own = mine.second - mine.first;
-  reserve_rows(partial_, tokens, d, "moeproxy::sep::partial");
-  const Matrix partial = first_rows(partial_, tokens);
+  const Matrix partial = reserved_rows(partial_, tokens, d, "moeproxy::sep::partial");
   const Matrix partial_own = Kokkos::subview(partial, mine, Kokkos::ALL);
   Kokkos::Timer timer;
   sep_.wait(f.requests);
   timing.add(l, Phase::wait, timer.seconds());
   const bool moe = cfg_.model.is_moe();
   const int got = moe ? static_cast<int>(f.in.rows.extent(0)) : ffn_ranks_ * own;
-  reserve_rows(y_, got, d, "moeproxy::sep::ffn_out");
-  const Matrix y = first_rows(y_, got);
+  const Matrix y = reserved_rows(y_, got, d, "moeproxy::sep::ffn_out");
   timed(space_, timing, l, Phase::dispatch, [&] { codec_.decode(space_, first_rows(f.received, got), y); });
   timed(space_, timing, l, moe ? Phase::combine : Phase::ffn, [&] {
     Kokkos::deep_copy(space_, partial, 0.0f);
@@ -206,9 +203,8 @@ void Separation::run_ffn(PhaseTable& timing) {
       sep_.wait(requests);
       timing.add(l, Phase::wait, timer.seconds());
 
-      reserve_rows(x_, total, d, "moeproxy::sep::ffn_in");
-      reserve_rows(y_, total, d, "moeproxy::sep::ffn_out");
-      const Matrix x = first_rows(x_, total), y = first_rows(y_, total);
+      const Matrix x = reserved_rows(x_, total, d, "moeproxy::sep::ffn_in");
+      const Matrix y = reserved_rows(y_, total, d, "moeproxy::sep::ffn_out");
       timed(space_, timing, l, Phase::recv, [&] { codec_.decode(space_, first_rows(in_host_, total), x); });
       model_.ffn_rows(l, x, cfg_.model.is_moe() ? counts : rows, y, timing);
 

@@ -64,6 +64,12 @@ template <class View>
 View first_rows(const View& v, int rows) {
   return Kokkos::subview(v, std::make_pair(0, rows), Kokkos::ALL);
 }
+// The first `rows` rows of `v`, reserved first: the usual way to use a kept buffer.
+template <class View>
+View reserved_rows(View& v, int rows, int cols, const std::string& label) {
+  reserve_rows(v, rows, cols, label);
+  return first_rows(v, rows);
+}
 
 // A fence with a name where Kokkos supports one (named fences came after 3.4), so that
 // Kokkos Tools and Nsight attribute waits to the code that asked for them.

@@ -62,7 +62,6 @@ class RowCodec {
 
  private:
   void dequantize(const ExecSpace& space, const ConstMatrix& wire, const Matrix& rows);
-  static Matrix front(Matrix& buffer, int rows, int cols, const char* label);
 
   CommCompression mode_;
   Matrix send_, receive_;  // scratch, grown as needed

@@ -27,7 +27,7 @@ class LayoutExchange : public LayerExchange {
   LayoutExchange(DeviceComm& tp, DeviceComm& ep, DeviceComm& dim, ExpertPlacement placement, int placement_rank,
                  CommCompression compression, int ep_chunks = 1)
       : tp_(tp), ep_(ep), dim_(dim), placement_(std::move(placement)), placement_rank_(placement_rank),
-        codec_(compression), ep_chunks_(ep_chunks) {}
+        codec_(compression), ep_chunks_(ep_chunks), chunk_buffers_{expert_in_, expert_out_, {}, {}, {}} {}
 
   void reduce_partial(const ExecSpace& space, const Matrix& partial) override;
   void reduce_scores(const ExecSpace& space, const Scores& scores) override;
@@ -56,7 +56,7 @@ class LayoutExchange : public LayerExchange {
   // Without an expert group: the rows of xp the local experts computed in place.
   std::pair<int, int> local_rows_{0, 0};
   // The rows other ranks sent this rank's experts (kept like LayerExchange::expert_out_),
-  // and the buffers of the chunked exchange.
+  // and the buffers of the chunked exchange, which borrow both.
   Matrix expert_in_;
   ChunkBuffers chunk_buffers_;
 };

@@ -34,11 +34,13 @@ struct ExpertTraffic {
   std::vector<int> recv_expert_rows;  // [src * local_experts + e]: rows for local expert e
 };
 
-// The rows a rank's experts receive and their outputs, and (compressed) the wire rows of
-// both and of the rows coming back: grown to the largest layer's and kept across layers and
-// passes, as LayerExchange keeps its buffers.
+// The rows a rank's experts receive and their outputs (the exchange's own buffers, which the
+// unchunked exchange uses for the same rows), and (compressed) the wire rows of both and of
+// the rows coming back: grown to the largest layer's and kept across layers and passes.
 struct ChunkBuffers {
-  Matrix x_in, y_in, x_wire, y_wire, yp_wire;
+  Matrix& x_in;
+  Matrix& y_in;
+  Matrix x_wire, y_wire, yp_wire;
 };
 
 // xp [kept, d] through the experts of the group `ep` into yp [kept, d] in `chunks` chunks

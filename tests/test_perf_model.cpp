@@ -234,6 +234,37 @@ TEST_CASE("perf model: separation's ping-pong hides the transfers it overlaps, n
   CHECK(hidden == Approx(two.summary.comm_hidden_seconds));
 }
 
+TEST_CASE("perf model: with separation under zipf routing each expert rank computes its share and waits for the busiest",
+          "[perf]") {
+  RunConfig cfg = separated_3_4();  // 4 expert ranks, one expert each
+  cfg.workload.routing = RoutingMode::zipf;
+  cfg.workload.zipf_exponent = 1.2;
+  const MachineSpec m = compute_bound();
+  const std::vector<double> shares = expert_shares(cfg.model, cfg.workload);
+  const Prediction z = predict(cfg, m, 7);
+  REQUIRE(z.per_rank.size() == 7);
+  const RankMetrics& first = z.per_rank[3];
+  for (int r = 4; r < 7; ++r) {
+    const RankMetrics& other = z.per_rank[static_cast<std::size_t>(r)];
+    for (int l = 0; l < 2; ++l) {
+      // Compute-bound GEMMs: an expert rank's time is linear in its expert's rows.
+      CHECK(other.prefill.at(l, Phase::expert) ==
+            Approx(shares[r - 3] / shares[0] * first.prefill.at(l, Phase::expert)).epsilon(0.01));
+      CHECK(other.decode.at(l, Phase::expert) < z.per_rank[static_cast<std::size_t>(r - 1)].decode.at(l, Phase::expert));
+      CHECK(other.prefill.at(l, Phase::wait) - first.prefill.at(l, Phase::wait) ==
+            Approx(first.prefill.at(l, Phase::expert) - other.prefill.at(l, Phase::expert)));
+    }
+    CHECK(phase_sum(other.prefill) == Approx(other.prefill_seconds));
+    CHECK(phase_sum(other.decode) == Approx(other.decode_seconds));
+  }
+  // Even routing: every expert rank the same.
+  cfg.workload.routing = RoutingMode::uniform;
+  const Prediction e = predict(cfg, m, 7);
+  for (int r = 4; r < 7; ++r)
+    CHECK(e.per_rank[static_cast<std::size_t>(r)].prefill.at(0, Phase::expert) ==
+          Approx(e.per_rank[3].prefill.at(0, Phase::expert)));
+}
+
 TEST_CASE("perf model: the suggested attention/FFN split is the fastest one the runtime accepts", "[perf]") {
   RunConfig cfg = separated_3_4();
   cfg.parallel.dp = 3;

@@ -566,10 +566,22 @@ int kv_heads_held(const ModelConfig& m, int heads_held) {
   return std::max(1, (heads_held + group - 1) / group);
 }
 
+// [layer][holder of experts]: how much less than the layer's busiest holder a holder computes,
+// waited instead at the collective that brings the rows back (or for the next rows).
+using Idle = std::vector<std::vector<double>>;
+
+// Moves `holder`'s idle time, `times` over, from its expert phase to `waits_in`.
+void wait_idle(const Idle& idle, int layer_begin, int holder, double times, Phase waits_in, PhaseTable& table) {
+  for (std::size_t l = 0; l < idle.size(); ++l) {
+    if (idle[l].empty()) continue;
+    const double seconds = times * idle[l][static_cast<std::size_t>(holder)];
+    table.add(layer_begin + static_cast<int>(l), Phase::expert, -seconds);
+    table.add(layer_begin + static_cast<int>(l), waits_in, seconds);
+  }
+}
+
 struct Stage {
-  // [layer of the stage][holder of experts]: how much less than the layer's busiest holder a
-  // holder computes, one micro-batch, waited at the all-to-all instead.
-  using Idle = std::vector<std::vector<double>>;
+  // Of one micro-batch, over the stage's layers.
   Idle idle_prefill;
   std::vector<Idle> idle_decode;  // [step]
   Cost prefill_per_mb;  // one micro-batch, this stage's layers (and the hand-off)
@@ -706,7 +718,7 @@ Prediction predict_grid(const RunConfig& cfg, const MachineSpec& machine, int ra
     if (p.ep > 1) comm_bytes += es * 2.0 * per_replica * w.prompt * m.top_k * d;
     if (p.pp > 1) comm_bytes += es * static_cast<double>(seqs) * w.prompt * d;
     S.memory = memory_of(m, w, s, S.layer_count, per_replica, es, comm_bytes, true);
-    auto pass = [&](int n, int pos0, std::vector<Cost>& layers, Cost& whole, Stage::Idle& idle) {
+    auto pass = [&](int n, int pos0, std::vector<Cost>& layers, Cost& whole, Idle& idle) {
       const Model model(cfg, machine, cache_footprint(machine, pass_footprint(S.memory, n, w.prompt), node_ranks), n);
       const double t = static_cast<double>(seqs) * n;
       for (int l = 0; l < S.layer_count; ++l) {
@@ -785,26 +797,18 @@ Prediction predict_grid(const RunConfig& cfg, const MachineSpec& machine, int ra
     r.memory = S.memory;
     for (const auto& entry : stage_comm[st]) r.comm.push_back(entry.second);
   }
-  // A holder's idle time moves from its expert phase to the wait at the collective that
-  // brings the rows back: the all-to-all with EP, else the tensor group's all-reduce.
+  // A holder waits at the collective that brings the rows back: the all-to-all with EP, else
+  // the tensor group's all-reduce.
   const Phase waits_in = p.ep > 1 ? Phase::dispatch : Phase::allreduce;
-  auto idle_in = [&](const Stage::Idle& idle, int layer_begin, int holder, PhaseTable& table) {
-    for (std::size_t l = 0; l < idle.size(); ++l) {
-      if (idle[l].empty()) continue;
-      const double seconds = mb * idle[l][static_cast<std::size_t>(holder)];
-      table.add(layer_begin + static_cast<int>(l), Phase::expert, -seconds);
-      table.add(layer_begin + static_cast<int>(l), waits_in, seconds);
-    }
-  };
   for (int rank = 0; rank < ranks; ++rank) {
     const int st = rank / stride;
     out.per_rank.push_back(stage_metrics[st]);
     if (holder_count > 1) {
       const Stage& S = stages[st];
       RankMetrics& r = out.per_rank.back();
-      idle_in(S.idle_prefill, S.layer_begin, holder_of_rank(rank), r.prefill);
+      wait_idle(S.idle_prefill, S.layer_begin, holder_of_rank(rank), mb, waits_in, r.prefill);
       for (int step = 0; step < w.decode_steps; ++step)
-        idle_in(S.idle_decode[step], S.layer_begin, holder_of_rank(rank), r.decode);
+        wait_idle(S.idle_decode[step], S.layer_begin, holder_of_rank(rank), mb, waits_in, r.decode);
     }
     out.roles.push_back(p.pp > 1 ? "stage " + std::to_string(st) : "all layers");
   }
@@ -868,26 +872,33 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
   if (data_parallel) ga.dim = group_shape(p.dim_groups, 1, gpn);
   Shard moe;
   moe.experts = busiest_experts(cfg, E);
-  const ExpertHolder busiest = busiest_holder(expert_holders(cfg, E));
-  moe.expert_weights = busiest.weights;
+  // Each layer is paced by its busiest expert rank; the others compute their own shares and
+  // wait for it, as in the grid.
+  const auto holders = expert_holders(cfg, E);
+  const ExpertHolder most = busiest_holder(holders);  // sizes every expert rank's buffers
+  moe.expert_weights = most.weights;
   moe.ffn = m.ffn_hidden;
   moe.router = false;
   const double es = Model::element_size(m.precision), d = m.hidden, k = m.top_k;
   RankMetrics ra, re;
   const double t_rank = static_cast<double>(seqs_rank) * w.prompt;
   ra.memory = memory_of(m, w, attn, m.layers, seqs_rank, es, es * 2.0 * t_rank * k * d / (data_parallel ? 1.0 : A), true);
-  moe.rows = static_cast<double>(w.batch) / seqs_rank * busiest.share;  // routed rows here per token of an attention replica
+  moe.rows = static_cast<double>(w.batch) / seqs_rank * most.share;  // routed rows here per token of an attention replica
   re.memory = memory_of(m, w, moe, m.layers, seqs_rank, es, es * 2.0 * w.batch * w.prompt * k * d / E, false);
   const bool across = ranks > gpn;
   const Link& link = across ? machine.inter : machine.intra;
 
   struct Layer {
-    Cost attn, moe;
+    Cost attn, moe;  // moe: the busiest expert rank's
+    std::vector<double> idle;  // [expert rank], all micro-batches
     double wall = 0.0;
   };
   // One layer for all micro-batches of a pass: the two sides and the link form a loop that
   // micro-batches circulate through; with enough of them the busiest resource paces it.
-  auto layer = [&](int n, int pos0, bool first, bool last) {
+  auto layer = [&](int n, int pos0, int l) {
+    const bool first = l == 0, last = l == m.layers - 1;
+    const auto& held = holders[static_cast<std::size_t>(l)];
+    const ExpertHolder& pace = busiest(held);
     const Model attn_model(cfg, machine, cache_footprint(machine, pass_footprint(ra.memory, n, w.prompt), node_ranks), n),
         moe_model(cfg, machine, cache_footprint(machine, pass_footprint(re.memory, n, w.prompt), node_ranks), n);
     Layer L;
@@ -903,11 +914,15 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
     if (last) a.add(Phase::norm, attn_model.norm(t));
     // Replicas send their own rows; ranks sharing heads hold every row and send 1/group each.
     const double sent = es * t * k * d / (data_parallel ? 1.0 : A);
-    const double received = es * all * k * d * busiest.share;  // per (busiest) expert rank
+    const double received = es * all * k * d * pace.share;  // per (busiest) expert rank
     const double hop = link.latency + E * machine.peer_overhead + std::max(sent, received) / (link.bandwidth * link.efficiency);
-    Cost e;
     const double mats = m.activation == Activation::swiglu ? 3.0 : 2.0;
-    e.add(Phase::expert, moe_model.expert_block(all * k * busiest.share, m.ffn_hidden, moe.expert_weights, mats, A));
+    auto computes = [&](const ExpertHolder& h) {
+      return moe_model.expert_block(all * k * h.share, m.ffn_hidden, h.weights, mats, A);
+    };
+    Cost e;
+    e.add(Phase::expert, computes(pace));
+    for (const ExpertHolder& h : held) L.idle.push_back(mb * (computes(pace) - computes(h)));
     const double work_a = a.total(), work_e = e.total();
     const double loop = work_a + 2.0 * hop + work_e;
     L.wall = std::max(loop, mb * std::max({work_a, work_e, hop}));
@@ -934,12 +949,15 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
   re.prefill = PhaseTable(m.layers);
   re.decode = PhaseTable(m.layers);
   std::map<CommKey, CommRecord> ca, ce;
-  auto pass = [&](int n, int pos0, PhaseTable& ta, PhaseTable& te) {
+  // Summed over the steps in decode.
+  Idle idle_prefill(m.layers, std::vector<double>(E)), idle_decode = idle_prefill;
+  auto pass = [&](int n, int pos0, PhaseTable& ta, PhaseTable& te, Idle& idle) {
     double wall = 0.0;
     for (int l = 0; l < m.layers; ++l) {
-      const Layer L = layer(n, pos0, l == 0, l == m.layers - 1);
+      const Layer L = layer(n, pos0, l);
       add_layers({L.attn}, l, 1.0, ta);
       add_layers({L.moe}, l, 1.0, te);
+      for (int h = 0; h < E; ++h) idle[l][h] += L.idle[h];
       collect_comm(ca, L.attn, 1.0);
       collect_comm(ce, L.moe, 1.0);
       ra.comm_hidden_seconds += L.attn.hidden;
@@ -948,9 +966,10 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
     }
     return wall;
   };
-  const double prefill_wall = pass(w.prompt, 0, ra.prefill, re.prefill);
+  const double prefill_wall = pass(w.prompt, 0, ra.prefill, re.prefill, idle_prefill);
   std::vector<double> decode_walls;
-  for (int step = 0; step < w.decode_steps; ++step) decode_walls.push_back(pass(1, w.prompt + step, ra.decode, re.decode));
+  for (int step = 0; step < w.decode_steps; ++step)
+    decode_walls.push_back(pass(1, w.prompt + step, ra.decode, re.decode, idle_decode));
   const double decode_wall = std::accumulate(decode_walls.begin(), decode_walls.end(), 0.0);
   for (RankMetrics* r : {&ra, &re}) {
     r->prefill_seconds = prefill_wall;
@@ -976,6 +995,9 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
   for (int r = 0; r < ranks; ++r) {
     out.per_rank.push_back(r < A ? ra : re);
     out.roles.push_back(r < A ? "attention" : "experts");
+    if (r < A) continue;
+    wait_idle(idle_prefill, 0, r - A, 1.0, Phase::wait, out.per_rank.back().prefill);
+    wait_idle(idle_decode, 0, r - A, 1.0, Phase::wait, out.per_rank.back().decode);
   }
   std::ostringstream layout;
   layout << "attn=" << A << " experts=" << E;
@@ -1021,8 +1043,7 @@ std::string routing_assumption(const RunConfig& cfg) {
   line << to_string(w.routing, w.zipf_exponent) << " routing: each expert's expected share of the routed rows "
        << "from workload.routing's draws (expert 0: " << 100.0 * shares.front() << "%, expert " << shares.size() - 1
        << ": " << 100.0 * shares.back() << "%); the expert rank with the largest share paces every layer, the others compute their "
-       << "own shares and wait for it"
-       << (cfg.parallel.attn_ranks > 0 ? " (with separation every expert rank is reported as the busiest)" : "");
+       << "own shares and wait for it";
   return line.str();
 }
 

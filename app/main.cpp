@@ -123,6 +123,7 @@ std::string check_output_writable(const std::string& path) {
   const std::string key = "output.file = \"" + path + "\"";
   if (path.empty() || path.back() == '/')
     return key + ": expected a file name, e.g. output.file = \"results/run.h5\"";
+  if (const std::string error = io::results_path_error(path); !error.empty()) return key + " " + error;
   std::error_code ec;
   if (fs::is_directory(path, ec))
     return key + " is a directory; name a file inside it, e.g. " + (fs::path(path) / "run.h5").string();

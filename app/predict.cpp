@@ -74,9 +74,12 @@ int predict_command(const PredictOptions& opt, int argc, char** argv) {
   RunConfig cfg;
   MachineSpec machine;
   Prediction prediction;
-  const std::string out = opt.out.empty() ? std::string() : opt.out;
+  std::string file;
   try {
     cfg = io::load_deck(opt.deck, opt.sets);
+    file = opt.out.empty() ? default_output(cfg.output.file) : opt.out;
+    if (const std::string error = io::results_path_error(file); !error.empty())
+      throw InputError("results file " + file + " " + error);
     machine = io::load_machine(opt.machine);
     const int ranks = opt.ranks > 0 ? opt.ranks : deck_ranks(cfg.parallel);
     prediction = predict(cfg, machine, ranks);
@@ -84,7 +87,6 @@ int predict_command(const PredictOptions& opt, int argc, char** argv) {
     std::cerr << "moeproxy: input error: " << e.what() << "\n";
     return 2;
   }
-  const std::string file = out.empty() ? default_output(cfg.output.file) : out;
 
   io::RunInfo info;
   info.app_version = version();

@@ -189,6 +189,11 @@ PY
       --set output.file=bare-name.h5
     [ -s "$out/bare-name.h5" ] || fail "bare-name.h5 was not written in the working directory" ;;
   output-empty) refuse "output.file" "expected a file name" -- "$exe" "${one[@]}" --set output.file= ;;
+  output-colon)  # MPI-IO would take "run" for a file-system type, after the whole run
+    refuse "output.file" "contains ':'" -- "$exe" "${one[@]}" --set output.file="$out/run:1.h5"
+    result=$out/run:1-predicted.h5
+    refuse "run:1-predicted.h5" "contains ':'" -- "$exe" predict "$quick" \
+      --machine "$src/inputs/machines/h100-sxm-ndr.toml" --set output.file="$out/run:1.h5" ;;
   toml-unterminated)
     printf '[model]\nlayers = 2\n[output]\nfile = "%s\n' "$result" > "$bad"
     refuse "$bad:4" "invalid TOML" -- "$exe" run "$bad" ;;

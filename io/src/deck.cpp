@@ -441,7 +441,7 @@ const std::vector<KeySpec>& key_specs() {
                            "machine file for the suggested rank split; \"\" = none",
                            MOEPROXY_FIELD(parallel.balance_machine)));
 
-    s.push_back(string_key("output.file", "HDF5 path", MOEPROXY_FIELD(output.file)));
+    s.push_back(string_key("output.file", "HDF5 path without ':'", MOEPROXY_FIELD(output.file)));
     s.push_back(bool_key("output.dump_hidden", MOEPROXY_FIELD(output.dump_hidden)));
 
     s.push_back(choice_key("verify.mode",

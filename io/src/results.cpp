@@ -572,6 +572,7 @@ void write_file(MPI_Comm comm, const std::string& path, const RunConfig& cfg, co
     if (!error.empty()) throw std::runtime_error(error);
   });
 
+  if (const std::string error = results_path_error(path); !error.empty()) throw std::runtime_error(error);
   const std::filesystem::path target(path);
   const std::string partial = path + ".partial";
   collective_step(comm, "creating the directory", [&] {
@@ -1002,6 +1003,15 @@ ResultsFile read_file(const std::string& path) {
 }
 
 }  // namespace
+
+std::string results_path_error(const std::string& path) {
+  // ROMIO (the MPI-IO of MPICH and of the MPIs built on it; MPICH 4.0 here) takes the text
+  // before a ':' for a file-system type and refuses to open the file when it names none.
+  if (path.find(':') != std::string::npos)
+    return "contains ':', which MPI-IO reads as a file-system prefix (\"ufs:\", \"lustre:\"); "
+           "choose a name without ':'";
+  return "";
+}
 
 void write_results(MPI_Comm comm, const std::string& path, const RunConfig& cfg, const RunInfo& info,
                    const RankMetrics& local, const RunSummary& summary, const ExpertCounts& experts,

@@ -4,7 +4,7 @@
 foreach(case layers-zero batch-negative hidden-absurd topk-experts dp-batch tp-three
              precision-unknown precision-fp16 compression-unknown compression-one-rank verify-file-missing checkpoint-missing
              checkpoint-not-hdf5 checkpoint-attribute checkpoint-shape checkpoint-dataset-missing
-             output-proc output-parent-file output-directory output-bare-name output-empty
+             output-proc output-parent-file output-directory output-bare-name output-empty output-colon
              toml-unterminated toml-binary toml-header-key set-no-equals set-empty-value set-not-number
              memory-model memory-batch no-preflight
              expert-map-duplicate expert-map-missing expert-map-length expert-map-layers heads-sum heads-mxn

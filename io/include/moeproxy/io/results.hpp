@@ -41,6 +41,9 @@ struct HiddenDump {
   std::vector<float> decode;   // [batch_count, decode_steps, hidden]
 };
 
+// Why `path` cannot name a results file, or "" when it can: checked before any work.
+std::string results_path_error(const std::string& path);
+
 // Collective over comm. Writes path + ".partial" with the root attribute complete = 0, sets
 // complete = 1 as the last write, closes, and then rank 0 renames it to path (replacing an
 // older file); the parent directory is created if missing. Values that must agree across

@@ -234,6 +234,32 @@ TEST_CASE("perf model: separation's ping-pong hides the transfers it overlaps, n
   CHECK(hidden == Approx(two.summary.comm_hidden_seconds));
 }
 
+TEST_CASE("perf model: separation's micro-batches fill and drain the ping-pong once per pass", "[perf]") {
+  RunConfig cfg = separated_3_4();
+  cfg.parallel.micro_batches = 2;
+  MachineSpec m = compute_bound();
+  m.intra = m.inter = Link{1e15, 1e-9, 1.0};  // the sides' compute paces the loop
+  const Prediction p = predict(cfg, m, 7);
+  const RankMetrics &attention = p.per_rank[0], &experts = p.per_rank[3];
+  auto compute = [](const PhaseTable& t, int l) {
+    double s = 0.0;
+    for (int q = 0; q < static_cast<int>(Phase::allreduce); ++q) s += t.at(l, static_cast<Phase>(q));
+    return s;
+  };
+  const double a0 = compute(attention.prefill, 0) / 2, e1 = compute(experts.prefill, 1) / 2;  // one micro-batch
+  REQUIRE(a0 > 0.0);
+  REQUIRE(e1 > 0.0);
+  const double attention_total = compute(attention.prefill, 0) + compute(attention.prefill, 1);
+  const double experts_total = compute(experts.prefill, 0) + compute(experts.prefill, 1);
+  // The experts' first rows arrive after one micro-batch's attention; the last micro-batch
+  // still goes through the experts after the attention ranks' last compute.
+  CHECK(experts.prefill.at(0, Phase::wait) >= a0);
+  CHECK(p.summary.ttft_s >= experts_total + a0);
+  CHECK(p.summary.ttft_s >= attention_total + e1);
+  CHECK(phase_sum(attention.prefill) == Approx(attention.prefill_seconds));
+  CHECK(phase_sum(experts.prefill) == Approx(experts.prefill_seconds));
+}
+
 TEST_CASE("perf model: with separation under zipf routing each expert rank computes its share and waits for the busiest",
           "[perf]") {
   RunConfig cfg = separated_3_4();  // 4 expert ranks, one expert each

@@ -892,6 +892,7 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
     Cost attn, moe;  // moe: the busiest expert rank's
     std::vector<double> idle;  // [expert rank], all micro-batches
     double wall = 0.0;
+    double work_a = 0.0, work_e = 0.0, hop = 0.0;  // one micro-batch
   };
   // One layer for all micro-batches of a pass: the two sides and the link form a loop that
   // micro-batches circulate through; with enough of them the busiest resource paces it.
@@ -924,6 +925,9 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
     e.add(Phase::expert, computes(pace));
     for (const ExpertHolder& h : held) L.idle.push_back(mb * (computes(pace) - computes(h)));
     const double work_a = a.total(), work_e = e.total();
+    L.work_a = work_a;
+    L.work_e = work_e;
+    L.hop = hop;
     const double loop = work_a + 2.0 * hop + work_e;
     L.wall = std::max(loop, mb * std::max({work_a, work_e, hop}));
     // A side's transfers beyond the layer's wall ran while it computed another micro-batch
@@ -951,10 +955,22 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
   std::map<CommKey, CommRecord> ca, ce;
   // Summed over the steps in decode.
   Idle idle_prefill(m.layers, std::vector<double>(E)), idle_decode = idle_prefill;
+  // Micro-batch i's layer l waits only for its own layer l - 1 (Separation::run_attention),
+  // so the layers pipeline into each other and their walls add up, but for the pass's ends:
+  // the experts get no rows before the first micro-batch's attention, and the last
+  // micro-batch still goes to the experts and back after the attention ranks' last compute.
+  // Both sides wait for that (the experts at the first layer, the attention at the last).
   auto pass = [&](int n, int pos0, PhaseTable& ta, PhaseTable& te, Idle& idle) {
-    double wall = 0.0;
+    double wall = 0.0, attention = 0.0, experts = 0.0, fill = 0.0, drain = 0.0, back = 0.0;
     for (int l = 0; l < m.layers; ++l) {
       const Layer L = layer(n, pos0, l);
+      attention += mb * L.work_a;
+      experts += mb * L.work_e;
+      if (l == 0) fill = L.work_a + L.hop;
+      if (l == m.layers - 1) {
+        back = L.hop;
+        drain = 2.0 * L.hop + L.work_e;
+      }
       add_layers({L.attn}, l, 1.0, ta);
       add_layers({L.moe}, l, 1.0, te);
       for (int h = 0; h < E; ++h) idle[l][h] += L.idle[h];
@@ -964,7 +980,10 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
       re.comm_hidden_seconds += L.moe.hidden;
       wall += L.wall;
     }
-    return wall;
+    const double ends = std::max({0.0, fill + experts + back - wall, attention + drain - wall});
+    ta.add(m.layers - 1, Phase::wait, ends);
+    te.add(0, Phase::wait, ends);
+    return wall + ends;
   };
   const double prefill_wall = pass(w.prompt, 0, ra.prefill, re.prefill, idle_prefill);
   std::vector<double> decode_walls;

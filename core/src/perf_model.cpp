@@ -924,26 +924,35 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
     Cost e;
     e.add(Phase::expert, computes(pace));
     for (const ExpertHolder& h : held) L.idle.push_back(mb * (computes(pace) - computes(h)));
+    // Rows leave and arrive through host staging buffers (Separation::send, finish, run_ffn):
+    // a copy each way on each side, as the runtime times them, priced as the machine's row
+    // copy (a gather; on the 2-core VM within 15% of the prefill's `dispatch` and `recv`,
+    // 2026-12-07). On a GPU they cross PCIe, which the machine files do not describe. The
+    // transfers themselves happen while the receiving side waits for them.
+    const double rows_a = t * k / (data_parallel ? 1.0 : A), rows_e = all * k * pace.share;
+    a.add(Phase::dispatch, 2.0 * attn_model.op("gather", kernel_size::gather(rows_a, d, es)));
+    e.add(Phase::recv, moe_model.op("gather", kernel_size::gather(rows_e, d, es)));
+    e.add(Phase::send, moe_model.op("gather", kernel_size::gather(rows_e, d, es)));
     const double work_a = a.total(), work_e = e.total();
     L.work_a = work_a;
     L.work_e = work_e;
     L.hop = hop;
     const double loop = work_a + 2.0 * hop + work_e;
     L.wall = std::max(loop, mb * std::max({work_a, work_e, hop}));
-    // A side's transfers beyond the layer's wall ran while it computed another micro-batch
-    // (the ping-pong): hidden. The rest, and its idle time, are exposed.
+    // A side waits for its transfers, except for what exceeds the layer's wall: that ran while
+    // it computed another micro-batch (the ping-pong), hidden. Its idle time is waited too.
     auto settle = [&](Cost& side) {
-      const double over = std::min(side.total() - L.wall, side.of({Phase::dispatch}));
-      if (over > 0.0) side.overlap(Phase::dispatch, over, {{"send", "attn-moe"}, {"recv", "attn-moe"}});
+      const double over = std::min(side.total() - L.wall, side.of({Phase::wait}));
+      if (over > 0.0) side.overlap(Phase::wait, over, {{"send", "attn-moe"}, {"recv", "attn-moe"}});
       side.add(Phase::wait, std::max(0.0, L.wall - side.total()));
     };
     L.attn.add(a, mb);
-    L.attn.communicate(Phase::dispatch, "send", "attn-moe", ranks, sent * mb, hop * mb);
-    L.attn.communicate(Phase::dispatch, "recv", "attn-moe", ranks, sent * mb, hop * mb);
+    L.attn.communicate(Phase::wait, "send", "attn-moe", ranks, sent * mb, hop * mb);
+    L.attn.communicate(Phase::wait, "recv", "attn-moe", ranks, sent * mb, hop * mb);
     settle(L.attn);
     L.moe.add(e, mb);
-    L.moe.communicate(Phase::dispatch, "recv", "attn-moe", ranks, received * mb, hop * mb);
-    L.moe.communicate(Phase::dispatch, "send", "attn-moe", ranks, received * mb, hop * mb);
+    L.moe.communicate(Phase::wait, "recv", "attn-moe", ranks, received * mb, hop * mb);
+    L.moe.communicate(Phase::wait, "send", "attn-moe", ranks, received * mb, hop * mb);
     settle(L.moe);
     return L;
   };

@@ -28,6 +28,9 @@ class LayoutExchange : public LayerExchange {
                  CommCompression compression, int ep_chunks = 1)
       : tp_(tp), ep_(ep), dim_(dim), placement_(std::move(placement)), placement_rank_(placement_rank),
         codec_(compression), ep_chunks_(ep_chunks), chunk_buffers_{expert_in_, expert_out_, {}, {}, {}} {}
+  // A copy's chunk buffers would borrow the original's rows.
+  LayoutExchange(const LayoutExchange&) = delete;
+  LayoutExchange& operator=(const LayoutExchange&) = delete;
 
   void reduce_partial(const ExecSpace& space, const Matrix& partial) override;
   void reduce_scores(const ExecSpace& space, const Scores& scores) override;

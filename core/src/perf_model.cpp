@@ -914,31 +914,32 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
     a.add(Phase::combine, attn_model.combine(t));
     if (last) a.add(Phase::norm, attn_model.norm(t));
     // Replicas send their own rows; ranks sharing heads hold every row and send 1/group each.
-    const double sent = es * t * k * d / (data_parallel ? 1.0 : A);
-    const double received = es * all * k * d * pace.share;  // per (busiest) expert rank
+    const double rows_a = t * k / (data_parallel ? 1.0 : A);
+    const double rows_e = all * k * pace.share;  // per (busiest) expert rank
+    const double sent = es * rows_a * d, received = es * rows_e * d;
     const double hop = link.latency + E * machine.peer_overhead + std::max(sent, received) / (link.bandwidth * link.efficiency);
     const double mats = m.activation == Activation::swiglu ? 3.0 : 2.0;
     auto computes = [&](const ExpertHolder& h) {
       return moe_model.expert_block(all * k * h.share, m.ffn_hidden, h.weights, mats, A);
     };
+    const double paced = computes(pace);
     Cost e;
-    e.add(Phase::expert, computes(pace));
-    for (const ExpertHolder& h : held) L.idle.push_back(mb * (computes(pace) - computes(h)));
+    e.add(Phase::expert, paced);
+    for (const ExpertHolder& h : held) L.idle.push_back(mb * (paced - computes(h)));
     // Rows leave and arrive through host staging buffers (Separation::send, finish, run_ffn):
     // a copy each way on each side, as the runtime times them, priced as the machine's row
     // copy (a gather; on the 2-core VM within 15% of the prefill's `dispatch` and `recv`,
     // 2026-12-07). On a GPU they cross PCIe, which the machine files do not describe. The
     // transfers themselves happen while the receiving side waits for them.
-    const double rows_a = t * k / (data_parallel ? 1.0 : A), rows_e = all * k * pace.share;
     a.add(Phase::dispatch, 2.0 * attn_model.op("gather", kernel_size::gather(rows_a, d, es)));
-    e.add(Phase::recv, moe_model.op("gather", kernel_size::gather(rows_e, d, es)));
-    e.add(Phase::send, moe_model.op("gather", kernel_size::gather(rows_e, d, es)));
-    const double work_a = a.total(), work_e = e.total();
-    L.work_a = work_a;
-    L.work_e = work_e;
+    const double copy_e = moe_model.op("gather", kernel_size::gather(rows_e, d, es));
+    e.add(Phase::recv, copy_e);
+    e.add(Phase::send, copy_e);
+    L.work_a = a.total();
+    L.work_e = e.total();
     L.hop = hop;
-    const double loop = work_a + 2.0 * hop + work_e;
-    L.wall = std::max(loop, mb * std::max({work_a, work_e, hop}));
+    const double loop = L.work_a + 2.0 * hop + L.work_e;
+    L.wall = std::max(loop, mb * std::max({L.work_a, L.work_e, hop}));
     // A side waits for its transfers, except for what exceeds the layer's wall: that ran while
     // it computed another micro-batch (the ping-pong), hidden. Its idle time is waited too.
     auto settle = [&](Cost& side) {

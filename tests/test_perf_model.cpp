@@ -260,6 +260,30 @@ TEST_CASE("perf model: separation's micro-batches fill and drain the ping-pong o
   CHECK(phase_sum(experts.prefill) == Approx(experts.prefill_seconds));
 }
 
+TEST_CASE("perf model: separation's experts end each pass in `send`, waiting for their last results to leave", "[perf]") {
+  const RunConfig cfg = separated_3_4();
+  MachineSpec m = compute_bound();
+  const Prediction before = predict(cfg, m, 7);
+  const double slower = 1e-3;  // each message's latency
+  m.intra.latency += slower;
+  m.inter.latency += slower;
+  const Prediction after = predict(cfg, m, 7);
+  const RankMetrics &e0 = before.per_rank[3], &e1 = after.per_rank[3];
+  CHECK(e1.prefill.at(1, Phase::send) - e0.prefill.at(1, Phase::send) == Approx(slower));
+  CHECK(e1.decode.at(1, Phase::send) - e0.decode.at(1, Phase::send) == Approx(cfg.workload.decode_steps * slower));
+  CHECK(e1.prefill.at(0, Phase::send) == Approx(e0.prefill.at(0, Phase::send)));
+  CHECK(phase_sum(e1.prefill) == Approx(e1.prefill_seconds));
+  CHECK(phase_sum(e1.decode) == Approx(e1.decode_seconds));
+  // Within a node each message takes the machine's measured send, as a pipeline stage's does.
+  m = compute_bound();
+  m.devices_per_node = 8;
+  const double modelled = predict(cfg, m, 7).per_rank[3].prefill.at(1, Phase::send);
+  single_sweep(m).kernels["send"] = KernelProfile{{{1.0, 1.0}, {1e12, 1.0}}};
+  m.profiles.ranks = 2;
+  CHECK(predict(cfg, m, 7).per_rank[3].prefill.at(1, Phase::send) >= 1.0);
+  CHECK(modelled < 1e-2);
+}
+
 TEST_CASE("perf model: with separation under zipf routing each expert rank computes its share and waits for the busiest",
           "[perf]") {
   RunConfig cfg = separated_3_4();  // 4 expert ranks, one expert each

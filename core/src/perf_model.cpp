@@ -886,7 +886,6 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
   moe.rows = static_cast<double>(w.batch) / seqs_rank * most.share;  // routed rows here per token of an attention replica
   re.memory = memory_of(m, w, moe, m.layers, seqs_rank, es, es * 2.0 * w.batch * w.prompt * k * d / E, false);
   const bool across = ranks > gpn;
-  const Link& link = across ? machine.inter : machine.intra;
 
   struct Layer {
     Cost attn, moe;  // moe: the busiest expert rank's
@@ -917,7 +916,9 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
     const double rows_a = t * k / (data_parallel ? 1.0 : A);
     const double rows_e = all * k * pace.share;  // per (busiest) expert rank
     const double sent = es * rows_a * d, received = es * rows_e * d;
-    const double hop = link.latency + E * machine.peer_overhead + std::max(sent, received) / (link.bandwidth * link.efficiency);
+    // A message each way, as the machine's point-to-point send has it (its profile within a
+    // node where calibrated, else alpha-beta), and a peer's overhead for each expert rank.
+    const double hop = moe_model.send(across, std::max(sent, received)) + E * machine.peer_overhead;
     const double mats = m.activation == Activation::swiglu ? 3.0 : 2.0;
     auto computes = [&](const ExpertHolder& h) {
       return moe_model.expert_block(all * k * h.share, m.ffn_hidden, h.weights, mats, A);
@@ -971,16 +972,31 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
   // micro-batch still goes to the experts and back after the attention ranks' last compute.
   // Both sides wait for that (the experts at the first layer, the attention at the last).
   auto pass = [&](int n, int pos0, PhaseTable& ta, PhaseTable& te, Idle& idle) {
-    double wall = 0.0, attention = 0.0, experts = 0.0, fill = 0.0, drain = 0.0, back = 0.0;
+    double wall = 0.0, attention = 0.0, experts = 0.0;
+    std::vector<Layer> layers;
     for (int l = 0; l < m.layers; ++l) {
-      const Layer L = layer(n, pos0, l);
+      layers.push_back(layer(n, pos0, l));
+      const Layer& L = layers.back();
       attention += mb * L.work_a;
       experts += mb * L.work_e;
-      if (l == 0) fill = L.work_a + L.hop;
-      if (l == m.layers - 1) {
-        back = L.hop;
-        drain = 2.0 * L.hop + L.work_e;
-      }
+      wall += L.wall;
+    }
+    const Layer &first = layers.front(), &last = layers.back();
+    const double fill = first.work_a + first.hop, back = last.hop, drain = 2.0 * last.hop + last.work_e;
+    const double ends = std::max({0.0, fill + experts + back - wall, attention + drain - wall});
+    layers.back().attn.add(Phase::wait, ends);
+    layers.front().moe.add(Phase::wait, ends);
+    // The experts end the pass waiting for their last results to leave, which the runtime
+    // times as their `send` (Separation::run_ffn): out of the pass's waits, the last layer's first.
+    double leave = back;
+    for (auto L = layers.rbegin(); L != layers.rend() && leave > 0.0; ++L) {
+      const double moved = std::min(leave, L->moe.of({Phase::wait}));
+      L->moe.add(Phase::wait, -moved);
+      layers.back().moe.add(Phase::send, moved);
+      leave -= moved;
+    }
+    for (int l = 0; l < m.layers; ++l) {
+      const Layer& L = layers[static_cast<std::size_t>(l)];
       add_layers({L.attn}, l, 1.0, ta);
       add_layers({L.moe}, l, 1.0, te);
       for (int h = 0; h < E; ++h) idle[l][h] += L.idle[h];
@@ -988,11 +1004,7 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
       collect_comm(ce, L.moe, 1.0);
       ra.comm_hidden_seconds += L.attn.hidden;
       re.comm_hidden_seconds += L.moe.hidden;
-      wall += L.wall;
     }
-    const double ends = std::max({0.0, fill + experts + back - wall, attention + drain - wall});
-    ta.add(m.layers - 1, Phase::wait, ends);
-    te.add(0, Phase::wait, ends);
     return wall + ends;
   };
   const double prefill_wall = pass(w.prompt, 0, ra.prefill, re.prefill, idle_prefill);

@@ -140,6 +140,23 @@ EOF
     expect 2 "--reference" -- "$accept" "$runs/q4.h5"
     ok "bad references, missing files and bad usage give exit code 2" ;;
 
+  predict-again)
+    # predict-validation --predict-only on a stored run: tiny-1 measured once, the shipped CPU
+    # machine file as its calibration; the cases without runs are skipped, not compared.
+    dir=$out/predict-again
+    rm -rf "$dir"; mkdir -p "$dir"
+    cp "$src/inputs/machines/cpu-local.toml" "$dir/machine.toml"
+    expect 0 "PERFORMANCE" -- "$mpiexec" -n 1 "$exe" run "$src/tests/decks/tiny-moe.toml" \
+      --set workload.decode_steps=32 --set verify.mode=none --set output.file="$dir/tiny-1-run0.h5"
+    again=(bash -c 'cd "$1" && MOEPROXY=$2 job-scripts/predict-validation --predict-only "$3"' _ "$src" "$exe" "$dir")
+    expect 0 "case tiny-dp2: no runs" "Summary, at most one rank per core" "wrote $dir/repredicted.md" -- "${again[@]}"
+    grep -q "^## tiny-1 (1 ranks)" "$dir/repredicted.md" || fail "no tiny-1 table in $dir/repredicted.md"
+    grep -Eq "^\| decode \| wall \| [0-9.e-]+ \| [0-9.e-]+ \| [+-][0-9]+% \|" "$dir/repredicted.md" \
+      || fail "no decode wall compared in $dir/repredicted.md"
+    [ "$(grep -c '^## ' "$dir/repredicted.md")" -eq 1 ] || fail "cases without runs were compared"
+    rm "$dir/machine.toml"
+    expect 2 "no $dir/machine.toml" -- "${again[@]}"
+    ;;
   compare)
     need_runs
     compare=$src/analysis/moeproxy-compare

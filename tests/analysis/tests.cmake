@@ -19,6 +19,7 @@ moeproxy_add_analysis_test(runs FIXTURES_SETUP moeproxy_analysis_runs PROCESSORS
 foreach(case report report-refuses accept-pass accept-fail accept-usage compare)
   moeproxy_add_analysis_test(${case} FIXTURES_REQUIRED moeproxy_analysis_runs)
 endforeach()
+moeproxy_add_analysis_test(predict-again)
 moeproxy_add_analysis_test(job-scripts-parse)
 moeproxy_add_analysis_test(seed-scripts)
 moeproxy_add_analysis_test(sweep PROCESSORS 2)

@@ -981,18 +981,18 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
       experts += mb * L.work_e;
       wall += L.wall;
     }
-    const Layer &first = layers.front(), &last = layers.back();
+    Layer &first = layers.front(), &last = layers.back();
     const double fill = first.work_a + first.hop, back = last.hop, drain = 2.0 * last.hop + last.work_e;
     const double ends = std::max({0.0, fill + experts + back - wall, attention + drain - wall});
-    layers.back().attn.add(Phase::wait, ends);
-    layers.front().moe.add(Phase::wait, ends);
+    last.attn.add(Phase::wait, ends);
+    first.moe.add(Phase::wait, ends);
     // The experts end the pass waiting for their last results to leave, which the runtime
     // times as their `send` (Separation::run_ffn): out of the pass's waits, the last layer's first.
     double leave = back;
     for (auto L = layers.rbegin(); L != layers.rend() && leave > 0.0; ++L) {
       const double moved = std::min(leave, L->moe.of({Phase::wait}));
       L->moe.add(Phase::wait, -moved);
-      layers.back().moe.add(Phase::send, moved);
+      last.moe.add(Phase::send, moved);
       leave -= moved;
     }
     for (int l = 0; l < m.layers; ++l) {

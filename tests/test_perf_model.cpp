@@ -822,6 +822,23 @@ TEST_CASE("perf model: under zipf routing the expert rank with the largest share
   CHECK(said);
 }
 
+TEST_CASE("perf model: one activation runs over all the experts' rows, as Transformer::expert_ffn calls it", "[perf]") {
+  RunConfig cfg;  // one rank, 4 experts of which every one gets rows
+  cfg.model.layers = 1;
+  cfg.model.hidden = 64;
+  cfg.model.heads = 8;
+  cfg.workload.batch = 12;
+  MachineSpec m = compute_bound();
+  const Prediction roofline = predict(cfg, m, 1);
+  const double fixed = 1.0;  // seconds of one activation call, whatever its size
+  single_sweep(m).kernels["activate"] = KernelProfile{{{1.0, fixed}, {1e12, fixed}}};
+  const Prediction p = predict(cfg, m, 1);
+  const RankMetrics &r0 = roofline.per_rank[0], &r1 = p.per_rank[0];
+  CHECK(r1.prefill.at(0, Phase::expert) - r0.prefill.at(0, Phase::expert) == Approx(fixed).epsilon(1e-6));
+  CHECK(r1.decode.at(0, Phase::expert) - r0.decode.at(0, Phase::expert) ==
+        Approx(cfg.workload.decode_steps * fixed).epsilon(1e-6));
+}
+
 TEST_CASE("perf model: synthetic routing draws experts without the router's GEMM", "[perf]") {
   const MachineSpec m = compute_bound();
   const Prediction learned = predict(moe_on(1, RoutingMode::learned), m, 1);

@@ -569,13 +569,17 @@ int kv_heads_held(const ModelConfig& m, int heads_held) {
 // waited instead at the collective that brings the rows back (or for the next rows).
 using Idle = std::vector<std::vector<double>>;
 
-// Moves `holder`'s idle time, `times` over, from its expert phase to `waits_in`.
+// Moves `holder`'s idle time, `times` over, from its expert phase to `waits_in`. A holder
+// without rows in a layer is idle for all of it: the busiest's time, added step by step,
+// less the same `times` over can differ in the last bit and leave -1e-18 s, which a results
+// file must not hold; at most what the phase holds moves.
 void wait_idle(const Idle& idle, int layer_begin, int holder, double times, Phase waits_in, PhaseTable& table) {
   for (std::size_t l = 0; l < idle.size(); ++l) {
     if (idle[l].empty()) continue;
-    const double seconds = times * idle[l][static_cast<std::size_t>(holder)];
-    table.add(layer_begin + static_cast<int>(l), Phase::expert, -seconds);
-    table.add(layer_begin + static_cast<int>(l), waits_in, seconds);
+    const int layer = layer_begin + static_cast<int>(l);
+    const double seconds = std::min(times * idle[l][static_cast<std::size_t>(holder)], table.at(layer, Phase::expert));
+    table.add(layer, Phase::expert, -seconds);
+    table.add(layer, waits_in, seconds);
   }
 }
 

@@ -236,6 +236,21 @@ EOF
     done
     ok "each seed script submits its decks and a report" ;;
 
+  seed-predictions)
+    # Every seed deck is predicted, and docs/seed-reproduction.md's table of all predictions
+    # is what the current model gives: a model change that moves a figure fails here until
+    # the document is regenerated (the command is in the document).
+    cd "$src"
+    MOEPROXY=$exe job-scripts/seed-predictions > "$out/seed-predictions.md" 2> "$log" || { cat "$log"; fail "seed-predictions failed"; }
+    for deck in inputs/seeds/*.toml; do
+      grep -q "^| $(basename "$deck" .toml) |" "$out/seed-predictions.md" || fail "$deck is not predicted"
+    done
+    sed -n '/^## All predictions/,/^## /p' docs/seed-reproduction.md | grep '^| ' > "$out/seed-documented.md"
+    [ -s "$out/seed-documented.md" ] || fail "docs/seed-reproduction.md has no table under '## All predictions'"
+    diff "$out/seed-documented.md" "$out/seed-predictions.md" > "$log" \
+      || { cat "$log"; fail "docs/seed-reproduction.md's predictions differ from job-scripts/seed-predictions (< document, > model)"; }
+    ok "$(($(wc -l < "$out/seed-predictions.md") - 2)) predictions, as documented" ;;
+
   sweep)
     d=$out/sweep
     rm -rf "$d"; mkdir -p "$d"

@@ -22,6 +22,7 @@ endforeach()
 moeproxy_add_analysis_test(predict-again)
 moeproxy_add_analysis_test(job-scripts-parse)
 moeproxy_add_analysis_test(seed-scripts)
+moeproxy_add_analysis_test(seed-predictions TIMEOUT 300)
 moeproxy_add_analysis_test(sweep PROCESSORS 2)
 
 # Exit code 77 (no slurm-wlm/munge, not root, daemons would not start) shows as skipped.

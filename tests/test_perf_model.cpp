@@ -839,6 +839,19 @@ TEST_CASE("perf model: one activation runs over all the experts' rows, as Transf
         Approx(cfg.workload.decode_steps * fixed).epsilon(1e-6));
 }
 
+TEST_CASE("perf model: an fp16 prediction says its activations are 16-bit, unlike moeproxy's fp16 runs", "[perf]") {
+  RunConfig cfg = dense_one_layer();
+  const MachineSpec m = compute_bound();
+  auto says = [](const Prediction& p) {
+    for (const std::string& a : p.assumptions)
+      if (a.find("fp16: activations and transfers at 2 bytes") != std::string::npos) return true;
+    return false;
+  };
+  CHECK_FALSE(says(predict(cfg, m, 1)));
+  cfg.model.precision = Precision::fp16;
+  CHECK(says(predict(cfg, m, 1)));
+}
+
 TEST_CASE("perf model: synthetic routing draws experts without the router's GEMM", "[perf]") {
   const MachineSpec m = compute_bound();
   const Prediction learned = predict(moe_on(1, RoutingMode::learned), m, 1);

@@ -1103,6 +1103,10 @@ Prediction predict(const RunConfig& cfg, const MachineSpec& machine, int ranks) 
   summarize(cfg, machine, out);
   if (cfg.model.is_moe()) out.assumptions.push_back(routing_assumption(cfg));
   out.assumptions.push_back("warm passes: no first-call costs, as a run with workload.warmup >= 1 measures");
+  if (cfg.model.precision == Precision::fp16)
+    out.assumptions.push_back("fp16: activations and transfers at 2 bytes, as a deployment with 16-bit activations "
+                              "moves them; moeproxy's own fp16 runs keep them in float32 and round each GEMM's "
+                              "operand in a kernel of its own (docs/predict.md, \"Not modelled\")");
   if (const KernelProfiles* measured = machine.profiles.any()) {
     std::string names = measured->gemm.empty() ? "" : "gemm";
     for (const auto& [name, profile] : measured->kernels) names += (names.empty() ? "" : ", ") + name;

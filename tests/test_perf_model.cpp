@@ -63,6 +63,13 @@ std::string machine_without_profile() {
          "[intra_node]\nbandwidth_gbs = 50\nlatency_us = 2\n[inter_node]\nbandwidth_gbs = 10\nlatency_us = 4\n";
 }
 
+// Whether one of the prediction's assumptions says `text`.
+bool assumes(const Prediction& p, const std::string& text) {
+  for (const std::string& a : p.assumptions)
+    if (a.find(text) != std::string::npos) return true;
+  return false;
+}
+
 // The profiles of a machine measured at a single sweep, to be filled in.
 KernelProfiles& single_sweep(MachineSpec& m) {
   m.profiles.by_sweep.assign(1, {1024.0 * 1024, KernelProfiles{}});
@@ -409,9 +416,7 @@ TEST_CASE("perf model: a profiled kernel takes its measured time at the call's s
   // Two norms per layer and the final norm.
   CHECK(p.per_rank[0].prefill.at(0, Phase::norm) == Approx(3.0 * one));
   CHECK(roofline < 1e-6);
-  bool said = false;
-  for (const std::string& a : p.assumptions) said = said || a.find("measured profiles (norm)") != std::string::npos;
-  CHECK(said);
+  CHECK(assumes(p, "measured profiles (norm)"));
 }
 
 TEST_CASE("perf model: a synchronising collective waits as sync_wait has it for the compute since the last", "[perf]") {
@@ -842,14 +847,10 @@ TEST_CASE("perf model: one activation runs over all the experts' rows, as Transf
 TEST_CASE("perf model: an fp16 prediction says its activations are 16-bit, unlike moeproxy's fp16 runs", "[perf]") {
   RunConfig cfg = dense_one_layer();
   const MachineSpec m = compute_bound();
-  auto says = [](const Prediction& p) {
-    for (const std::string& a : p.assumptions)
-      if (a.find("fp16: activations and transfers at 2 bytes") != std::string::npos) return true;
-    return false;
-  };
-  CHECK_FALSE(says(predict(cfg, m, 1)));
+  const std::string fp16 = "fp16: activations and transfers at 2 bytes";
+  CHECK_FALSE(assumes(predict(cfg, m, 1), fp16));
   cfg.model.precision = Precision::fp16;
-  CHECK(says(predict(cfg, m, 1)));
+  CHECK(assumes(predict(cfg, m, 1), fp16));
 }
 
 TEST_CASE("perf model: synthetic routing draws experts without the router's GEMM", "[perf]") {

@@ -451,16 +451,16 @@ class Model {
 
   // The experts' GEMMs over `rows` rows, each row going to an expert of `cols` columns with
   // its part of `weights` (one per expert held): an expert with at least one row reads its
-  // weights once. One activation runs over all the rows (Transformer::expert_ffn): per expert,
-  // its fixed cost, which decode's few rows per expert are bound by, would count once per
-  // expert (the tiny validation deck's decode experts predicted at +86% so). Rows from several
-  // `sources` are gathered expert by expert first and put back after (Transformer::ffn_rows).
+  // weights once. One activation runs over all the rows (Transformer::expert_ffn): priced per
+  // expert, its fixed cost, which decode's few rows per expert are bound by, would count once
+  // per expert. Rows from several `sources` are gathered expert by expert first and put back
+  // after (Transformer::ffn_rows).
   double expert_block(double rows, double cols, const std::vector<double>& weights, double mats,
                       double sources = 1.0) const {
     if (rows <= 0.0 || weights.empty()) return 0.0;
     const double d = m_.hidden;
     const double regroup = sources > 1.0 ? 2.0 * op("gather", kernel_size::gather(rows, d, es_)) : 0.0;
-    // One expert: W1 (and W3), each a roofline of its own, then W2.
+    // One expert: W1 (and W3), then W2, each a GEMM of its own.
     auto one = [&](double per) { return (mats - 1.0) * gemm(per, d, cols) + gemm(per, cols, d); };
     double seconds = 0.0, last_weight = -1.0, last = 0.0;
     for (const double w : weights) {

@@ -564,35 +564,53 @@ TEST_CASE("sweep profiles: the nearest sweep outside, log-log in the footprint b
   CHECK(p.at(1e7, Sweep::read, norm) == Approx(1e-5));
 }
 
-TEST_CASE("perf model: a rank's kernels are looked up at the footprint of its pass", "[perf]") {
+// Profiles of `norm` and the GEMM, each a fixed time per call, after a sweep of `bytes`.
+std::pair<double, KernelProfiles> fixed_times(double bytes, double norm, double gemm) {
+  KernelProfiles k;
+  k.kernels["norm"] = KernelProfile{{{1e12, norm}}};
+  // One weight larger than any call's: every GEMM takes the time at any rows.
+  k.gemm.by_weight.push_back({1e12, KernelProfile{{{1e12, gemm}}}});
+  return {bytes, k};
+}
+
+TEST_CASE("perf model: a rank's kernels are looked up at the footprint of their data", "[perf]") {
   RunConfig cfg = dense_one_layer();
   MachineSpec m = compute_bound();
   const Prediction plain = predict(cfg, m, 1);
   const auto& memory = plain.per_rank[0].memory;
   const auto bytes = [&](MemoryKind k) { return static_cast<double>(memory[static_cast<int>(k)]); };
-  // Prefill moves every byte the rank holds; sweeps at a quarter and four times that.
+  // Prefill moves every byte the rank holds; sweeps at a quarter and four times that, 100x
+  // slower after the larger.
   const double prefill = bytes(MemoryKind::weights) + bytes(MemoryKind::kv_cache) + bytes(MemoryKind::activations) +
                          bytes(MemoryKind::comm_buffers);
-  m.profiles.by_sweep.push_back({prefill / 4.0, KernelProfiles{}});
-  m.profiles.by_sweep.push_back({prefill * 4.0, KernelProfiles{}});
-  m.profiles.by_sweep[0].second.kernels["norm"] = KernelProfile{{{1e12, 1e-6}}};
-  m.profiles.by_sweep[1].second.kernels["norm"] = KernelProfile{{{1e12, 1e-4}}};
+  m.profiles.by_sweep.push_back(fixed_times(prefill / 4.0, 1e-6, 1e-6));
+  m.profiles.by_sweep.push_back(fixed_times(prefill * 4.0, 1e-4, 1e-4));
+  const auto after = [&](double footprint) {
+    const double f = std::log(footprint / (prefill / 4.0)) / std::log(16.0);
+    return f <= 0.0 ? 1e-6 : std::exp(std::log(1e-6) + f * std::log(100.0));
+  };
   const Prediction p = predict(cfg, m, 1);
-  // Two norms in the layer and the final norm, each at the geometric mean of the sweeps.
-  CHECK(p.per_rank[0].prefill.at(0, Phase::norm) == Approx(3.0 * 1e-5));
+  // The FFN's two GEMMs read weights: the whole pass went through the caches since, at the
+  // geometric mean of the sweeps.
+  CHECK(p.per_rank[0].prefill.at(0, Phase::ffn) == Approx(2.0 * 1e-5));
   // A decode step moves the weights, the KV cache and one prompt position's share of the rest.
-  const double step = bytes(MemoryKind::weights) + bytes(MemoryKind::kv_cache) +
-                      (bytes(MemoryKind::activations) + bytes(MemoryKind::comm_buffers)) / cfg.workload.prompt;
-  const double f = std::log(step / (prefill / 4.0)) / std::log(16.0);
-  const double one = f <= 0.0 ? 1e-6 : std::exp(std::log(1e-6) + f * std::log(100.0));
-  CHECK(p.per_rank[0].decode.at(0, Phase::norm) == Approx(3.0 * cfg.workload.decode_steps * one));
+  const double activations = bytes(MemoryKind::activations) + bytes(MemoryKind::comm_buffers);
+  const double step = bytes(MemoryKind::weights) + bytes(MemoryKind::kv_cache) + activations / cfg.workload.prompt;
+  const int steps = cfg.workload.decode_steps;
+  CHECK(p.per_rank[0].decode.at(0, Phase::ffn) == Approx(2.0 * steps * after(step)));
+  // A norm reads the hot set: the pass's share of the activations and buffers, and the gains
+  // of the layer's two norms and the final one.
+  const double gains = 4.0 * 3 * cfg.model.hidden;
+  REQUIRE(after(activations + gains) > 1e-6);
+  CHECK(p.per_rank[0].prefill.at(0, Phase::norm) == Approx(3.0 * after(activations + gains)));
+  CHECK(p.per_rank[0].decode.at(0, Phase::norm) == Approx(3.0 * steps * after(activations / cfg.workload.prompt + gains)));
   // With weight sweeps, a decode step's kernels are looked up in them, a prefill's still in
   // the read sweeps: a decode step's traffic is its weights (kernel_profile.hpp, Sweep).
   m.profiles.by_weight_sweep = m.profiles.by_sweep;
-  for (auto& [bytes, k] : m.profiles.by_weight_sweep) k.kernels["norm"].points[0].second *= 3.0;
+  for (auto& [swept, k] : m.profiles.by_weight_sweep) k.gemm.by_weight[0].second.points[0].second *= 3.0;
   const Prediction w = predict(cfg, m, 1);
-  CHECK(w.per_rank[0].prefill.at(0, Phase::norm) == Approx(3.0 * 1e-5));
-  CHECK(w.per_rank[0].decode.at(0, Phase::norm) == Approx(3.0 * 3.0 * cfg.workload.decode_steps * one));
+  CHECK(w.per_rank[0].prefill.at(0, Phase::ffn) == Approx(2.0 * 1e-5));
+  CHECK(w.per_rank[0].decode.at(0, Phase::ffn) == Approx(3.0 * 2.0 * steps * after(step)));
 }
 
 TEST_CASE("perf model: on caches the calibration's ranks shared, a rank's footprint counts as its share of the node's",
@@ -608,27 +626,31 @@ TEST_CASE("perf model: on caches the calibration's ranks shared, a rank's footpr
   // Profiles from 4 ranks sweeping at once: a sweep of a quarter of the rank's footprint, and
   // one of all of it, 16 times slower.
   m.profiles.ranks = 4;
-  m.profiles.by_sweep.push_back({prefill / 4.0, KernelProfiles{}});
-  m.profiles.by_sweep.push_back({prefill, KernelProfiles{}});
-  m.profiles.by_sweep[0].second.kernels["norm"] = KernelProfile{{{1e12, 1e-6}}};
-  m.profiles.by_sweep[1].second.kernels["norm"] = KernelProfile{{{1e12, 16e-6}}};
-  const auto norm_of = [&](int ranks) {
+  m.profiles.by_sweep.push_back(fixed_times(prefill / 4.0, 1e-6, 1e-6));
+  m.profiles.by_sweep.push_back(fixed_times(prefill, 16e-6, 16e-6));
+  const auto prefill_of = [&](int ranks, Phase phase) {
     RunConfig c = cfg;
     c.workload.batch = cfg.workload.batch * ranks;
     c.parallel.dp = ranks;
-    return predict(c, m, ranks).per_rank[0].prefill.at(0, Phase::norm);
+    return predict(c, m, ranks).per_rank[0].prefill.at(0, phase);
   };
-  // Each GPU's L2 is its own: the rank's footprint, however many ranks the node holds.
-  CHECK(norm_of(1) == Approx(3.0 * 16e-6));
-  CHECK(norm_of(4) == Approx(3.0 * 16e-6));
+  // The FFN's two GEMMs. Each GPU's L2 is its own: the rank's footprint, however many ranks
+  // the node holds.
+  CHECK(prefill_of(1, Phase::ffn) == Approx(2.0 * 16e-6));
+  CHECK(prefill_of(4, Phase::ffn) == Approx(2.0 * 16e-6));
+  const double hot_alone = prefill_of(1, Phase::norm);
   m.profiles.shared_caches = true;
   // Alone on the node a rank meets a quarter of the calibration's traffic: the first sweep's
   // time; four ranks, as the calibration's four, their own footprint; two, halfway (log).
-  CHECK(norm_of(1) == Approx(3.0 * 1e-6));
-  CHECK(norm_of(2) == Approx(3.0 * 4e-6));
-  CHECK(norm_of(4) == Approx(3.0 * 16e-6));
+  CHECK(prefill_of(1, Phase::ffn) == Approx(2.0 * 1e-6));
+  CHECK(prefill_of(2, Phase::ffn) == Approx(2.0 * 4e-6));
+  CHECK(prefill_of(4, Phase::ffn) == Approx(2.0 * 16e-6));
   // Beyond the node's devices the node holds devices_per_node of them.
-  CHECK(norm_of(8) == Approx(3.0 * 16e-6));
+  CHECK(prefill_of(8, Phase::ffn) == Approx(2.0 * 16e-6));
+  // The hot set's footprint counts the same way: four ranks find it as one rank alone did.
+  REQUIRE(hot_alone > 3.0 * 1e-6);
+  CHECK(prefill_of(1, Phase::norm) == Approx(3.0 * 1e-6));
+  CHECK(prefill_of(4, Phase::norm) == Approx(hot_alone));
 }
 
 TEST_CASE("head-width profile: the nearest width outside, log-log in the width between", "[perf]") {

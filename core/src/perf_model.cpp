@@ -273,12 +273,27 @@ struct Cost {
   }
 };
 
+// Where a pass leaves a kernel's data: the bytes through the rank's caches since the kernel
+// last touched it, at which its profile is looked up between the sweeps (MachineProfiles).
+// The weights and the KV cache are read once a pass, so the GEMMs and attention find them
+// after the whole pass. The hot set (the pass's activations and buffers, the norms' gains,
+// the router's weight) is touched kernel after kernel, and a decode step's stream of
+// weights leaves it in the caches: the medium validation deck's decode norm, router,
+// permute and combine ran as after the smallest sweep; looked up at the step's footprint
+// they were predicted 26-98% high (docs/predict-validation.md, 2026-12-07). The collectives
+// stay at the pass's: their MPI buffers are not the pass's, and looked up after the hot set
+// the same runs' all-reduces and dispatches were predicted 57-65% low.
+struct Footprint {
+  double pass = 0.0;  // what the pass moves through the rank's caches
+  double hot = 0.0;   // the hot set's part of it
+};
+
 class Model {
  public:
   // A rank's model for a pass of `n` new tokens per sequence: its kernels see the caches that
-  // the pass's `footprint` bytes (pass_footprint) leave, a prefill's (n > 1) as its
-  // activations pass, a decode step's as its weights do (MachineProfiles).
-  Model(const RunConfig& cfg, const MachineSpec& machine, double footprint, int n)
+  // the pass's `footprint` leaves (Footprint), a prefill's (n > 1) as its activations pass, a
+  // decode step's as its weights do (MachineProfiles).
+  Model(const RunConfig& cfg, const MachineSpec& machine, Footprint footprint, int n)
       : m_(cfg.model), mc_(machine), p_(cfg.model.precision), es_(element_size(cfg.model.precision)),
         footprint_(footprint), sweep_(n > 1 ? Sweep::read : Sweep::weights), routing_(cfg.workload.routing) {}
 
@@ -291,30 +306,33 @@ class Model {
   double gemm(double rows, double inner, double cols) const {
     return measured_or([](const KernelProfiles& k) { return k.gemm.empty() ? nullptr : &k.gemm; },
                        [&](const GemmProfile& p) { return p.seconds(rows, inner, cols); },
-                       kernel(KernelKind::gemm, 2.0 * rows * inner * cols, es_ * (rows * inner + inner * cols + rows * cols)));
+                       kernel(KernelKind::gemm, 2.0 * rows * inner * cols, es_ * (rows * inner + inner * cols + rows * cols)),
+                       footprint_.pass);
   }
   double stream(double bytes, int launches = 1) const { return kernel(KernelKind::memory, 0.0, bytes, launches); }
-  // One call of a bandwidth-bound kernel of `bytes` (its kernel_size): the machine's measured
-  // time where it profiles the kernel, else the roofline of `launches` launches.
+  // One call of a bandwidth-bound kernel of `bytes` (its kernel_size), a kernel of the hot set
+  // (Footprint): the machine's measured time where it profiles the kernel, else the roofline
+  // of `launches` launches.
   double op(const char* name, double bytes, int launches = 1) const {
-    return profiled(name, bytes, stream(bytes, launches));
+    return profiled(name, bytes, stream(bytes, launches), footprint_.hot);
   }
-  // One call of profiled kernel `name` at `size` where the machine profiles it, else `fallback`.
-  double profiled(const char* name, double size, double fallback) const {
+  // One call of profiled kernel `name` at `size`, its data where `footprint` bytes through the
+  // caches leave it, where the machine profiles it; else `fallback`.
+  double profiled(const char* name, double size, double fallback, double footprint) const {
     return measured_or([&](const KernelProfiles& k) { return k.find(name); },
-                       [&](const KernelProfile& p) { return p.seconds(size); }, fallback);
+                       [&](const KernelProfile& p) { return p.seconds(size); }, fallback, footprint);
   }
   // One call of a kernel profiled by a parameter (ParameterProfile) at `value` and `size`;
   // `roofline` where the machine does not profile it.
-  double op_by(const char* name, double value, double size, double roofline) const {
+  double op_by(const char* name, double value, double size, double roofline, double footprint) const {
     return measured_or([&](const KernelProfiles& k) { return k.find_by_parameter(name); },
-                       [&](const ParameterProfile& p) { return p.seconds(value, size); }, roofline);
+                       [&](const ParameterProfile& p) { return p.seconds(value, size); }, roofline, footprint);
   }
   // A collective of `bytes` (its kernel_size) in group g: the machine's measured time where it
   // profiles the collective on a group of g's size, else `modelled` (alpha-beta).
   double collective(const char* name, const GroupShape& g, double bytes, double modelled) const {
     if (g.size != mc_.profiles.ranks || g.crosses_nodes()) return modelled;
-    return profiled(name, bytes, modelled);
+    return profiled(name, bytes, modelled, footprint_.pass);
   }
   double allreduce(const GroupShape& g, double bytes) const {
     return collective("allreduce", g, kernel_size::allreduce(bytes), allreduce_seconds(mc_, g, bytes));
@@ -327,18 +345,18 @@ class Model {
   double send(bool across_nodes, double bytes) const {
     const double modelled = sendrecv_seconds(mc_, across_nodes, bytes);
     if (mc_.profiles.ranks < 2 || across_nodes) return modelled;
-    return profiled("send", kernel_size::send(bytes), modelled);
+    return profiled("send", kernel_size::send(bytes), modelled, footprint_.pass);
   }
   double rope(double t, double heads, double head_dim) const {
-    return op_by("rope", heads, kernel_size::rope(t, head_dim), stream(es_ * 2.0 * t * heads * head_dim));
+    return op_by("rope", heads, kernel_size::rope(t, head_dim), stream(es_ * 2.0 * t * heads * head_dim), footprint_.hot);
   }
-  // `time` of the profile `find` picks from a sweep's profiles, at the rank's footprint
-  // between the sweeps, where the machine has that profile; else `fallback`.
+  // `time` of the profile `find` picks from a sweep's profiles, at `footprint` between the
+  // sweeps, where the machine has that profile; else `fallback`.
   template <class Find, class Time>
-  double measured_or(Find&& find, Time&& time, double fallback) const {
+  double measured_or(Find&& find, Time&& time, double fallback, double footprint) const {
     const KernelProfiles* first = mc_.profiles.any();
     if (!first || !find(*first)) return fallback;
-    return mc_.profiles.at(footprint_, sweep_, [&](const KernelProfiles& k) {
+    return mc_.profiles.at(footprint, sweep_, [&](const KernelProfiles& k) {
       const auto* p = find(k);
       return p ? time(*p) : fallback;
     });
@@ -366,7 +384,7 @@ class Model {
     if (measured && measured->find_by_parameter(name)) {
       const kernel_size::AttentionTeams teams = prefill ? kernel_size::attention_prefill(seqs, s.heads, s.head_dims, n, pos0)
                                            : kernel_size::attention_decode(seqs, s.heads, s.head_dims, ctx, es_);
-      c.add(Phase::attn_core, teams.teams * op_by(name, s.head_dims, teams.size, 0.0) +
+      c.add(Phase::attn_core, teams.teams * op_by(name, s.head_dims, teams.size, 0.0, footprint_.pass) +
                                   (scores > 0.0 ? stream(2.0 * scores) : 0.0));
     } else {
       const double flops = kernel_size::attention_flops(seqs, s.heads, s.head_dims, keys);
@@ -388,7 +406,7 @@ class Model {
     const double choice = stream(kernel_size::top_k(t, m_.experts, m_.top_k, es_));
     if (routing_ != RoutingMode::learned) return choice;
     return op_by("router", m_.hidden, kernel_size::router(t, m_.hidden, m_.experts, m_.top_k, es_),
-                 gemm(t, m_.hidden, m_.experts) + choice);
+                 gemm(t, m_.hidden, m_.experts) + choice, footprint_.hot);
   }
   double permute(double t) const {
     const double routed = t * m_.top_k;
@@ -498,19 +516,25 @@ class Model {
   const MachineSpec& mc_;
   Precision p_;
   double es_;
-  double footprint_;
+  Footprint footprint_;
   Sweep sweep_;
   RoutingMode routing_;
 };
 
+// Bytes of the weights of the hot set (Footprint): the norms' gains and the router.
+double hot_weights(const ModelConfig& m, const Shard& s, int layers, double es, bool holds_attention) {
+  const double d = m.hidden, norms = m.norm == NormKind::layernorm ? 2 : 1;
+  const double per_layer = (holds_attention ? 2 * norms * d : 0.0) + (m.is_moe() && s.router ? d * m.experts : 0.0);
+  return es * (layers * per_layer + norms * d);
+}
+
 // The bytes a pass of n new tokens per sequence moves through a rank's caches: its weights
 // and KV cache, and the share of its activations and buffers (sized for the prompt) that the
-// pass's tokens use.
-double pass_footprint(const std::array<std::uint64_t, memory_kind_count>& memory, int n, int prompt) {
+// pass's tokens use; of them, the hot set's: that share and the `hot` weights.
+Footprint pass_footprint(const std::array<std::uint64_t, memory_kind_count>& memory, double hot, int n, int prompt) {
   const auto of = [&](MemoryKind k) { return static_cast<double>(memory[static_cast<int>(k)]); };
-  const double share = static_cast<double>(n) / prompt;
-  return of(MemoryKind::weights) + of(MemoryKind::kv_cache) +
-         share * (of(MemoryKind::activations) + of(MemoryKind::comm_buffers));
+  const double used = static_cast<double>(n) / prompt * (of(MemoryKind::activations) + of(MemoryKind::comm_buffers));
+  return {of(MemoryKind::weights) + of(MemoryKind::kv_cache) + used, used + hot};
 }
 
 // Where a rank's kernels are looked up between the sweeps: at its own footprint where each
@@ -519,9 +543,10 @@ double pass_footprint(const std::array<std::uint64_t, memory_kind_count>& memory
 // calibration on both cores of the 2-core VM swept twice each sweep's bytes through the
 // shared L3; a rank alone there ran its medium-deck decode as the sweep of half its
 // footprint predicted (2026-12-06).
-double cache_footprint(const MachineSpec& machine, double footprint, int node_ranks) {
+Footprint cache_footprint(const MachineSpec& machine, Footprint footprint, int node_ranks) {
   if (!machine.profiles.shared_caches) return footprint;
-  return footprint * node_ranks / std::max(1, machine.profiles.ranks);
+  const double share = static_cast<double>(node_ranks) / std::max(1, machine.profiles.ranks);
+  return {footprint.pass * share, footprint.hot * share};
 }
 
 // Memory of one rank from the shapes, as estimate_memory counts it (core/src/model.cpp), in
@@ -532,9 +557,7 @@ std::array<std::uint64_t, memory_kind_count> memory_of(const ModelConfig& m, con
   const double d = m.hidden, q = s.heads * static_cast<double>(s.head_dims);
   const double kvw = s.kv_heads * static_cast<double>(s.head_dims);
   const double mats = m.activation == Activation::swiglu ? 3 : 2;
-  const double norms = m.norm == NormKind::layernorm ? 2 : 1;
-  const double attention = holds_attention ? d * (q + 2 * kvw) + q * d + 2 * norms * d : 0.0;
-  const double per_layer = attention + (m.is_moe() && s.router ? d * m.experts : 0.0) + s.experts * mats * d * s.ffn;
+  const double per_layer = (holds_attention ? d * (q + 2 * kvw) + q * d : 0.0) + s.experts * mats * d * s.ffn;
   const double positions = static_cast<double>(w.prompt) + w.decode_steps;
   const double t = static_cast<double>(sequences) * w.prompt;
   const double routed = m.is_moe() ? t * m.top_k : t;
@@ -544,7 +567,7 @@ std::array<std::uint64_t, memory_kind_count> memory_of(const ModelConfig& m, con
   const double rope_table = holds_attention && m.rope ? sizeof(double) * positions * s.head_dims : 0.0;
   std::array<std::uint64_t, memory_kind_count> mem{};
   auto set = [&](MemoryKind k, double bytes) { mem[static_cast<int>(k)] = static_cast<std::uint64_t>(bytes); };
-  set(MemoryKind::weights, es * (layers * per_layer + norms * d));
+  set(MemoryKind::weights, es * layers * per_layer + hot_weights(m, s, layers, es, holds_attention));
   set(MemoryKind::kv_cache, holds_attention ? es * layers * 2 * sequences * positions * kvw : 0.0);
   set(MemoryKind::activations, es * floats + rope_table);
   set(MemoryKind::comm_buffers, comm_bytes);
@@ -722,7 +745,8 @@ Prediction predict_grid(const RunConfig& cfg, const MachineSpec& machine, int ra
     if (p.pp > 1) comm_bytes += es * static_cast<double>(seqs) * w.prompt * d;
     S.memory = memory_of(m, w, s, S.layer_count, per_replica, es, comm_bytes, true);
     auto pass = [&](int n, int pos0, std::vector<Cost>& layers, Cost& whole, Idle& idle) {
-      const Model model(cfg, machine, cache_footprint(machine, pass_footprint(S.memory, n, w.prompt), node_ranks), n);
+      const Footprint f = pass_footprint(S.memory, hot_weights(m, s, S.layer_count, es, true), n, w.prompt);
+      const Model model(cfg, machine, cache_footprint(machine, f, node_ranks), n);
       const double t = static_cast<double>(seqs) * n;
       for (int l = 0; l < S.layer_count; ++l) {
         Cost c;
@@ -902,8 +926,10 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
     const bool first = l == 0, last = l == m.layers - 1;
     const auto& held = holders[static_cast<std::size_t>(l)];
     const ExpertHolder& pace = busiest(held);
-    const Model attn_model(cfg, machine, cache_footprint(machine, pass_footprint(ra.memory, n, w.prompt), node_ranks), n),
-        moe_model(cfg, machine, cache_footprint(machine, pass_footprint(re.memory, n, w.prompt), node_ranks), n);
+    const Footprint fa = pass_footprint(ra.memory, hot_weights(m, attn, m.layers, es, true), n, w.prompt),
+                    fe = pass_footprint(re.memory, hot_weights(m, moe, m.layers, es, false), n, w.prompt);
+    const Model attn_model(cfg, machine, cache_footprint(machine, fa, node_ranks), n),
+        moe_model(cfg, machine, cache_footprint(machine, fe, node_ranks), n);
     Layer L;
     const double t = static_cast<double>(seqs) * n;           // one micro-batch of an attention replica
     const double all = static_cast<double>(w.batch) / mb * n;  // one micro-batch, all replicas
@@ -1114,8 +1140,10 @@ Prediction predict(const RunConfig& cfg, const MachineSpec& machine, int ranks) 
     out.assumptions.push_back("kernel times from the machine file's measured profiles (" + names +
                               "), rooflines for the rest");
     out.assumptions.push_back(
-        "a rank's kernels find the caches as a sweep of its pass's footprint (its weights, KV cache and the pass's "
-        "activations) leaves them, between the profiles' sweeps: in prefill a read of the bytes, in decode " +
+        "a rank's GEMMs, attention and collectives find the caches as a sweep of its pass's footprint (its "
+        "weights, KV cache and the pass's activations) leaves them, its other kernels as a sweep of the hot set "
+        "(the pass's activations, the norms' gains, the router), between the profiles' sweeps: in prefill a read of "
+        "the bytes, in decode " +
         std::string(machine.profiles.by_weight_sweep.empty() ? "the same (this machine file has no weight sweeps)"
                                                              : "GEMMs through weights of the bytes"));
     out.assumptions.push_back("decode steps in their steady state: the first steps after a prefill, slower where "

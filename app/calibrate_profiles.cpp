@@ -31,6 +31,13 @@ constexpr int width = 512;        // columns of the elementwise kernels' rows
 constexpr int heads = 8, hd = 64;  // heads x head_dim = width, for the cache
 const std::vector<int> rope_heads = {1, 8, 32};
 const std::vector<int> attention_head_dims = {16, 64, 128};
+// Positions of a decode's cache beyond the context it attends over: a pass allocates the
+// cache for the prompt and every decode step, so each (sequence, head) reads a prefix of its
+// rows and the next one's rows start further on. From cold caches that break in the stream
+// costs each team 0.3-1 us (AMD VM, 2026-12-07, a [8, 8, ctx, 32] cache after a 16 MiB
+// sweep: ctx 32 0.56-0.66 -> 0.90-1.3 us a team, ctx 145 2.3-2.6 -> 2.7-3.7 us, from 4 rows of
+// room on); with the rows packed, the medium deck's decode attention was predicted 14-51% low.
+constexpr int decode_room = 16;
 constexpr int experts = 8, top_k = 2;
 const std::vector<int> router_widths = {64, 512};
 const std::vector<int> row_counts = {1, 8, 64, 512, 4096};
@@ -369,8 +376,8 @@ class Profiler {
       for (const int ctx : {1, 4, 16, 128, 1024, 8192}) {
         const Matrix q = filled("moeproxy::calibrate::q", batch, width, 0.01f);
         const Matrix out("moeproxy::calibrate::attn", batch, width);
-        const Cache k("moeproxy::calibrate::k", batch, head_count, ctx, head_dim),
-            v("moeproxy::calibrate::v", batch, head_count, ctx, head_dim);
+        const Cache k("moeproxy::calibrate::k", batch, head_count, ctx + decode_room, head_dim),
+            v("moeproxy::calibrate::v", batch, head_count, ctx + decode_room, head_dim);
         Kokkos::deep_copy(k, 0.01f);
         Kokkos::deep_copy(v, 0.02f);
         team_point("attention_decode", kernel_size::attention_decode(batch, head_count, head_dim, ctx, es),

@@ -112,7 +112,7 @@ CLI::App* add_calibrate(CLI::App& app, CalibrateOptions& opt) {
                                  "(mpiexec -n N), its MPI collectives; write a machine file for predict.");
   cmd->add_option("--out", opt.out, "Machine file to write (TOML)")->required();
   cmd->add_option("--name", opt.name, "machine.name to record (default: the host name and backend)");
-  cmd->add_option("--seconds", opt.seconds, "Seconds per measurement, shared by its three rounds (at the five default sweeps of both kinds, 8.5 to 10 minutes at 0.3 on the cores of the 2-core development VM)")->check(CLI::Range(0.01, 60.0))->capture_default_str();
+  cmd->add_option("--seconds", opt.seconds, "Seconds per measurement, shared by its three rounds (at the six default sweeps of both kinds, about 12 minutes at 0.3 on the cores of the 2-core development VM)")->check(CLI::Range(0.01, 60.0))->capture_default_str();
   cmd->add_option("--sweeps", opt.sweeps_mib,
                   "MiB through the caches before each profiled call, comma-separated, each read (for prefill) and\n"
                   "as weights through GEMMs of 8 rows (for decode): predict looks a rank's kernels up between them\n"

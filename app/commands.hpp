@@ -22,7 +22,7 @@ struct CalibrateOptions {
   std::string out;
   std::string name;
   double seconds = 0.2;  // per measurement
-  std::vector<double> sweeps_mib = {1, 8, 16, 32, 64};  // read through the caches before each profiled call
+  std::vector<double> sweeps_mib = {0.25, 1, 8, 16, 32, 64};  // read through the caches before each profiled call
 };
 
 // `moeproxy calibrate`: measures this machine's kernels and, on several ranks, its MPI

@@ -599,11 +599,29 @@ TEST_CASE("perf model: a rank's kernels are looked up at the footprint of their 
   const int steps = cfg.workload.decode_steps;
   CHECK(p.per_rank[0].decode.at(0, Phase::ffn) == Approx(2.0 * steps * after(step)));
   // A norm reads the hot set: the pass's share of the activations and buffers, and the gains
-  // of the layer's two norms and the final one.
+  // of the layer's two norms and the final one; between two of its touches the layer streams
+  // at most the FFN's two weights (the QKV weights and the KV cache with the output weights
+  // are smaller here).
   const double gains = 4.0 * 3 * cfg.model.hidden;
-  REQUIRE(after(activations + gains) > 1e-6);
-  CHECK(p.per_rank[0].prefill.at(0, Phase::norm) == Approx(3.0 * after(activations + gains)));
-  CHECK(p.per_rank[0].decode.at(0, Phase::norm) == Approx(3.0 * steps * after(activations / cfg.workload.prompt + gains)));
+  const double d = cfg.model.hidden, positions = cfg.workload.prompt + cfg.workload.decode_steps;
+  const double gap = 4.0 * 2 * d * cfg.model.ffn_hidden;
+  REQUIRE(gap > 4.0 * 3 * d * d);
+  REQUIRE(gap > 4.0 * (2 * cfg.workload.batch * positions * d + d * d));
+  REQUIRE(after(activations + gains + gap) > 1e-6);
+  CHECK(p.per_rank[0].prefill.at(0, Phase::norm) == Approx(3.0 * after(activations + gains + gap)));
+  CHECK(p.per_rank[0].decode.at(0, Phase::norm) ==
+        Approx(3.0 * steps * after(activations / cfg.workload.prompt + gains + gap)));
+  // A context long enough that one layer's KV cache and output weights outgrow the FFN's.
+  RunConfig longer = cfg;
+  longer.workload.prompt = 8 * cfg.workload.prompt;
+  const double long_positions = longer.workload.prompt + longer.workload.decode_steps;
+  const double kv_gap = 4.0 * (2 * longer.workload.batch * long_positions * d + d * d);
+  REQUIRE(kv_gap > gap);
+  const auto& long_memory = predict(longer, m, 1).per_rank[0].memory;
+  const double long_activations = static_cast<double>(long_memory[static_cast<int>(MemoryKind::activations)]) +
+                                  static_cast<double>(long_memory[static_cast<int>(MemoryKind::comm_buffers)]);
+  CHECK(predict(longer, m, 1).per_rank[0].decode.at(0, Phase::norm) ==
+        Approx(3.0 * steps * after(long_activations / longer.workload.prompt + gains + kv_gap)));
   // With weight sweeps, a decode step's kernels are looked up in them, a prefill's still in
   // the read sweeps: a decode step's traffic is its weights (kernel_profile.hpp, Sweep).
   m.profiles.by_weight_sweep = m.profiles.by_sweep;

@@ -279,13 +279,17 @@ struct Cost {
 // after the whole pass. The hot set (the pass's activations and buffers, the norms' gains,
 // the router's weight) is touched kernel after kernel, and a decode step's stream of
 // weights leaves it in the caches: the medium validation deck's decode norm, router,
-// permute and combine ran as after the smallest sweep; looked up at the step's footprint
-// they were predicted 26-98% high (docs/predict-validation.md, 2026-12-07). The collectives
-// stay at the pass's: their MPI buffers are not the pass's, and looked up after the hot set
-// the same runs' all-reduces and dispatches were predicted 57-65% low.
+// permute and combine ran as after the 1 MiB sweep; looked up at the step's footprint they
+// were predicted 26-98% high (docs/predict-validation.md, 2026-12-07). Between two of its
+// touches a layer streams a GEMM's weights or a layer's KV cache through (hot_gap), as a
+// sweep streams its bytes between two calls: the tiny deck, whose whole pass fits in an L2,
+// ran its decode as after a sweep within the L2, the medium deck's hot set as after one
+// beyond it. The collectives stay at the pass's: their MPI buffers are not the pass's, and
+// looked up after the hot set the same runs' all-reduces and dispatches were predicted
+// 57-65% low.
 struct Footprint {
   double pass = 0.0;  // what the pass moves through the rank's caches
-  double hot = 0.0;   // the hot set's part of it
+  double hot = 0.0;   // the hot set and the gap streamed between two of its touches
 };
 
 class Model {
@@ -528,13 +532,29 @@ double hot_weights(const ModelConfig& m, const Shard& s, int layers, double es, 
   return es * (layers * per_layer + norms * d);
 }
 
+// The most bytes a layer streams through the caches between two touches of the hot set:
+// the attention's QKV weights; one layer's KV cache of `sequences` and the output weights
+// (read by attention and the output GEMM, no hot kernel between them); or the FFN's weights
+// (the rank's experts', read one after another between permute and combine).
+double hot_gap(const ModelConfig& m, const WorkloadConfig& w, const Shard& s, int sequences, double es,
+               bool holds_attention) {
+  const double d = m.hidden, q = s.heads * static_cast<double>(s.head_dims);
+  const double kvw = s.kv_heads * static_cast<double>(s.head_dims);
+  const double mats = m.activation == Activation::swiglu ? 3 : 2;
+  const double positions = static_cast<double>(w.prompt) + w.decode_steps;
+  const double attention = holds_attention ? std::max(d * (q + 2 * kvw), 2 * sequences * positions * kvw + q * d) : 0.0;
+  return es * std::max(attention, s.experts * mats * d * s.ffn);
+}
+
 // The bytes a pass of n new tokens per sequence moves through a rank's caches: its weights
 // and KV cache, and the share of its activations and buffers (sized for the prompt) that the
-// pass's tokens use; of them, the hot set's: that share and the `hot` weights.
-Footprint pass_footprint(const std::array<std::uint64_t, memory_kind_count>& memory, double hot, int n, int prompt) {
+// pass's tokens use. The hot set's: that share, the `hot` weights, and the `gap` streamed
+// between two touches of them (hot_gap), as a sweep streams its bytes between two calls.
+Footprint pass_footprint(const std::array<std::uint64_t, memory_kind_count>& memory, double hot, double gap, int n,
+                         int prompt) {
   const auto of = [&](MemoryKind k) { return static_cast<double>(memory[static_cast<int>(k)]); };
   const double used = static_cast<double>(n) / prompt * (of(MemoryKind::activations) + of(MemoryKind::comm_buffers));
-  return {of(MemoryKind::weights) + of(MemoryKind::kv_cache) + used, used + hot};
+  return {of(MemoryKind::weights) + of(MemoryKind::kv_cache) + used, used + hot + gap};
 }
 
 // Where a rank's kernels are looked up between the sweeps: at its own footprint where each
@@ -745,7 +765,8 @@ Prediction predict_grid(const RunConfig& cfg, const MachineSpec& machine, int ra
     if (p.pp > 1) comm_bytes += es * static_cast<double>(seqs) * w.prompt * d;
     S.memory = memory_of(m, w, s, S.layer_count, per_replica, es, comm_bytes, true);
     auto pass = [&](int n, int pos0, std::vector<Cost>& layers, Cost& whole, Idle& idle) {
-      const Footprint f = pass_footprint(S.memory, hot_weights(m, s, S.layer_count, es, true), n, w.prompt);
+      const Footprint f = pass_footprint(S.memory, hot_weights(m, s, S.layer_count, es, true),
+                                         hot_gap(m, w, s, per_replica, es, true), n, w.prompt);
       const Model model(cfg, machine, cache_footprint(machine, f, node_ranks), n);
       const double t = static_cast<double>(seqs) * n;
       for (int l = 0; l < S.layer_count; ++l) {
@@ -926,8 +947,10 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
     const bool first = l == 0, last = l == m.layers - 1;
     const auto& held = holders[static_cast<std::size_t>(l)];
     const ExpertHolder& pace = busiest(held);
-    const Footprint fa = pass_footprint(ra.memory, hot_weights(m, attn, m.layers, es, true), n, w.prompt),
-                    fe = pass_footprint(re.memory, hot_weights(m, moe, m.layers, es, false), n, w.prompt);
+    const Footprint fa = pass_footprint(ra.memory, hot_weights(m, attn, m.layers, es, true),
+                                         hot_gap(m, w, attn, seqs_rank, es, true), n, w.prompt),
+                    fe = pass_footprint(re.memory, hot_weights(m, moe, m.layers, es, false),
+                                         hot_gap(m, w, moe, seqs_rank, es, false), n, w.prompt);
     const Model attn_model(cfg, machine, cache_footprint(machine, fa, node_ranks), n),
         moe_model(cfg, machine, cache_footprint(machine, fe, node_ranks), n);
     Layer L;

@@ -428,18 +428,26 @@ void gather_rows(const ExecSpace& space, const ConstMatrix& x, const IndexVector
       KOKKOS_LAMBDA(const int r, const int j) { out(r, j) = x(source(r), j); });
 }
 
+// A team per row, one vector loop over the columns per kept slot. With the loop over the
+// slots inside each element (acc += w * y(p, j), then x += acc) the compiler vectorised
+// nothing: on one core of the AMD VM (2026-12-07) [1024, 256] rows of top-2 took 555 us,
+// 70 us so, 5.5 and 1.9 us for 8 rows. Onto a zeroed x, as the callers have it, the sums
+// are the same, slot by slot.
 void combine(const ExecSpace& space, const ConstMatrix& y, const IndexVector& position,
              const ConstMatrix& weight, const Matrix& x) {
-  const int top_k = static_cast<int>(weight.extent(1));
-  for_each_in_rows(
-      space, "moeproxy::kernels::combine", static_cast<int>(x.extent(0)), static_cast<int>(x.extent(1)),
-      KOKKOS_LAMBDA(const int t, const int j) {
-        float acc = 0.0f;
+  const int top_k = static_cast<int>(weight.extent(1)), rows = static_cast<int>(x.extent(0));
+  const int cols = static_cast<int>(x.extent(1));
+  if (rows == 0 || cols == 0) return;
+  Kokkos::parallel_for(
+      "moeproxy::kernels::combine", Kokkos::TeamPolicy<ExecSpace>(space, rows, Kokkos::AUTO),
+      KOKKOS_LAMBDA(const Team& team) {
+        const int t = team.league_rank();
         for (int s = 0; s < top_k; ++s) {
           const int p = position(t * top_k + s);
-          if (p >= 0) acc += weight(t, s) * y(p, j);
+          if (p < 0) continue;
+          const float w = weight(t, s);
+          Kokkos::parallel_for(Kokkos::TeamVectorRange(team, cols), [&](const int j) { x(t, j) += w * y(p, j); });
         }
-        x(t, j) += acc;
       });
 }
 

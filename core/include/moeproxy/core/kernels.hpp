@@ -120,7 +120,7 @@ std::int64_t permute(const ExecSpace& space, const IndexMatrix& idx, int experts
 void gather_rows(const ExecSpace& space, const ConstMatrix& x, const IndexVector& source,
                  const Matrix& out);
 
-// x[t] += sum_j weight[t,j] * y[position[t*k + j]] over kept slots, j ascending. [T,d].
+// x[t] += weight[t,j] * y[position[t*k + j]] for each kept slot, j ascending. [T,d].
 void combine(const ExecSpace& space, const ConstMatrix& y, const IndexVector& position,
              const ConstMatrix& weight, const Matrix& x);
 

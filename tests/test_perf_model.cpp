@@ -617,10 +617,11 @@ TEST_CASE("perf model: a rank's kernels are looked up at the footprint of their 
   const double long_positions = longer.workload.prompt + longer.workload.decode_steps;
   const double kv_gap = 4.0 * (2 * longer.workload.batch * long_positions * d + d * d);
   REQUIRE(kv_gap > gap);
-  const auto& long_memory = predict(longer, m, 1).per_rank[0].memory;
+  const RankMetrics long_rank = predict(longer, m, 1).per_rank[0];
+  const auto& long_memory = long_rank.memory;
   const double long_activations = static_cast<double>(long_memory[static_cast<int>(MemoryKind::activations)]) +
                                   static_cast<double>(long_memory[static_cast<int>(MemoryKind::comm_buffers)]);
-  CHECK(predict(longer, m, 1).per_rank[0].decode.at(0, Phase::norm) ==
+  CHECK(long_rank.decode.at(0, Phase::norm) ==
         Approx(3.0 * steps * after(long_activations / longer.workload.prompt + gains + kv_gap)));
   // With weight sweeps, a decode step's kernels are looked up in them, a prefill's still in
   // the read sweeps: a decode step's traffic is its weights (kernel_profile.hpp, Sweep).

@@ -532,19 +532,33 @@ double hot_weights(const ModelConfig& m, const Shard& s, int layers, double es, 
   return es * (layers * per_layer + norms * d);
 }
 
-// The most bytes a layer streams through the caches between two touches of the hot set:
-// the attention's QKV weights; one layer's KV cache of `sequences` and the output weights
-// (read by attention and the output GEMM, no hot kernel between them); or the FFN's weights
-// (the rank's experts', read one after another between permute and combine).
-double hot_gap(const ModelConfig& m, const WorkloadConfig& w, const Shard& s, int sequences, double es,
-               bool holds_attention) {
+// Floats one layer holds on a rank: its weights by the GEMM that reads them, and its KV
+// cache of `sequences` (none where the rank holds no attention).
+struct LayerFloats {
+  double qkv = 0.0, out = 0.0, ffn = 0.0;  // weights
+  double kv = 0.0;
+};
+
+LayerFloats layer_floats(const ModelConfig& m, const WorkloadConfig& w, const Shard& s, int sequences,
+                         bool holds_attention) {
   const double d = m.hidden, q = s.heads * static_cast<double>(s.head_dims);
   const double kvw = s.kv_heads * static_cast<double>(s.head_dims);
   const double mats = m.activation == Activation::swiglu ? 3 : 2;
   const double positions = static_cast<double>(w.prompt) + w.decode_steps;
-  const double attention = holds_attention ? std::max(d * (q + 2 * kvw), 2 * sequences * positions * kvw + q * d) : 0.0;
-  return es * std::max(attention, s.experts * mats * d * s.ffn);
+  LayerFloats f;
+  f.ffn = s.experts * mats * d * s.ffn;
+  if (!holds_attention) return f;
+  f.qkv = d * (q + 2 * kvw);
+  f.out = q * d;
+  f.kv = 2 * sequences * positions * kvw;
+  return f;
 }
+
+// The most bytes a layer streams through the caches between two touches of the hot set:
+// the attention's QKV weights; one layer's KV cache and the output weights (read by
+// attention and the output GEMM, no hot kernel between them); or the FFN's weights (the
+// rank's experts', read one after another between permute and combine).
+double hot_gap(const LayerFloats& f, double es) { return es * std::max({f.qkv, f.kv + f.out, f.ffn}); }
 
 // The bytes a pass of n new tokens per sequence moves through a rank's caches: its weights
 // and KV cache, and the share of its activations and buffers (sized for the prompt) that the
@@ -577,7 +591,8 @@ std::array<std::uint64_t, memory_kind_count> memory_of(const ModelConfig& m, con
   const double d = m.hidden, q = s.heads * static_cast<double>(s.head_dims);
   const double kvw = s.kv_heads * static_cast<double>(s.head_dims);
   const double mats = m.activation == Activation::swiglu ? 3 : 2;
-  const double per_layer = (holds_attention ? d * (q + 2 * kvw) + q * d : 0.0) + s.experts * mats * d * s.ffn;
+  const LayerFloats layer = layer_floats(m, w, s, sequences, holds_attention);
+  const double per_layer = layer.qkv + layer.out + layer.ffn;
   const double positions = static_cast<double>(w.prompt) + w.decode_steps;
   const double t = static_cast<double>(sequences) * w.prompt;
   const double routed = m.is_moe() ? t * m.top_k : t;
@@ -588,7 +603,7 @@ std::array<std::uint64_t, memory_kind_count> memory_of(const ModelConfig& m, con
   std::array<std::uint64_t, memory_kind_count> mem{};
   auto set = [&](MemoryKind k, double bytes) { mem[static_cast<int>(k)] = static_cast<std::uint64_t>(bytes); };
   set(MemoryKind::weights, es * layers * per_layer + hot_weights(m, s, layers, es, holds_attention));
-  set(MemoryKind::kv_cache, holds_attention ? es * layers * 2 * sequences * positions * kvw : 0.0);
+  set(MemoryKind::kv_cache, es * layers * layer.kv);
   set(MemoryKind::activations, es * floats + rope_table);
   set(MemoryKind::comm_buffers, comm_bytes);
   std::uint64_t sum = 0;
@@ -766,7 +781,7 @@ Prediction predict_grid(const RunConfig& cfg, const MachineSpec& machine, int ra
     S.memory = memory_of(m, w, s, S.layer_count, per_replica, es, comm_bytes, true);
     auto pass = [&](int n, int pos0, std::vector<Cost>& layers, Cost& whole, Idle& idle) {
       const Footprint f = pass_footprint(S.memory, hot_weights(m, s, S.layer_count, es, true),
-                                         hot_gap(m, w, s, per_replica, es, true), n, w.prompt);
+                                         hot_gap(layer_floats(m, w, s, per_replica, true), es), n, w.prompt);
       const Model model(cfg, machine, cache_footprint(machine, f, node_ranks), n);
       const double t = static_cast<double>(seqs) * n;
       for (int l = 0; l < S.layer_count; ++l) {
@@ -948,9 +963,9 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
     const auto& held = holders[static_cast<std::size_t>(l)];
     const ExpertHolder& pace = busiest(held);
     const Footprint fa = pass_footprint(ra.memory, hot_weights(m, attn, m.layers, es, true),
-                                         hot_gap(m, w, attn, seqs_rank, es, true), n, w.prompt),
+                                         hot_gap(layer_floats(m, w, attn, seqs_rank, true), es), n, w.prompt),
                     fe = pass_footprint(re.memory, hot_weights(m, moe, m.layers, es, false),
-                                         hot_gap(m, w, moe, seqs_rank, es, false), n, w.prompt);
+                                         hot_gap(layer_floats(m, w, moe, seqs_rank, false), es), n, w.prompt);
     const Model attn_model(cfg, machine, cache_footprint(machine, fa, node_ranks), n),
         moe_model(cfg, machine, cache_footprint(machine, fe, node_ranks), n);
     Layer L;

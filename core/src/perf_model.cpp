@@ -280,7 +280,7 @@ struct Cost {
 // the router's weight) is touched kernel after kernel, and a decode step's stream of
 // weights leaves it in the caches: the medium validation deck's decode norm, router,
 // permute and combine ran as after the 1 MiB sweep; looked up at the step's footprint they
-// were predicted 26-98% high (docs/predict-validation.md, 2026-12-07). Between two of its
+// were predicted 26-98% high (docs/predict-validation-history.md, 2026-12-07). Between two of its
 // touches a layer streams a GEMM's weights or a layer's KV cache through (hot_gap), as a
 // sweep streams its bytes between two calls: the tiny deck, whose whole pass fits in an L2,
 // ran its decode as after a sweep within the L2, the medium deck's hot set as after one

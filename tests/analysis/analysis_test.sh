@@ -154,6 +154,17 @@ EOF
     grep -Eq "^\| decode \| wall \| [0-9.e-]+ \| [0-9.e-]+ \| [+-][0-9]+% \|" "$dir/repredicted.md" \
       || fail "no decode wall compared in $dir/repredicted.md"
     [ "$(grep -c '^## ' "$dir/repredicted.md")" -eq 1 ] || fail "cases without runs were compared"
+    # The steady cases: those whose probe before them (validation.md) ran within 10% of the
+    # probe after calibrating; tiny-1's core 0 at +5% prefill and -8% decode, then at +12%.
+    probed() {
+      printf '## tiny-1 (1 ranks) \n\nPrefill walls of the 1 runs: 0.001 s; the probe before them (medium deck on one rank, prefill,decode per core): %s s\n' "$1"
+      printf '\nDrift check, prefill: the medium deck on one rank took 0.0700 s after calibrating and more.\n'
+      printf '\nDrift check, decode: the medium deck on one rank took 0.0250 s after calibrating and more.\n'
+    }
+    probed "0.0735,0.0230 0.0900,0.0400" > "$dir/validation.md"
+    expect 0 "Summary, steady cases (tiny-1): " -- "${again[@]}"
+    probed "0.0784,0.0250 0.0700,0.0250" > "$dir/validation.md"
+    expect 0 "Summary, steady cases (none): 0 of 0 rows" -- "${again[@]}"
     rm "$dir/machine.toml"
     expect 2 "no $dir/machine.toml" -- "${again[@]}"
     ;;

@@ -348,6 +348,8 @@ class Profiler {
         Kokkos::deep_copy(c_.space, partial, 0.0f);
         combine(c_.space, xp, perm.position, weight, partial);
       }, xp);
+      const StagingMatrix staged("moeproxy::calibrate::staged", t * top_k, width);
+      point("stage", kernel_size::stage(routed, width, es), [&] { Kokkos::deep_copy(xp, staged); }, staged);
     }
   }
 

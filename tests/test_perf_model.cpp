@@ -713,6 +713,24 @@ TEST_CASE("perf model: a pipeline stage's send takes the send profile's time wit
   CHECK(modelled < 1e-4);
 }
 
+TEST_CASE("perf model: separation's staging copies take the stage profile's time, else the gather's", "[perf]") {
+  RunConfig cfg = separated_3_4();
+  cfg.parallel.micro_batches = 2;
+  MachineSpec m = compute_bound();
+  single_sweep(m).kernels["gather"] = KernelProfile{{{1.0, 1e-3}, {1e12, 1e-3}}};
+  const Prediction before = predict(cfg, m, 7);
+  single_sweep(m).kernels["stage"] = KernelProfile{{{1.0, 2e-3}, {1e12, 2e-3}}};
+  const Prediction p = predict(cfg, m, 7);
+  // Per layer and micro-batch, the expert rank copies its rows in (`recv`); the attention
+  // rank copies its rows out and the results in (`dispatch`).
+  for (const Prediction* q : {&before, &p}) {
+    const double copy = q == &before ? 1e-3 : 2e-3;
+    CHECK(q->per_rank[3].prefill.at(0, Phase::recv) == Approx(2.0 * copy));
+    CHECK(q->per_rank[3].decode.at(1, Phase::recv) == Approx(2.0 * copy * cfg.workload.decode_steps));
+    CHECK(q->per_rank[0].prefill.at(0, Phase::dispatch) == Approx(4.0 * copy));
+  }
+}
+
 TEST_CASE("perf model: the router takes its profile's time at its width, rows, weight and logits' bytes", "[perf]") {
   RunConfig cfg = dense_one_layer();
   cfg.model.ffn = FfnKind::moe;

@@ -365,6 +365,13 @@ class Model {
       return p ? time(*p) : fallback;
     });
   }
+  // Rows [rows, d] from a host staging buffer to the device or back: the machine's "stage"
+  // profile; a machine file calibrated before it was profiled (2026-12-08) prices the copy
+  // as its row gather, as the model did then.
+  double stage(double rows) const {
+    const double bytes = kernel_size::stage(rows, m_.hidden, es_);
+    return profiled("stage", bytes, op("gather", kernel_size::gather(rows, m_.hidden, es_)), footprint_.hot);
+  }
   double input(double t) const { return op("input", kernel_size::input(t, m_.hidden, es_)); }
   double norm(double t) const { return op("norm", kernel_size::norm(t, m_.hidden, es_)); }
   double add(double t) const { return op("add", kernel_size::add(t, m_.hidden, es_)); }
@@ -995,12 +1002,10 @@ Prediction predict_separated(const RunConfig& cfg, const MachineSpec& machine, i
     e.add(Phase::expert, paced);
     for (const ExpertHolder& h : held) L.idle.push_back(mb * (paced - computes(h)));
     // Rows leave and arrive through host staging buffers (Separation::send, finish, run_ffn):
-    // a copy each way on each side, as the runtime times them, priced as the machine's row
-    // copy (a gather; on the 2-core VM within 15% of the prefill's `dispatch` and `recv`,
-    // 2026-12-07). On a GPU they cross PCIe, which the machine files do not describe. The
+    // a copy each way on each side, as the runtime times them (on a GPU across PCIe). The
     // transfers themselves happen while the receiving side waits for them.
-    a.add(Phase::dispatch, 2.0 * attn_model.op("gather", kernel_size::gather(rows_a, d, es)));
-    const double copy_e = moe_model.op("gather", kernel_size::gather(rows_e, d, es));
+    a.add(Phase::dispatch, 2.0 * attn_model.stage(rows_a));
+    const double copy_e = moe_model.stage(rows_e);
     e.add(Phase::recv, copy_e);
     e.add(Phase::send, copy_e);
     L.work_a = a.total();

@@ -119,7 +119,7 @@ struct MachineProfiles {
 inline const std::vector<std::string>& profiled_kernels() {
   static const std::vector<std::string> names = {"norm",    "store_kv", "add",     "activate",  "input",
                                                  "permute", "gather",   "combine", "allreduce", "alltoallv",
-                                                 "send"};
+                                                 "send",    "stage"};
   return names;
 }
 // The kernels profiled by a parameter, and the parameter's name in machine files.
@@ -197,6 +197,10 @@ inline double attention_flops(double seqs, double heads, double head_dim, double
 // of them entering together: waiting for the slowest is sync_wait's.
 inline double allreduce(double bytes) { return bytes; }
 inline double alltoallv(double bytes) { return bytes; }
+// "stage": rows [rows, d] copied from a host staging buffer to the device, as MPI's rows
+// leave and arrive (separation's transfers); the bytes read and written. Host to host on a
+// CPU, across PCIe on a GPU.
+inline double stage(double rows, double d, double es) { return es * 2.0 * rows * d; }
 // "send": the bytes of one point-to-point message to a rank of the same node, the sender's
 // time (profiled on ranks 0 and 1 of the calibration).
 inline double send(double bytes) { return bytes; }
